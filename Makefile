@@ -1,0 +1,33 @@
+# tinyldm — the two quick-start commands and their friends.
+#   make demo      install, then run the main job end to end on the built-in data
+#   make test      install, then lint (ruff) and run the test suite (slow tests deselected)
+#   make test-all  the same, slow tests included
+# torch is installed only when `import torch` fails, from $(TORCH_SPEC); CI sets TORCH_SPEC=torch==2.13.0
+# (a local CPU build). A bare `torch` may pull a multi-GB CUDA build.
+PYTHON ?= python3
+TORCH_SPEC ?= torch
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all demo lint bench clean
+
+install:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
+	@$(PYTHON) -c "import tinyldm, pytest, ruff, einops, safetensors, tqdm, PIL" 2>/dev/null || $(PYTHON) -m pip install -e ".[test]"
+
+lint: install
+	$(PYTHON) -m ruff check .
+
+test: install lint
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+test-all: install lint
+	$(PYTHON) -m pytest -q -m "" $(PYTEST_ARGS)
+
+demo: install
+	$(PYTHON) demo.py
+
+bench: install
+	$(PYTHON) benchmarks/bench_cpu.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache *.egg-info

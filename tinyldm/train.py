@@ -1,0 +1,215 @@
+"""Training pieces shared by train_vae.py and train_ldm.py: devices, RNG state, LR schedule, atomic checkpoints.
+
+A run folder looks like this:
+
+    runs/<name>/
+      config.json                    every setting; written atomically at the start and updated at the end
+      model.safetensors              the latest weights (what sample.py / train_ldm.py load)
+      checkpoints/step_00000400/     the latest complete training state, for --resume
+          model.safetensors  train_state.pt
+      log.jsonl                      one line of losses per step (loss curves are drawn from it)
+
+Writes never leave a half-written file behind: each file is written under a temporary name and renamed
+(`os.replace` is atomic on POSIX), and a checkpoint folder is complete before it gets its final name; the
+previous checkpoint is deleted only after the new one is in place. Loading never unpickles arbitrary
+objects: weights are safetensors, and the training state goes through `torch.load(weights_only=True)`.
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked (missing, not a run, different config)."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, base_lr: float, warmup: int = 0, total: int = 0, kind: str = "constant") -> float:
+    """Linear warmup over `warmup` steps, then constant or half-cosine decay to 0 at `total` steps."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if kind == "constant" or total <= warmup:
+        return base_lr
+    if kind == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"lr schedule {kind!r}: choose 'constant' or 'cosine'")
+
+
+# ---- RNG state: every source of randomness a training step touches, so resume is exact -------------------
+
+def rng_state() -> dict:
+    version, mt_words, gauss_next = random.getstate()
+    _, np_words, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": list(mt_words),  # Mersenne-Twister words (the last one is the position)
+        "python_gauss": gauss_next,
+        "numpy": torch.from_numpy(np_words.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_gauss": [int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_gauss"]))
+    has_gauss, gauss = state["numpy_gauss"]
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---- atomic files ---------------------------------------------------------------------------------------
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    _fsync_replace(tmp, path)
+
+
+def atomic_save_weights(path: Path, state_dict: dict, metadata: dict | None = None) -> None:
+    """state_dict → safetensors under a temporary name, then renamed into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    _fsync_replace(tmp, path)
+
+
+def load_weights(path: Path, device: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"{path} does not exist; is this a finished tinyldm run folder?")
+    return load_file(str(path), device=str(device))
+
+
+def check_writable(run_dir: Path) -> None:
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"run folder {run_dir} is a file; choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"run folder {run_dir} is not writable ({e.strerror}); choose another --out") from None
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------------
+
+def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict], train_state: dict) -> Path:
+    """Write checkpoints/step_<step>/ completely, rename it into place, export the weights, drop older ones.
+
+    weights: {"model": state_dict, "ema": state_dict, ...} → <name>.safetensors each.
+    train_state: tensors, numbers, strings, lists and dicts only (optimizer state, step, RNG states).
+    """
+    ckpt_root = Path(run_dir) / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step:08d}"
+    tmp = ckpt_root / f".step_{step:08d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for name, sd in weights.items():
+        atomic_save_weights(tmp / f"{name}.safetensors", sd, {"step": step})
+    torch.save(train_state, tmp / "train_state.pt")
+    with open(tmp / "train_state.pt", "rb") as f:
+        os.fsync(f.fileno())
+    if final.exists():  # same step saved twice (e.g. the end of a resumed run): replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    # The new checkpoint is complete; now the exported weights and the older checkpoints can change.
+    for name, sd in weights.items():
+        atomic_save_weights(Path(run_dir) / f"{name}.safetensors", sd, {"step": step})
+    for old in ckpt_root.glob("step_*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in ckpt_root.glob(".step_*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((Path(run_dir) / "checkpoints").glob("step_*"))
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict], dict]:
+    """→ ({"model": state_dict, ...}, train_state) of the newest complete checkpoint of a run."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"--resume {run_dir}: no such folder")
+    if not (run_dir / "config.json").is_file():
+        raise RunError(f"--resume {run_dir}: not a tinyldm run (no config.json); pass the folder a training run wrote")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise RunError(f"--resume {run_dir}: the run has no checkpoint yet (checkpoints/step_*); start it afresh")
+    weights = {p.stem: load_file(str(p)) for p in sorted(ckpt.glob("*.safetensors"))}
+    train_state = torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=True)
+    return weights, train_state
+
+
+def read_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir} is not a tinyldm run folder (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); was it edited by hand?") from None
+
+
+# ---- the loss log ---------------------------------------------------------------------------------------
+
+def append_log(run_dir: Path, record: dict) -> None:
+    with open(Path(run_dir) / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_log(run_dir: Path, up_to_step: int | None = None) -> list[dict]:
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if up_to_step is None or r.get("step", 0) <= up_to_step]
+
+
+def truncate_log(run_dir: Path, up_to_step: int) -> None:
+    """On resume, forget log lines written after the checkpoint (they will be written again)."""
+    records = read_log(run_dir, up_to_step)
+    path = Path(run_dir) / "log.jsonl"
+    tmp = path.with_name(".log.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
