@@ -1,0 +1,294 @@
+"""Stage 1: train an autoencoder (AutoencoderKL or VQModel) that stage 2 will diffuse in.
+
+    python train_vae.py                              # tiny KL VAE on the built-in simulated micro-Doppler set
+    python train_vae.py --model vq --data my_users/  # VQ model on your folders (one sub-folder per user)
+    python train_vae.py --resume runs/vae-kl-tiny    # continue exactly where the run stopped
+
+Loss = rec·|x − x̂|₁ + kl·KL(q(z|x) ‖ N(0, I)) + perceptual·LPIPS + freq·FFT loss (+ vq·VQ loss).
+Writes runs/<name>/: config.json, model.safetensors, checkpoints/, log.jsonl, loss_curves.png,
+grids/recon_epoch_NNN.png (rows: input | reconstruction | error); at the end the measured latent
+scaling_factor = 1/std(z) goes into config.json for stage 2.
+"""
+
+import argparse
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from tinyldm.data import DataError, UserImageFolder, default_data_dir
+from tinyldm.evaluation.image_metrics import psnr, ssim
+from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss, load_perceptual_loss
+from tinyldm.models.loading import autoencoder_config, build_autoencoder
+from tinyldm.train import (
+    RunError,
+    append_log,
+    atomic_write_json,
+    check_writable,
+    load_checkpoint,
+    lr_at,
+    read_config,
+    read_log,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    truncate_log,
+)
+from tinyldm.viz import error_map, image_grid, plot_curves, smooth
+
+# Options that a resumed run may change; every other setting comes from the run's config.json.
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "stop_after", "ckpt_every", "device", "num_workers")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=["kl", "vq"], default="kl",
+                   help="AutoencoderKL (continuous) or VQModel (codebook)")
+    g.add_argument("--preset", choices=["tiny", "seed"], default="tiny",
+                   help="tiny: 64×64, f=4 (CPU); seed: 256×256, f=8, the Stable Diffusion VAE layout")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", type=Path, default=None,
+                   help="folder with one sub-folder of images per user; default: the built-in simulated set "
+                        "(generated once under data/)")
+    g.add_argument("--image-size", type=int, default=None, help="resize images to this (default: the preset's)")
+    g.add_argument("--channels", type=int, choices=[1, 3], default=3, help="3 = RGB (jet spectrograms), 1 = grey")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="per-user share of images held out for validation")
+    g.add_argument("--strict-size", action="store_true", help="reject images of another size instead of resizing")
+    g = p.add_argument_group("optimisation (defaults follow the seed)")
+    g.add_argument("--epochs", type=int, default=None, help="passes over the training set (default 100)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in total")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--warmup", type=int, default=0, help="linear LR warmup steps")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
+    g = p.add_argument_group("loss weights (defaults follow the seed)")
+    g.add_argument("--rec-loss", choices=["l1", "mse"], default="l1")
+    g.add_argument("--kl-weight", type=float, default=1e-6)
+    g.add_argument("--perceptual-weight", type=float, default=0.1,
+                   help="LPIPS weight; used only when the optional lpips package and its weights are available")
+    g.add_argument("--freq-weight", type=float, default=0.05)
+    g.add_argument("--freq-loss", choices=["real", "logmag"], default="real",
+                   help="real: MSE of the FFT's real parts (the seed's); logmag: MSE of log(1 + |FFT|)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=Path, default=None, help="run folder (default runs/vae-<model>-<preset>)")
+    g.add_argument("--resume", type=Path, default=None, help="continue this run folder exactly from its checkpoint")
+    g.add_argument("--ckpt-every", type=int, default=500, help="write a checkpoint every N steps (and at the end)")
+    g.add_argument("--stop-after", type=int, default=None,
+                   help="checkpoint and stop once this many steps are done (as if interrupted; resume later)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 = load in the main process)")
+    return p.parse_args(argv)
+
+
+def load_images(ds: UserImageFolder) -> tuple[torch.Tensor, torch.Tensor]:
+    """The whole split in memory as uint8 (exact: images are u/127.5 − 1) → (N, C, H, W) uint8, (N,) long."""
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    x = ((torch.stack(xs) + 1) * 127.5).round().to(torch.uint8)
+    return x, torch.tensor(ys, dtype=torch.long)
+
+
+def to_float(x_u8: torch.Tensor, device) -> torch.Tensor:
+    return x_u8.to(device).float() / 127.5 - 1.0  # (B, C, H, W) in [−1, 1]
+
+
+def reconstruct(model, model_type: str, x: torch.Tensor) -> torch.Tensor:
+    """Deterministic reconstruction: posterior mode for KL, nearest codes for VQ."""
+    if model_type == "kl":
+        return model.decode(model.encode(x).mode())
+    return model.decode(model.encode(x)[0])
+
+
+@torch.no_grad()
+def validate(model, model_type, x_val, device, batch_size) -> dict:
+    model.eval()
+    p, s = [], []
+    for i in range(0, len(x_val), batch_size):
+        x = to_float(x_val[i : i + batch_size], device)
+        x_hat = reconstruct(model, model_type, x).clamp(-1, 1)
+        p.append(psnr(x, x_hat).cpu())
+        s.append(ssim(x, x_hat).cpu())
+    model.train()
+    return {"val_psnr": torch.cat(p).mean().item(), "val_ssim": torch.cat(s).mean().item()}
+
+
+@torch.no_grad()
+def latent_std(model, model_type, x_train, device, batch_size) -> float:
+    """std of the latents stage 2 will see (posterior samples for KL, quantised codes for VQ) over the training set."""
+    model.eval()
+    gen = torch.Generator(device).manual_seed(0)
+    total, total_sq, n = 0.0, 0.0, 0
+    for i in range(0, len(x_train), batch_size):
+        x = to_float(x_train[i : i + batch_size], device)
+        z = model.encode(x).sample(gen) if model_type == "kl" else model.encode(x)[0]
+        total, total_sq, n = total + z.double().sum().item(), total_sq + z.double().pow(2).sum().item(), n + z.numel()
+    model.train()
+    mean = total / n
+    return (total_sq / n - mean**2) ** 0.5
+
+
+def save_pictures(run_dir: Path, model, model_type, x_show, device, epoch: int) -> None:
+    model.eval()
+    with torch.no_grad():
+        x = to_float(x_show, device)
+        x_hat = reconstruct(model, model_type, x).clamp(-1, 1)
+    model.train()
+    (run_dir / "grids").mkdir(exist_ok=True)
+    grid = image_grid([x, x_hat, error_map(x, x_hat)], row_labels=["input", "recon", "error"])
+    grid.save(run_dir / "grids" / f"recon_epoch_{epoch:03d}.png")
+    grid.save(run_dir / "recon_latest.png")
+    log = read_log(run_dir)
+    train = [r for r in log if "total" in r]
+    series = {k: ([r["step"] for r in train], smooth([r[k] for r in train], 20))
+              for k in ("total", "rec", "kl", "freq", "perceptual", "vq") if train and k in train[0]}
+    plot_curves(series, run_dir / "loss_curves.png", title="training losses (running mean over 20 steps)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (DataError, RunError, ValueError) as e:
+        print(f"train_vae.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def train(args: argparse.Namespace) -> None:
+    # Resume: the run's own settings win, except the few that may change between sessions.
+    train_state, weights = None, None
+    if args.resume is not None:
+        weights, train_state = load_checkpoint(args.resume)
+        saved = read_config(args.resume)
+        if saved.get("kind") != "autoencoder":
+            raise RunError(f"--resume {args.resume}: a {saved.get('kind')!r} run, not a train_vae.py run")
+        cli = {k: v for k, v in vars(args).items() if k in RESUMABLE_OVERRIDES and v is not None}
+        args = argparse.Namespace(**{**saved["args"], "stop_after": None, **cli, "resume": args.resume,
+                                     "out": args.resume})
+    args.epochs = 100 if args.epochs is None and args.max_steps is None else args.epochs
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+
+    # Data.
+    data_root = args.data if args.data is not None else default_data_dir(args.preset)
+    model_cfg = autoencoder_config(args.model, args.preset, in_channels=args.channels, out_channels=args.channels,
+                                   **({"sample_size": args.image_size} if args.image_size else {}))
+    size = model_cfg["sample_size"]
+    split = dict(image_size=size, channels=args.channels, val_fraction=args.val_fraction, seed=args.seed,
+                 strict_size=args.strict_size)
+    train_ds = UserImageFolder(data_root, split="train", **split)
+    val_ds = UserImageFolder(data_root, split="val", **split)
+    if len(train_ds) < args.batch_size:
+        raise DataError(f"{data_root}: {len(train_ds)} training images but --batch-size {args.batch_size}; "
+                        "add images or lower --batch-size")
+    x_train, _ = load_images(train_ds)
+    x_val, _ = load_images(val_ds) if len(val_ds) else (x_train[: args.batch_size], None)
+    x_show = x_val[torch.linspace(0, len(x_val) - 1, min(8, len(x_val))).long()]
+
+    # Model, loss, optimizer.
+    model = build_autoencoder(args.model, model_cfg).to(device)
+    perceptual = load_perceptual_loss(device) if args.perceptual_weight > 0 else None
+    weights_cfg = AutoencoderLossWeights(rec=1.0, kl=args.kl_weight, perceptual=args.perceptual_weight,
+                                         freq=args.freq_weight, rec_kind=args.rec_loss, freq_kind=args.freq_loss)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = len(x_train) // args.batch_size
+    total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
+    step = 0
+    if train_state is not None:
+        model.load_state_dict(weights["model"])
+        opt.load_state_dict(train_state["optimizer"])
+        set_rng_state(train_state["rng"])
+        step = train_state["step"]
+        truncate_log(args.out, step)
+        print(f"resumed {args.out} at step {step}/{total_steps}")
+
+    # Run folder and config.json (everything needed to rebuild the model and repeat the run).
+    run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
+    check_writable(run_dir)
+    if train_state is None:
+        (run_dir / "log.jsonl").unlink(missing_ok=True)
+    run_config = {"kind": "autoencoder", "model_type": args.model, "model": model_cfg,
+                  "loss": asdict(weights_cfg), "perceptual_active": perceptual is not None,
+                  "data": {"root": str(data_root), "image_size": size, "channels": args.channels,
+                           "classes": train_ds.classes, "n_train": len(train_ds), "n_val": len(val_ds)},
+                  "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    atomic_write_json(run_dir / "config.json", run_config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{args.model} autoencoder, preset {args.preset}: {n_params:,} parameters; {len(train_ds)} train / "
+          f"{len(val_ds)} val images of {len(train_ds.classes)} users at {size}×{size}; "
+          f"{total_steps} steps on {device}")
+
+    def checkpoint():
+        state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "total_steps": total_steps}
+        save_checkpoint(run_dir, step, {"model": model.state_dict()}, state)
+
+    # Train.
+    amp = device.type == "cuda"
+    bar = tqdm(total=total_steps, initial=step, desc="train_vae", unit="step", dynamic_ncols=True)
+    t_start = time.time()
+    model.train()
+    while step < total_steps:
+        epoch, i = divmod(step, steps_per_epoch)
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
+        idx = order[i * args.batch_size : (i + 1) * args.batch_size]
+        x = to_float(x_train[idx], device)  # (B, C, H, W)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.lr, args.warmup)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if args.model == "kl":
+                x_hat, posterior = model(x)
+                loss, terms = autoencoder_loss(x, x_hat.float(), weights_cfg, posterior_mean=posterior.mean,
+                                               posterior_logvar=posterior.logvar, perceptual=perceptual)
+            else:
+                x_hat, vq_loss, stats = model(x)
+                loss, terms = autoencoder_loss(x, x_hat.float(), weights_cfg, vq_loss=vq_loss, perceptual=perceptual)
+                terms = {**terms, "perplexity": stats["perplexity"], "usage": stats["usage"]}
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
+        opt.step()
+        step += 1
+        record = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
+                  **{k: float(v) for k, v in terms.items()}}
+        append_log(run_dir, record)
+        bar.update(1)
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("total", "rec", "kl", "freq", "vq") if k in record})
+
+        if step % steps_per_epoch == 0 or step == total_steps:  # end of an epoch: validate and draw
+            metrics = validate(model, args.model, x_val, device, args.batch_size)
+            append_log(run_dir, {"step": step, "epoch": epoch, **metrics})
+            save_pictures(run_dir, model, args.model, x_show, device, epoch)
+            bar.write(f"epoch {epoch}: val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}")
+        stopping = args.stop_after is not None and args.stop_after <= step < total_steps
+        if step % args.ckpt_every == 0 or step == total_steps or stopping:
+            checkpoint()
+        if stopping:
+            bar.close()
+            print(f"stopped at step {step} (--stop-after); continue with: python train_vae.py --resume {run_dir}")
+            return
+    bar.close()
+
+    # Measure the latent scale for stage 2 and write it into the config.
+    std = latent_std(model, args.model, x_train, device, args.batch_size)
+    run_config["model"]["scaling_factor"] = 1.0 / std
+    metrics = validate(model, args.model, x_val, device, args.batch_size)
+    run_config["results"] = {**metrics, "latent_std": std, "steps": step, "train_seconds": time.time() - t_start}
+    atomic_write_json(run_dir / "config.json", run_config)
+    print(f"done: val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}; "
+          f"latent std {std:.4f} → scaling_factor {1 / std:.4f}")
+    for what, name in [("weights", "model.safetensors"), ("config", "config.json"), ("recon", "recon_latest.png"),
+                       ("losses", "loss_curves.png")]:
+        print(f"  {what:8s} {run_dir / name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
