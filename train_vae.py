@@ -76,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--freq-weight", type=float, default=0.05)
     g.add_argument("--freq-loss", choices=["real", "logmag"], default="real",
                    help="real: MSE of the FFT's real parts (the seed's); logmag: MSE of log(1 + |FFT|)")
+    g.add_argument("--freq-norm", choices=["ortho", "backward"], default="ortho",
+                   help="ortho: orthonormal FFT, same scale as pixel MSE at any size (default); backward: the "
+                        "seed's unnormalised FFT, whose term grows with H·W and then dominates the loss")
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, default=None, help="run folder (default runs/vae-<model>-<preset>)")
     g.add_argument("--resume", type=Path, default=None, help="continue this run folder exactly from its checkpoint")
@@ -196,7 +199,8 @@ def train(args: argparse.Namespace) -> None:
     model = build_autoencoder(args.model, model_cfg).to(device)
     perceptual = load_perceptual_loss(device) if args.perceptual_weight > 0 else None
     weights_cfg = AutoencoderLossWeights(rec=1.0, kl=args.kl_weight, perceptual=args.perceptual_weight,
-                                         freq=args.freq_weight, rec_kind=args.rec_loss, freq_kind=args.freq_loss)
+                                         freq=args.freq_weight, rec_kind=args.rec_loss, freq_kind=args.freq_loss,
+                                         freq_norm=args.freq_norm)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(x_train) // args.batch_size
     total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
