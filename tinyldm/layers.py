@@ -51,7 +51,7 @@ class TimestepEmbedding(nn.Module):
         self.linear_2 = nn.Linear(dim, dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t, self.in_dim)  # (B, in_dim)
+        emb = timestep_embedding(t, self.in_dim).to(self.linear_1.weight.dtype)  # (B, in_dim)
         return self.linear_2(self.act(self.linear_1(emb)))  # (B, D)
 
 
