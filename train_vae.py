@@ -33,6 +33,7 @@ from tinyldm.train import (
     read_config,
     read_log,
     resolve_device,
+    resume_args,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -88,7 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 = load in the main process)")
-    return p.parse_args(argv)
+    return p.parse_args(argv), p.parse_args([])
 
 
 def load_images(ds: UserImageFolder) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,16 +156,16 @@ def save_pictures(run_dir: Path, model, model_type, x_show, device, epoch: int) 
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args, defaults = parse_args(argv)
     try:
-        train(args)
+        train(args, defaults)
     except (DataError, RunError, ValueError) as e:
         print(f"train_vae.py: error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-def train(args: argparse.Namespace) -> None:
+def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     # Resume: the run's own settings win, except the few that may change between sessions.
     train_state, weights = None, None
     if args.resume is not None:
@@ -172,9 +173,8 @@ def train(args: argparse.Namespace) -> None:
         saved = read_config(args.resume)
         if saved.get("kind") != "autoencoder":
             raise RunError(f"--resume {args.resume}: a {saved.get('kind')!r} run, not a train_vae.py run")
-        cli = {k: v for k, v in vars(args).items() if k in RESUMABLE_OVERRIDES and v is not None}
-        args = argparse.Namespace(**{**saved["args"], "stop_after": None, **cli, "resume": args.resume,
-                                     "out": args.resume})
+        args = resume_args(saved["args"], args, defaults, RESUMABLE_OVERRIDES, f"--resume {args.resume}")
+        args.out = args.resume
     args.epochs = 100 if args.epochs is None and args.max_steps is None else args.epochs
     device = resolve_device(args.device)
     seed_everything(args.seed)

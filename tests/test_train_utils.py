@@ -103,3 +103,17 @@ def test_grid_and_curves(tmp_path):
     assert img.getpixel((3, 3)) == (128, 128, 128) and img.getpixel((3, 21)) == (255, 255, 255)
     plot_curves({"loss": ([1, 2, 3], [1.0, 0.5, 0.25])}, tmp_path / "c.png", title="t")
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_ema_closed_form():
+    from tinyldm.train import ema_decay_at, ema_update
+
+    ema, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    theta0 = [p.detach().clone() for p in ema.parameters()]
+    for _ in range(5):
+        ema_update(ema, model, 0.9)
+    # θ_ema after k updates toward a fixed θ: θ + d^k (θ_0 − θ).
+    for p_ema, p, p0 in zip(ema.parameters(), model.parameters(), theta0):
+        assert torch.allclose(p_ema, p + 0.9**5 * (p0 - p), atol=1e-6)
+    assert ema_decay_at(0, 0.9999) == 0.1 and ema_decay_at(10**7, 0.9999) == 0.9999
+    assert ema_decay_at(5, 0.9999, warmup=False) == 0.9999

@@ -15,6 +15,7 @@ previous checkpoint is deleted only after the new one is in place. Loading never
 objects: weights are safetensors, and the training state goes through `torch.load(weights_only=True)`.
 """
 
+import argparse
 import json
 import math
 import os
@@ -39,6 +40,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def init_distributed(device_name: str = "auto") -> tuple[int, int, torch.device]:
+    """→ (rank, world_size, device). Under `torchrun` (WORLD_SIZE > 1) joins the process group: NCCL with one GPU
+    per process on CUDA, gloo on CPU. A plain `python script.py` is rank 0 of 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, resolve_device(device_name)
+    import torch.distributed as dist
+
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
 def lr_at(step: int, base_lr: float, warmup: int = 0, total: int = 0, kind: str = "constant") -> float:
     """Linear warmup over `warmup` steps, then constant or half-cosine decay to 0 at `total` steps."""
     if warmup > 0 and step < warmup:
@@ -49,6 +67,23 @@ def lr_at(step: int, base_lr: float, warmup: int = 0, total: int = 0, kind: str 
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
     raise ValueError(f"lr schedule {kind!r}: choose 'constant' or 'cosine'")
+
+
+# ---- EMA of the weights --------------------------------------------------------------------------------
+
+def ema_decay_at(step: int, decay: float = 0.9999, warmup: bool = True) -> float:
+    """Decay for the EMA's `step`-th update (0-based): min(decay, (1 + k)/(10 + k)) with warmup, so the early
+    average is not dominated by the random init (the schedule of the original LDM/TF EMA code)."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+@torch.no_grad()
+def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """θ_ema ← d·θ_ema + (1 − d)·θ for parameters; buffers are copied."""
+    for p_ema, p in zip(ema_model.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach().to(p_ema.dtype), 1.0 - decay)
+    for b_ema, b in zip(ema_model.buffers(), model.buffers()):
+        b_ema.copy_(b)
 
 
 # ---- RNG state: every source of randomness a training step touches, so resume is exact -------------------
@@ -126,6 +161,26 @@ def check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise RunError(f"run folder {run_dir} is not writable ({e.strerror}); choose another --out") from None
+
+
+# ---- resuming ------------------------------------------------------------------------------------------
+
+def resume_args(saved: dict, cli: argparse.Namespace, defaults: argparse.Namespace, allowed: tuple[str, ...],
+                where: str) -> argparse.Namespace:
+    """The settings of a resumed run: the saved ones, plus the few options in `allowed` that the command line
+    sets. Any other option set on the command line to a different value is an error, not a silent change."""
+    merged = {**saved, "stop_after": None}
+    for key, value in vars(cli).items():
+        if key == "resume" or value == getattr(defaults, key):
+            continue  # not given on the command line
+        if key in allowed:
+            merged[key] = value
+        elif str(value) != str(saved.get(key)):
+            flag = "--" + key.replace("_", "-")
+            raise RunError(f"{where} was trained with {flag} {saved.get(key)}, not {value}; a resumed run keeps "
+                           f"its settings (drop {flag}, or start a new run with another --out)")
+    merged["resume"] = cli.resume
+    return argparse.Namespace(**merged)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Build and load autoencoders from a run folder's config.json, with an explicit `if`, no registry.
+"""Build and load models from a run folder's config.json, with explicit `if`s, no registry.
 
-config.json of an autoencoder run holds {"model_type": "kl" | "vq", "model": {<the model's config fields>}, ...}.
+An autoencoder run's config.json holds {"kind": "autoencoder", "model_type": "kl" | "vq", "model": {...}};
+a latent-diffusion run's {"kind": "ldm", "backbone": "unet" | "dit", "backbone_config": {...}, "vae": ...}.
 """
 
 from dataclasses import asdict
@@ -11,11 +12,32 @@ from torch import nn
 
 from tinyldm.models.autoencoder_kl import PRESETS as KL_PRESETS
 from tinyldm.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+from tinyldm.models.dit import PRESETS as DIT_PRESETS
+from tinyldm.models.dit import DiT, DiTConfig
+from tinyldm.models.unet import PRESETS as UNET_PRESETS
+from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 from tinyldm.models.vq import PRESETS as VQ_PRESETS
 from tinyldm.models.vq import VQModel, VQModelConfig
 from tinyldm.train import RunError, load_weights, read_config
 
 MODEL_TYPES = ("kl", "vq")
+BACKBONES = ("unet", "dit")
+
+# Backbone size for each run preset (tiny: CPU; small: one GPU; seed: the seed's configurations).
+BACKBONE_PRESETS = {
+    "unet": {
+        "tiny": UNET_PRESETS["tiny"],
+        "small": dict(block_out_channels=[128, 256, 256], layers_per_block=2,
+                      down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                      up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                      cross_attention_dim=256, num_attention_heads=8),
+        "seed": dict(layers_per_block=2, block_out_channels=[320, 640, 1280, 1280],
+                     down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                     up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=768,
+                     attention_head_dim=8, num_attention_heads=[5, 10, 20, 20], use_linear_projection=True),
+    },
+    "dit": {"tiny": DIT_PRESETS["tiny"], "small": DIT_PRESETS["DiT-S/2"], "seed": DIT_PRESETS["DiT-XL/2"]},
+}
 
 
 def autoencoder_config(model_type: str, preset: str, **overrides) -> dict:
@@ -50,4 +72,49 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
     if missing or unexpected:
         raise RunError(f"{run_dir}/model.safetensors does not match its config.json "
                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval(), run
+
+
+def backbone_config(backbone: str, preset: str, latent_channels: int, latent_size: int, num_classes: int,
+                    cond_type: str = "embedding") -> dict:
+    """Backbone config for latents (c, h, h) and `num_classes` users, validated, as a plain dict.
+
+    Condition dropout is done by train_ldm.py itself (so every rank of a DDP run drops the same ids), hence
+    class_dropout_prob = 0 inside the model; DiT's learned variance is off (we train the simple ε/v/x0 loss).
+    """
+    if backbone not in BACKBONE_PRESETS:
+        raise ValueError(f"backbone {backbone!r}: choose one of {BACKBONES}")
+    if preset not in BACKBONE_PRESETS[backbone]:
+        choices = sorted(BACKBONE_PRESETS[backbone])
+        raise ValueError(f"unknown preset {preset!r} for {backbone}; choose one of {choices}")
+    base = {**BACKBONE_PRESETS[backbone][preset], "num_classes": num_classes, "cond_type": cond_type,
+            "class_dropout_prob": 0.0}
+    if backbone == "unet":
+        cfg = UNetConfig(**{**base, "sample_size": latent_size, "in_channels": latent_channels,
+                            "out_channels": latent_channels})
+    else:
+        cfg = DiTConfig(**{**base, "input_size": latent_size, "in_channels": latent_channels, "learn_sigma": False})
+    return asdict(cfg)
+
+
+def build_backbone(backbone: str, config: dict) -> nn.Module:
+    if backbone == "unet":
+        return UNet2DConditionModel(UNetConfig(**config))
+    if backbone == "dit":
+        return DiT(DiTConfig(**config))
+    raise ValueError(f"backbone {backbone!r}: choose one of {BACKBONES}")
+
+
+def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "ema"
+             ) -> tuple[nn.Module, dict]:
+    """A train_ldm.py run → (backbone in eval mode with its EMA (or raw) weights, the run's config)."""
+    run = read_config(run_dir)
+    if run.get("kind") != "ldm":
+        raise RunError(f"{run_dir} is a {run.get('kind', 'unknown')!r} run, not a train_ldm.py run")
+    model = build_backbone(run["backbone"], run["backbone_config"])
+    state = load_weights(Path(run_dir) / f"{weights}.safetensors")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{run_dir}/{weights}.safetensors does not fit a {run['backbone']} with its config.json "
+                       f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was the folder mixed with another run?")
     return model.to(device).eval(), run

@@ -1,0 +1,74 @@
+"""Encode a data split once with the frozen autoencoder and keep the result while nothing it depends on changes.
+
+Stage 2 never needs pixels: it trains on z = (μ + σ·ε)·scaling_factor with a fresh ε each time, so the cache
+keeps the posterior's mean μ and std σ per image (VQ: the pre-quantisation encoding, σ = 0; the diffusion
+model works on continuous latents and the decoder quantises, Rombach et al. 2022, Sec. 3).
+
+The cache file lives in the autoencoder's run folder, `latent_cache/<key>.safetensors`, where the key hashes
+the autoencoder weights, its config, the data files (names, sizes, modification times) and the split. Change
+any of these and a new cache is built; the stale one is left for other runs that may still use it.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from tinyldm.data.datasets import UserImageFolder
+from tinyldm.train import atomic_save_weights
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(vae_dir: Path, dataset: UserImageFolder, split: dict) -> str:
+    """sha256 over everything the latents depend on (weights, config, data files, split settings)."""
+    h = hashlib.sha256()
+    h.update(_file_digest(Path(vae_dir) / "model.safetensors").encode())
+    config = json.loads((Path(vae_dir) / "config.json").read_text())
+    h.update(json.dumps({"model_type": config["model_type"], "model": config["model"]}, sort_keys=True).encode())
+    for path, user in dataset.samples:
+        st = Path(path).stat()
+        h.update(f"{path}|{user}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    h.update(json.dumps(split, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_split(vae, model_type: str, dataset: UserImageFolder, device, batch_size: int = 64, desc: str = "encode"
+                 ) -> dict[str, torch.Tensor]:
+    """→ {"mean": (N, c, h, w), "std": (N, c, h, w), "y": (N,)} on the CPU, in dataset order."""
+    means, stds, ys = [], [], []
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch", leave=False):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        x = torch.stack([it[0] for it in items]).to(device)  # (B, C, H, W)
+        if model_type == "kl":
+            posterior = vae.encode(x)
+            mean, std = posterior.mean, posterior.std
+        else:
+            mean = vae.quant_conv(vae.encoder(x))  # continuous, pre-quantisation
+            std = torch.zeros_like(mean)
+        means.append(mean.float().cpu())
+        stds.append(std.float().cpu())
+        ys.append(torch.tensor([it[1] for it in items], dtype=torch.long))
+    return {"mean": torch.cat(means), "std": torch.cat(stds), "y": torch.cat(ys)}
+
+
+def cached_latents(vae, model_type: str, vae_dir: Path, dataset: UserImageFolder, split: dict, device
+                   ) -> tuple[dict[str, torch.Tensor], Path, bool]:
+    """Latents of `dataset`, from the cache when it is valid → (tensors, cache path, built_now)."""
+    path = Path(vae_dir) / "latent_cache" / f"{cache_key(vae_dir, dataset, split)}.safetensors"
+    if path.is_file():
+        return load_file(str(path)), path, False
+    latents = encode_split(vae, model_type, dataset, device)
+    path.parent.mkdir(exist_ok=True)
+    atomic_save_weights(path, latents, {"n": len(dataset), **{k: str(v) for k, v in split.items()}})
+    return latents, path, True
