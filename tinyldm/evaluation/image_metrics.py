@@ -17,7 +17,9 @@ def _gaussian_window(size: int, sigma: float, channels: int, device) -> torch.Te
     return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()  # (C, 1, k, k)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004, Eq. 13) with an 11×11 Gaussian window (σ = 1.5) → (B,).
 
     SSIM = (2 μx μy + C1)(2 σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)), C1 = (0.01 R)², C2 = (0.03 R)²,

@@ -221,7 +221,8 @@ class AutoencoderKL(nn.Module):
     """Encoder → quant_conv → DiagonalGaussian → (sample) → post_quant_conv → Decoder.
 
     Build with a config, a preset name, or the diffusers keyword names verbatim:
-    `AutoencoderKL(AutoencoderKLConfig(...))`, `AutoencoderKL.from_preset("tiny")`, `AutoencoderKL(latent_channels=4, ...)`.
+    `AutoencoderKL(AutoencoderKLConfig(...))`, `AutoencoderKL.from_preset("tiny")`,
+    `AutoencoderKL(latent_channels=4, ...)`.
     """
 
     def __init__(self, config: AutoencoderKLConfig | None = None, **kwargs):

@@ -1,0 +1,72 @@
+"""SpectrogramAugment: every operation checked against what it must do to a spectrogram, and no flips."""
+
+import pytest
+import torch
+
+from tinyldm.data import SpectrogramAugment
+
+
+def image(C=3, H=8, W=12, seed=0):
+    return torch.rand(C, H, W, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_everything_off_is_the_identity():
+    x = image()
+    assert torch.equal(SpectrogramAugment(time_shift=None, gain=0, gamma=0)(x), x)
+
+
+def test_circular_shift_is_a_roll_along_time_never_a_flip():
+    x = image()
+    aug = SpectrogramAugment(time_shift="circular", gain=0, gamma=0)
+    shifts = set()
+    for seed in range(20):
+        y = aug(x, generator=torch.Generator().manual_seed(seed))
+        k = [k for k in range(x.shape[-1]) if torch.equal(torch.roll(x, k, dims=-1), y)]
+        assert len(k) == 1  # rows (Doppler) untouched, columns in the same cyclic order
+        shifts.add(k[0])
+    assert len(shifts) > 5
+
+
+def test_crop_takes_a_window_of_columns():
+    x = image(W=30)
+    y = SpectrogramAugment(time_shift="crop", gain=0, gamma=0)(x, generator=torch.Generator().manual_seed(1))
+    assert y.shape == (3, 8, 8)  # crop_width defaults to the height: square
+    assert any(torch.equal(x[:, :, t:t + 8], y) for t in range(23))
+    with pytest.raises(ValueError, match="crop_width 40 is wider"):
+        SpectrogramAugment(time_shift="crop", crop_width=40)(x)
+
+
+def test_gain_and_gamma_stay_small_and_in_range():
+    x = image()
+    u = (x + 1) / 2
+    for seed in range(10):
+        y = SpectrogramAugment(time_shift=None, gain=0.1, gamma=0.1)(x, generator=torch.Generator().manual_seed(seed))
+        assert y.min() >= -1 and y.max() <= 1
+        v = (y + 1) / 2
+        # u -> g u^e with g in [0.9, 1.1], e in [exp(-0.1), exp(0.1)]: bounded by the extreme combinations.
+        lo = (0.9 * u ** torch.exp(torch.tensor(0.1))).clamp(0, 1)
+        hi = (1.1 * u ** torch.exp(torch.tensor(-0.1))).clamp(0, 1)
+        assert torch.all(v >= lo - 1e-6) and torch.all(v <= hi + 1e-6)
+        assert torch.all(v.flatten()[u.flatten().argsort()].diff() >= 0)  # monotone: brighter stays brighter
+
+
+def test_masks_paint_the_background_colour():
+    x = -torch.ones(3, 16, 20)
+    x[:, 6:8, :] = 1.0  # a bright "torso line" on a dark background
+    aug = SpectrogramAugment(time_shift=None, gain=0, gamma=0, time_mask=4, freq_mask=3)
+    y = aug(x, generator=torch.Generator().manual_seed(0))
+    changed_cols = (y != x).any(0).any(0).nonzero().flatten()
+    assert 1 <= len(changed_cols) <= 4 and torch.all(y[:, :, changed_cols][:, 6:8] == -1)  # median = background
+    assert torch.all((y == -1) | (y == x))  # nothing but background was painted
+
+
+def test_same_generator_same_result_and_bad_settings():
+    x = image()
+    aug = SpectrogramAugment(time_mask=3, freq_mask=2)
+    a = aug(x, generator=torch.Generator().manual_seed(5))
+    b = aug(x, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    for kwargs, msg in [({"time_shift": "flip"}, "time_shift must be"), ({"gain": 1.5}, "gain must be in"),
+                        ({"freq_mask": -1}, "freq_mask must be >= 0")]:
+        with pytest.raises(ValueError, match=msg):
+            SpectrogramAugment(**kwargs)

@@ -1,0 +1,274 @@
+"""Image folders by user: one sub-folder (or one CSV row) per image, user id = index of the sorted user name.
+
+    root/
+      alice/ 000.png 001.png ...      ->  user id 0
+      bob/   000.png ...              ->  user id 1
+
+`UserImageFolder(root)[i]` returns `(x, user_id)` with x a float tensor (C, H, W) in [-1, 1] (x/127.5 - 1).
+Everything is checked when the dataset is built, so a bad file stops the run at start-up with one line
+(`DataError`) naming the file and what to do, never halfway through training with a deep traceback.
+"""
+
+import csv
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MAX_CACHE_BYTES = 2 * 1024**3  # decoded images are kept in memory up to this size, else re-read per item
+
+
+class DataError(ValueError):
+    """A problem with the user's data, stated in one line that names the file or value and what to do."""
+
+
+def notice(message):
+    """One-line notice to the user (skipped files, resizing); printed and logged."""
+    print(f"notice: {message}", flush=True)
+    log.info(message)
+
+
+def load_image(path, image_size, channels):
+    """Read one image file as uint8 (H, W, C) at image_size x image_size; returns (array, original (w, h))."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"image {path} is empty (0 bytes); delete or replace it")
+    try:
+        with Image.open(path) as img:
+            img.load()  # full decode: catches truncated files here, not mid-training
+            original_size = img.size  # (w, h)
+            img = _to_mode(img, channels)
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path} (not a valid image file); delete or replace it") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read image {path} ({e}); the file is corrupt or truncated: replace it") from None
+    if img.size != (image_size, image_size):
+        # PIL's resize filters over the whole source footprint when shrinking, so this also anti-aliases.
+        img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    x = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, 3)
+    if x.ndim == 2:
+        x = x[:, :, None]  # (H, W, 1)
+    return x, original_size
+
+
+def _to_mode(img, channels):
+    """Palette, RGBA, 16-bit and grayscale images -> 8-bit 'L' (channels=1) or 'RGB' (channels=3)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(img, dtype=np.float64)  # (H, W)
+        if img.mode != "F":
+            a = a / 257.0  # 16-bit 0..65535 -> 0..255
+        elif a.max() <= 1.0:
+            a = a * 255.0  # float images in [0, 1]
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")  # applies palette transparency, if any, before we drop alpha
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def to_tensor(x):
+    """uint8 (H, W, C) -> float (C, H, W) in [-1, 1]: x / 127.5 - 1, as in the seed configuration."""
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).float() / 127.5 - 1.0  # (C, H, W)
+
+
+def stratified_split(files_by_user, split, val_fraction, seed):
+    """Per user, a seeded shuffle puts round(val_fraction * n) images (at least one if n >= 2) into val.
+
+    The shuffle is seeded with (seed, crc32(user name)), so adding or removing one user leaves every other
+    user's split unchanged.
+    """
+    out = {}
+    for name, files in files_by_user.items():
+        n = len(files)
+        n_val = 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, round(val_fraction * n)))
+        order = np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(n)
+        keep = {"train": order[n_val:], "val": order[:n_val], "all": order}[split]
+        out[name] = [files[i] for i in sorted(keep)]
+    return out
+
+
+class UserImageFolder(torch.utils.data.Dataset):
+    """Images grouped by user; `ds[i] -> (x (C, H, W) float in [-1, 1], user_id int)`.
+
+    root:         a folder with one sub-folder per user (PNG/JPEG/BMP/TIFF, searched recursively), or a
+                  CSV file with rows `path,user` (see `from_csv`)
+    image_size:   every image is returned as image_size x image_size; others are resized (one notice with
+                  the count) or, with strict_size=True, rejected
+    channels:     1 (grayscale) or 3 (RGB); palette, RGBA, 16-bit and grayscale files are converted
+    split:        "train", "val" or "all"; a seeded split per user (stratified), val_fraction of each user
+    transform:    optional callable on the tensor x (C, H, W), e.g. `transforms.SpectrogramAugment()`
+
+    `classes` are the sorted user names (id = index), `class_to_idx` maps them back; save it with the run.
+    Non-image files are skipped and counted in one notice; empty, corrupt or truncated images raise DataError.
+    """
+
+    def __init__(self, root, image_size=64, channels=3, split="train", val_fraction=0.1, seed=0,
+                 strict_size=False, transform=None, _files_by_user=None):
+        root = Path(root)
+        if _files_by_user is None and root.is_file() and root.suffix.lower() == ".csv":
+            _files_by_user = read_csv(root)
+        self._check_args(root, image_size, channels, split, val_fraction)
+        self.root, self.image_size, self.channels, self.split = root, int(image_size), int(channels), split
+        self.val_fraction, self.seed, self.strict_size, self.transform = val_fraction, seed, strict_size, transform
+
+        # 1. Find the files of each user and split them.
+        files_by_user = _files_by_user if _files_by_user is not None else scan_folder(root)
+        self.classes = sorted(files_by_user)
+        self.class_to_idx = {name: k for k, name in enumerate(self.classes)}
+        chosen = stratified_split(files_by_user, split, val_fraction, seed)
+        self.samples = [(path, self.class_to_idx[name]) for name in self.classes for path in chosen[name]]
+        if not self.samples:
+            raise DataError(f"the {split!r} split of {root} is empty (val_fraction={val_fraction}); "
+                            f"add images or use split='all'")
+
+        # 2. Decode every chosen image now (catches corrupt files at start-up); keep them if they fit.
+        n_bytes = len(self.samples) * self.image_size**2 * self.channels
+        self._cache = np.empty((len(self.samples), self.image_size, self.image_size, self.channels), np.uint8) \
+            if n_bytes <= MAX_CACHE_BYTES else None  # (N, H, W, C)
+        odd_sizes, n_odd = {}, 0  # {(w, h): first file of that size}
+        for i, (path, _) in enumerate(self.samples):
+            x, (w, h) = load_image(path, self.image_size, self.channels)
+            if (w, h) != (self.image_size, self.image_size):
+                odd_sizes.setdefault((w, h), path)
+                n_odd += 1
+            if self._cache is not None:
+                self._cache[i] = x
+        if odd_sizes:
+            (w, h), example = next(iter(odd_sizes.items()))
+            sizes = ", ".join(f"{a}x{b}" for a, b in odd_sizes)
+            if strict_size:
+                raise DataError(f"{n_odd} images in {root} are not {self.image_size}x{self.image_size} "
+                                f"(e.g. {example} is {w}x{h}); resize them or drop strict_size / --strict-size")
+            notice(f"resized {n_odd} of {len(self.samples)} images in {root} ({sizes}) to "
+                   f"{self.image_size}x{self.image_size}")
+
+    @classmethod
+    def from_csv(cls, csv_path, **kwargs):
+        """Dataset from a CSV of `path,user` rows (header optional; paths relative to the CSV's folder).
+
+        `user` must be an integer; the sorted distinct values become ids 0..N-1 and `classes` holds them as text.
+        """
+        return cls(csv_path, _files_by_user=read_csv(csv_path), **kwargs)
+
+    @staticmethod
+    def _check_args(root, image_size, channels, split, val_fraction):
+        if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
+            raise DataError(f"image_size must be a positive integer, got {image_size!r}")
+        if channels not in (1, 3):
+            raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+        if split not in ("train", "val", "all"):
+            raise DataError(f"split must be 'train', 'val' or 'all', got {split!r}")
+        if not 0 <= val_fraction < 1:
+            raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, user_id = self.samples[i]
+        x = self._cache[i] if self._cache is not None else load_image(path, self.image_size, self.channels)[0]
+        x = to_tensor(x)  # (C, H, W) in [-1, 1]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, user_id
+
+    def counts(self):
+        """Number of images per user name in this split."""
+        out = dict.fromkeys(self.classes, 0)
+        for _, k in self.samples:
+            out[self.classes[k]] += 1
+        return out
+
+    def info(self):
+        """What a run's config.json should record to reproduce this dataset."""
+        return {"root": str(self.root), "image_size": self.image_size, "channels": self.channels,
+                "split": self.split, "val_fraction": self.val_fraction, "seed": self.seed,
+                "num_images": len(self), "class_to_idx": self.class_to_idx}
+
+
+def scan_folder(root):
+    """{user name: sorted image paths} for a folder of user folders; skipped non-image files get one notice."""
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; pass --data DIR with one sub-folder per user")
+    if not root.is_dir():
+        raise DataError(f"data path {root} is a file, not a folder; pass a folder of user folders or a .csv")
+    user_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not user_dirs:
+        loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS]
+        hint = f" ({len(loose)} images lie directly in it: move each user's images into its own sub-folder)" \
+            if loose else " (it is empty)"
+        raise DataError(f"no user folders in {root}{hint}; expected root/<user>/<image>.png")
+    files_by_user, skipped = {}, []
+    for d in user_dirs:
+        files = sorted(p for p in d.rglob("*") if p.is_file())
+        is_image = [p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") for p in files]
+        images = [p for p, ok in zip(files, is_image) if ok]
+        skipped += [p for p, ok in zip(files, is_image) if not ok]
+        if not images:
+            raise DataError(f"user folder {d} has no images (PNG/JPEG/BMP/TIFF); add images or remove the folder")
+        files_by_user[d.name] = images
+    if skipped:
+        notice(f"skipped {len(skipped)} non-image files in {root} (e.g. {skipped[0].relative_to(root)})")
+    return files_by_user
+
+
+def read_csv(csv_path):
+    """{user value as text: paths} from rows `path,user`; a header row is recognised and skipped."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"CSV file {csv_path} does not exist; pass a CSV with rows 'path,user'")
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"CSV file {csv_path} has no rows; expected lines 'path,user' (user an integer)")
+    by_user = {}
+    for line, row in enumerate(rows, start=1):
+        if len(row) < 2:
+            raise DataError(f"{csv_path} row {line} {row!r} needs two columns 'path,user'")
+        path, user = Path(row[0].strip()), row[1].strip()
+        try:
+            user_id = int(user)
+        except ValueError:
+            raise DataError(f"{csv_path} row {line}: user {user!r} is not an integer; use integer user ids") from None
+        path = path if path.is_absolute() else csv_path.parent / path
+        if not path.is_file():
+            raise DataError(f"{csv_path} row {line}: image {path} does not exist; fix the path or drop the row")
+        if path.suffix.lower() not in IMAGE_EXTS:
+            raise DataError(f"{csv_path} row {line}: {path} is not a PNG/JPEG/BMP/TIFF image; drop the row")
+        by_user.setdefault(user_id, []).append(path)
+    # Sorting by the integer value (not the text) keeps ids in numeric order: 2 before 10.
+    width = len(str(max(by_user)))
+    return {str(k).zfill(width) if k >= 0 else str(k): sorted(v) for k, v in sorted(by_user.items())}
+
+
+PRESETS = {  # name: (users, images per user, image size); what default_data_dir generates for a preset
+    "tiny": (31, 40, 64),
+    "small": (31, 150, 128),
+    "seed": (31, 150, 256),
+}
+
+
+def default_data_dir(preset="tiny", root="data", workers=None):
+    """Path of the built-in simulated micro-Doppler set for a preset, generated once under `root` and reused.
+
+    tiny: 31 users x 40 images at 64x64 (~10-30 s to generate); small: 31 x 150 at 128x128;
+    seed: 31 x 150 at 256x256 (~1-3 min on 2 cores). A rerun completes what an interrupted run left out.
+    """
+    from tinyldm.data import microdoppler  # imported here: only needed when the set must be (re)checked
+
+    if preset not in PRESETS:
+        raise DataError(f"unknown data preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    users, per_user, size = PRESETS[preset]
+    out = Path(root) / f"microdoppler-v{microdoppler.VERSION}-{preset}"
+    if not microdoppler.is_complete(out, users, per_user):
+        notice(f"generating the simulated micro-Doppler set {out} ({users} users x {per_user} images at "
+               f"{size}x{size}); later runs reuse it")
+        microdoppler.generate_dataset(out, users=users, per_user=per_user, size=size, seed=0, workers=workers)
+    return out

@@ -1,0 +1,94 @@
+"""Spectrogram-safe augmentation on tensors (C, H, W) in [-1, 1]; rows are Doppler (up = approaching), columns time.
+
+No flips, on purpose: a time flip plays the gait backwards (heel strike and toe-off swap order, the feet's
+Doppler ramps run the wrong way) and a Doppler flip turns a person walking towards the radar into one walking
+away. Neither image is a plausible recording of the same person, so both would teach a model wrong physics.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+def to_uint8(x):
+    """Inverse of the loader's normalisation: float (..., C, H, W) in [-1, 1] -> uint8 (..., H, W, C)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1)
+
+
+def _uniform(low, high, generator):
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def _randint(high, generator):
+    """Uniform integer in [0, high)."""
+    return int(torch.randint(high, (), generator=generator))
+
+
+@dataclass
+class SpectrogramAugment:
+    """Random time shift/crop, small gain and gamma jitter, optional time/frequency masking.
+
+    time_shift:  "circular" (roll along time; the gait is periodic, but the wrap-around seam is visible
+                 because an image rarely holds a whole number of cycles), "crop" (random window of
+                 crop_width columns, for images wider than tall), or None
+    crop_width:  columns kept by "crop"; None = image height (square output)
+    gain:        brightness jitter u -> g u with g in [1 - gain, 1 + gain], u = (x + 1) / 2 in [0, 1]
+    gamma:       contrast jitter u -> u ** exp(s), s in [-gamma, gamma]; on jet RGB images both act per
+                 colour channel, i.e. as a slight colour-map distortion, so keep them small
+    time_mask:   up to this many consecutive columns replaced by the background colour (0 = off)
+    freq_mask:   up to this many consecutive rows replaced by the background colour (0 = off)
+    The background colour is the per-channel median, i.e. the noise floor of a gait spectrogram.
+    Time stretching is deliberately absent: it would change the cadence, which is part of a person's identity.
+    """
+
+    time_shift: str | None = "circular"
+    crop_width: int | None = None
+    gain: float = 0.05
+    gamma: float = 0.05
+    time_mask: int = 0
+    freq_mask: int = 0
+
+    def __post_init__(self):
+        if self.time_shift not in ("circular", "crop", None):
+            raise ValueError(f"time_shift must be 'circular', 'crop' or None, got {self.time_shift!r}")
+        for name in ("gain", "gamma"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}; typical 0.05")
+        for name in ("time_mask", "freq_mask"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 columns/rows, got {getattr(self, name)!r}")
+
+    def __call__(self, x, generator=None):
+        """x (C, H, W) in [-1, 1] -> augmented (C, H, W') in [-1, 1]; randomness from `generator`."""
+        C, H, W = x.shape
+        # 1. Shift or crop along time.
+        if self.time_shift == "circular":
+            x = torch.roll(x, _randint(W, generator), dims=-1)
+        elif self.time_shift == "crop":
+            w = self.crop_width or H
+            if w > W:
+                raise ValueError(f"crop_width {w} is wider than the image ({W} columns); lower crop_width")
+            t0 = _randint(W - w + 1, generator)
+            x = x[:, :, t0:t0 + w]  # (C, H, w)
+
+        # 2. Gain and gamma in [0, 1].
+        if self.gain or self.gamma:
+            u = (x + 1) / 2
+            g = _uniform(1 - self.gain, 1 + self.gain, generator)
+            s = _uniform(-self.gamma, self.gamma, generator)
+            u = (g * u.clamp_min(0) ** torch.exp(torch.tensor(s))).clamp(0, 1)
+            x = 2 * u - 1
+
+        # 3. Masks filled with the background colour.
+        if self.time_mask or self.freq_mask:
+            x = x.clone()
+            background = x.flatten(1).median(dim=1).values[:, None, None]  # (C, 1, 1)
+            if self.time_mask:
+                w = 1 + _randint(min(self.time_mask, x.shape[-1]), generator)
+                t0 = _randint(x.shape[-1] - w + 1, generator)
+                x[:, :, t0:t0 + w] = background
+            if self.freq_mask:
+                h = 1 + _randint(min(self.freq_mask, H), generator)
+                f0 = _randint(H - h + 1, generator)
+                x[:, f0:f0 + h, :] = background
+        return x
