@@ -1,11 +1,14 @@
 """`make demo`: the main job end to end on the built-in simulated micro-Doppler set, sized for 2 CPU cores.
 
-Stages that exist today:
-  1. data   generate the tiny simulated set (31 users × 40 images, 64×64) once under data/
-  2. vae    train the tiny AutoencoderKL (f=4: 64×64×3 → 16×16×4) and write its reconstruction grid
-Later stages (latent diffusion, sampling, evaluation) are added here as they land.
+  1. data     generate the tiny simulated set (31 users × 40 images, 64×64) once under data/
+  2. vae      train the tiny AutoencoderKL (f = 4: 64×64×3 → 16×16×4), write its reconstruction grid
+  3. ldm      train a tiny class-conditional DiT on the frozen latents (ε-prediction, CFG dropout 0.1)
+  4. sample   draw 4 images of every one of the 31 users with DPM-Solver++(2M), 20 steps, guidance 4
 
-    python demo.py [--vae-epochs 6] [--out runs/demo]
+Every stage is the same script a user runs by hand; the demo only picks small settings. Rerunning the demo
+starts each stage afresh (the simulated data and the latent cache are reused).
+
+    python demo.py [--out runs/demo] [--vae-epochs 8] [--ldm-steps 900]
 """
 
 import argparse
@@ -13,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import sample
+import train_ldm
 import train_vae
 from tinyldm.data import default_data_dir
 
@@ -20,28 +25,45 @@ from tinyldm.data import default_data_dir
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where every output of the demo goes")
-    p.add_argument("--vae-epochs", type=int, default=6, help="epochs of stage-1 training")
+    p.add_argument("--vae-epochs", type=int, default=8, help="epochs of stage-1 training")
+    p.add_argument("--ldm-steps", type=int, default=900, help="optimizer steps of stage-2 training")
+    p.add_argument("--backbone", choices=["dit", "unet"], default="dit")
     args = p.parse_args(argv)
-    times = {}
+    times, t = {}, time.time()
 
-    t = time.time()
+    def stage(name: str, rc: int = 0) -> None:
+        nonlocal t
+        times[name] = time.time() - t
+        t = time.time()
+        print(f"== {name} done in {times[name]:.0f} s ==", flush=True)
+        if rc:
+            sys.exit(rc)
+
     data = default_data_dir("tiny")
-    times["data"] = time.time() - t
+    stage("data")
 
-    t = time.time()
     vae_dir = args.out / "vae"
-    rc = train_vae.main(["--preset", "tiny", "--data", str(data), "--out", str(vae_dir),
-                         "--epochs", str(args.vae_epochs), "--lr", "4e-4", "--ckpt-every", "200"])
-    times["vae"] = time.time() - t
-    if rc:
-        return rc
+    stage("vae", train_vae.main(["--preset", "tiny", "--data", str(data), "--out", str(vae_dir),
+                                 "--epochs", str(args.vae_epochs), "--lr", "4e-4", "--ckpt-every", "200"]))
+
+    ldm_dir = args.out / f"ldm-{args.backbone}"
+    stage("ldm", train_ldm.main(["--backbone", args.backbone, "--preset", "tiny", "--vae", str(vae_dir),
+                                 "--out", str(ldm_dir), "--max-steps", str(args.ldm_steps), "--lr", "5e-4",
+                                 "--warmup", "50", "--ema-decay", "0.999", "--ckpt-every", "300",
+                                 "--sample-every", "300"]))
+
+    samples_dir = args.out / "samples"
+    stage("sample", sample.main(["--run", str(ldm_dir), "--users", "all", "--n-per-user", "4", "--steps", "20",
+                                 "--cfg-scale", "4", "--out", str(samples_dir), "--trajectory"]))
 
     print("\n== demo finished ==")
     print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {sum(times.values()):.0f} s")
     print(f"  data set               {data}")
-    print(f"  autoencoder run        {vae_dir}  (config.json, model.safetensors)")
-    print(f"  reconstruction grid    {vae_dir / 'recon_latest.png'}  (rows: input | reconstruction | error)")
-    print(f"  loss curves            {vae_dir / 'loss_curves.png'}")
+    print(f"  autoencoder run        {vae_dir}  (reconstructions: recon_latest.png; losses: loss_curves.png)")
+    print(f"  diffusion run          {ldm_dir}  (progress grids: samples/; losses: loss_curves.png)")
+    print(f"  generated images       {samples_dir}/<user>/NNN.png")
+    print(f"  grid, rows = users     {samples_dir / 'grid.png'}")
+    print(f"  denoising trajectory   {samples_dir / 'trajectory.png'}")
     return 0
 
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tinyldm.data import DataError
 from tinyldm.diffusion import SAMPLERS
 from tinyldm.generate import generate
 from tinyldm.models.loading import load_autoencoder, load_ldm
-from tinyldm.train import RunError, check_writable, resolve_device
+from tinyldm.train import check_writable, resolve_device, run_cli
 from tinyldm.viz import image_grid, to_uint8
 
 
@@ -30,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--users", default="all", help="comma-separated user ids (0-based, as in config.json 'classes') "
                                                    "or 'all'")
     p.add_argument("--n-per-user", type=int, default=4, help="images per user")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpmpp_2m", help="see docs/samplers_guide.md")
+    p.add_argument("--sampler", default="dpmpp_2m", help=f"one of {', '.join(SAMPLERS)}; see docs/samplers_guide.md")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (network calls: see the guide)")
     p.add_argument("--spacing", choices=["trailing", "leading", "linspace", "karras"], default="trailing")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0 = deterministic, 1 = DDPM-like)")
@@ -60,6 +59,8 @@ def parse_users(spec: str, num_classes: int) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> Path:
+    if args.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if args.steps < 1:
         raise ValueError(f"--steps {args.steps}: at least 1 sampling step is needed")
     if args.n_per_user < 1:
@@ -91,13 +92,7 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (DataError, RunError, ValueError) as e:
-        print(f"sample.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("sample.py", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from tinyldm.train import (
     read_log,
     resume_args,
     rng_state,
+    run_cli,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -66,12 +67,18 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--data", type=Path, default=None,
                    help="image folders (one per user); default: the data the autoencoder was trained on")
     g = p.add_argument_group("diffusion (defaults follow the seed: DDPM, 1000 steps, ε-prediction)")
-    g.add_argument("--prediction", choices=["eps", "v", "x0"], default="eps", help="what the network predicts")
+    g.add_argument("--prediction", choices=["eps", "v", "x0", "flow"], default=None,
+                   help="what the network predicts; flow = rectified-flow velocity ε − x0 on the flow schedule "
+                        "(default: flow for mmdit, eps otherwise)")
     g.add_argument("--schedule", choices=["linear", "scaled_linear", "cosine"], default="linear", help="β schedule")
     g.add_argument("--num-train-timesteps", type=int, default=1000)
     g.add_argument("--zero-snr", action="store_true", help="rescale to zero terminal SNR (pair with --prediction v)")
     g.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR-γ loss weighting, e.g. 5")
     g.add_argument("--cond-dropout", type=float, default=0.1, help="share of user ids replaced by the null id")
+    g.add_argument("--flow-shift", type=float, default=1.0,
+                   help="rectified flow: timestep shift t' = s·t/(1 + (s − 1)·t) (SD3 uses 3 at 1024², 1 = none)")
+    g.add_argument("--timesteps", choices=["uniform", "logit_normal"], default=None,
+                   help="training-time sampling (default: logit_normal for flow, uniform for VP)")
     g = p.add_argument_group("optimisation (defaults follow the seed)")
     g.add_argument("--epochs", type=int, default=None, help="passes over the training set (default 200)")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps in total (overrides --epochs)")
@@ -127,12 +134,7 @@ def save_grid(run_dir, ema, vae, run_config, step, device) -> Path:
 
 def main(argv=None) -> int:
     args, defaults = parse_args(argv)
-    try:
-        train(args, defaults)
-    except (DataError, RunError, ValueError) as e:
-        print(f"train_ldm.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("train_ldm.py", train, args, defaults)
 
 
 def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
@@ -181,7 +183,16 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     bb_config = backbone_config(args.backbone, args.preset, c, h, num_classes, args.cond)
     model = build_backbone(args.backbone, bb_config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    sched = Schedule.vp(args.schedule, num_train_timesteps=args.num_train_timesteps, zero_terminal_snr=args.zero_snr)
+    args.prediction = args.prediction or ("flow" if args.backbone == "mmdit" else "eps")
+    args.timesteps = args.timesteps or ("logit_normal" if args.prediction == "flow" else "uniform")
+    if args.prediction == "flow":
+        sched = Schedule.flow(shift=args.flow_shift, num_train_timesteps=args.num_train_timesteps)
+        schedule_cfg = {"kind": "flow", "shift": args.flow_shift, "num_train_timesteps": args.num_train_timesteps}
+    else:
+        sched = Schedule.vp(args.schedule, num_train_timesteps=args.num_train_timesteps,
+                            zero_terminal_snr=args.zero_snr)
+        schedule_cfg = {"kind": "vp", "beta_schedule": args.schedule, "num_train_timesteps": args.num_train_timesteps,
+                        "zero_terminal_snr": args.zero_snr}
     if args.zero_snr and args.prediction == "eps":
         raise ValueError("--zero-snr with --prediction eps cannot predict x0 at the last step (SNR 0); "
                          "use --prediction v")
@@ -214,8 +225,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
                   "vae": str(vae_dir), "vae_model_type": vae_run["model_type"], "scaling_factor": scale,
                   "latent_shape": [c, h, w], "num_classes": num_classes, "classes": train_ds.classes,
                   "image_size": d["image_size"], "channels": d["channels"], "data": str(data_root),
-                  "schedule": {"kind": "vp", "beta_schedule": args.schedule,
-                               "num_train_timesteps": args.num_train_timesteps, "zero_terminal_snr": args.zero_snr},
+                  "schedule": schedule_cfg,
                   "prediction": args.prediction, "grid_users": grid_users, "world_size": world,
                   "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     if main_rank:
@@ -251,7 +261,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
         # The step's randomness, drawn for the whole global batch so every rank agrees on it.
         eps_z = torch.randn((global_batch, c, h, w), generator=gen)  # posterior sample
         noise = torch.randn((global_batch, c, h, w), generator=gen)  # ε of q(x_t | z)
-        t = sample_timesteps(global_batch, sched, gen)
+        t = sample_timesteps(global_batch, sched, gen, kind=args.timesteps)
         y = drop_ids(labels[idx], num_classes, args.cond_dropout, gen)  # 10% null ids for CFG
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule)

@@ -35,6 +35,7 @@ from tinyldm.train import (
     resolve_device,
     resume_args,
     rng_state,
+    run_cli,
     save_checkpoint,
     seed_everything,
     set_rng_state,
@@ -157,12 +158,7 @@ def save_pictures(run_dir: Path, model, model_type, x_show, device, epoch: int) 
 
 def main(argv=None) -> int:
     args, defaults = parse_args(argv)
-    try:
-        train(args, defaults)
-    except (DataError, RunError, ValueError) as e:
-        print(f"train_vae.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("train_vae.py", train, args, defaults)
 
 
 def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:

@@ -5,31 +5,23 @@
 """
 
 import argparse
-import statistics
-import time
+from functools import partial
 
 import torch
+from timing import median_seconds
 
 from tinyldm.models.loading import autoencoder_config, build_autoencoder
 
 
-def time_step(model, model_type, x, repeats):
-    times = []
-    for i in range(repeats + 2):  # two warm-up steps
-        t0 = time.perf_counter()
-        if model_type == "kl":
-            x_hat, posterior = model(x)
-            loss = (x_hat - x).abs().mean() + 1e-6 * posterior.kl().mean()
-        else:
-            x_hat, vq_loss, _ = model(x)
-            loss = (x_hat - x).abs().mean() + vq_loss
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def train_step(model, model_type, x):
+    if model_type == "kl":
+        x_hat, posterior = model(x)
+        loss = (x_hat - x).abs().mean() + 1e-6 * posterior.kl().mean()
+    else:
+        x_hat, vq_loss, _ = model(x)
+        loss = (x_hat - x).abs().mean() + vq_loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
 
 
 def main():
@@ -46,7 +38,7 @@ def main():
         model = build_autoencoder(model_type, cfg).to(args.device)
         size = cfg["sample_size"]
         x = torch.rand(args.batch_size, 3, size, size, device=args.device) * 2 - 1
-        sec = time_step(model, model_type, x, args.repeats)
+        sec = median_seconds(partial(train_step, model, model_type, x), args.repeats, args.device)
         n = sum(p.numel() for p in model.parameters())
         print(f"{model_type} {args.preset}: {n:,} params, batch {args.batch_size} at {size}×{size}: "
               f"forward+backward {sec * 1000:.0f} ms/step ({args.batch_size / sec:.1f} images/s)")

@@ -5,30 +5,20 @@
 """
 
 import argparse
-import statistics
-import time
+from functools import partial
 
 import torch
+from timing import median_seconds
 
 from tinyldm.models.dit import DiT
 from tinyldm.models.unet import UNet2DConditionModel
 
 
-def time_step(model, x, t, y, repeats, bf16):
-    times = []
-    for i in range(repeats + 2):
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(x, t, y).float().square().mean()
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def train_step(model, x, t, y, bf16):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(x, t, y).float().square().mean()
+    loss.backward()
+    model.zero_grad(set_to_none=True)
 
 
 def main():
@@ -54,7 +44,7 @@ def main():
         x = torch.randn(args.batch_size, 4, size, size, device=args.device)
         t = torch.rand(args.batch_size, device=args.device) * 999
         y = torch.randint(0, 31, (args.batch_size,), device=args.device)
-        sec = time_step(model, x, t, y, args.repeats, args.bf16)
+        sec = median_seconds(partial(train_step, model, x, t, y, args.bf16), args.repeats, args.device)
         n = sum(q.numel() for q in model.parameters())
         print(f"{name}: {n:,} params, batch {args.batch_size} at {size}×{size}×4: forward+backward "
               f"{sec * 1000:.1f} ms/step ({args.batch_size / sec:.0f} latents/s)")

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,17 @@ from safetensors.torch import load_file, save_file
 
 class RunError(ValueError):
     """A run folder that cannot be used as asked (missing, not a run, different config)."""
+
+
+def run_cli(script: str, body, *args) -> int:
+    """Run a script's body; bad input (ValueError, which DataError and RunError are) becomes one line on stderr
+    and exit code 2, never a traceback. Bugs (any other exception) still show their traceback."""
+    try:
+        body(*args)
+    except ValueError as e:
+        print(f"{script}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def resolve_device(name: str = "auto") -> torch.device:

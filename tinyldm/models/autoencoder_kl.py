@@ -166,6 +166,32 @@ class DiagonalGaussian:
         return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).sum(dim=(1, 2, 3))
 
 
+def check_layout(c) -> None:
+    """Validate (and normalise to lists) the encoder/decoder layout fields that AutoencoderKLConfig and
+    VQModelConfig share; every error says what to change."""
+    c.block_out_channels = list(c.block_out_channels)
+    c.down_block_types, c.up_block_types = list(c.down_block_types), list(c.up_block_types)
+    n = len(c.block_out_channels)
+    for name in ("down_block_types", "up_block_types"):
+        types = getattr(c, name)
+        if len(types) != n:
+            raise ValueError(f"{name} has {len(types)} entries but block_out_channels has {n}; give one per level")
+    if any(t != "DownEncoderBlock2D" for t in c.down_block_types):
+        raise ValueError(f"down_block_types {c.down_block_types}: only 'DownEncoderBlock2D' is supported")
+    if any(t != "UpDecoderBlock2D" for t in c.up_block_types):
+        raise ValueError(f"up_block_types {c.up_block_types}: only 'UpDecoderBlock2D' is supported")
+    for width in c.block_out_channels:
+        if width % c.norm_num_groups:
+            fits = max(g for g in range(1, c.norm_num_groups + 1) if all(w % g == 0 for w in c.block_out_channels))
+            raise ValueError(f"block_out_channels {c.block_out_channels}: {width} is not divisible by norm_num_groups "
+                             f"{c.norm_num_groups}; use multiples of {c.norm_num_groups} or norm_num_groups={fits}")
+    activation(c.act_fn)  # validates the name
+    f = 2 ** (n - 1)
+    if c.sample_size % f:
+        raise ValueError(f"sample_size {c.sample_size} is not divisible by the downsampling factor {f}; "
+                         f"use a multiple of {f} or fewer levels")
+
+
 @dataclass
 class AutoencoderKLConfig:
     in_channels: int = 3  # image channels in
@@ -181,27 +207,7 @@ class AutoencoderKLConfig:
     up_block_types: list[str] = field(default_factory=lambda: ["UpDecoderBlock2D"] * 4)  # accepted for parity
 
     def __post_init__(self):
-        self.block_out_channels = list(self.block_out_channels)
-        self.down_block_types, self.up_block_types = list(self.down_block_types), list(self.up_block_types)
-        n = len(self.block_out_channels)
-        for name in ("down_block_types", "up_block_types"):
-            types = getattr(self, name)
-            if len(types) != n:
-                raise ValueError(f"{name} has {len(types)} entries but block_out_channels has {n}; give one per level")
-        if any(t != "DownEncoderBlock2D" for t in self.down_block_types):
-            raise ValueError(f"down_block_types {self.down_block_types}: only 'DownEncoderBlock2D' is supported")
-        if any(t != "UpDecoderBlock2D" for t in self.up_block_types):
-            raise ValueError(f"up_block_types {self.up_block_types}: only 'UpDecoderBlock2D' is supported")
-        for c in self.block_out_channels:
-            if c % self.norm_num_groups:
-                raise ValueError(
-                    f"block_out_channels {self.block_out_channels}: {c} is not divisible by norm_num_groups "
-                    f"{self.norm_num_groups}; use multiples of {self.norm_num_groups} or fewer groups"
-                )
-        activation(self.act_fn)  # validates the name
-        if self.sample_size % self.downsample_factor:
-            raise ValueError(f"sample_size {self.sample_size} is not divisible by the downsampling factor "
-                             f"{self.downsample_factor}")
+        check_layout(self)
 
     @property
     def downsample_factor(self) -> int:

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from tinyldm.layers import activation
 from tinyldm.losses import commitment_loss, vq_loss
-from tinyldm.models.autoencoder_kl import Decoder, Encoder
+from tinyldm.models.autoencoder_kl import Decoder, Encoder, check_layout
 
 
 class VectorQuantizer(nn.Module):
@@ -189,31 +188,7 @@ class VQModelConfig:
     l2_normalize: bool = False  # cosine-similarity lookup on l2-normalised codes (ViT-VQGAN)
 
     def __post_init__(self):
-        self.block_out_channels = list(self.block_out_channels)
-        self.down_block_types, self.up_block_types = list(self.down_block_types), list(self.up_block_types)
-        n = len(self.block_out_channels)
-        for name in ("down_block_types", "up_block_types"):
-            types = getattr(self, name)
-            if len(types) != n:
-                raise ValueError(f"{name} has {len(types)} entries but block_out_channels has {n}; give one per level")
-        if any(t != "DownEncoderBlock2D" for t in self.down_block_types):
-            raise ValueError(f"down_block_types {self.down_block_types}: only 'DownEncoderBlock2D' is supported")
-        if any(t != "UpDecoderBlock2D" for t in self.up_block_types):
-            raise ValueError(f"up_block_types {self.up_block_types}: only 'UpDecoderBlock2D' is supported")
-        for c in self.block_out_channels:
-            if c % self.norm_num_groups:
-                widths = self.block_out_channels
-                fits = max(g for g in range(1, self.norm_num_groups + 1) if all(w % g == 0 for w in widths))
-                raise ValueError(
-                    f"block_out_channels {self.block_out_channels}: {c} is not divisible by norm_num_groups "
-                    f"{self.norm_num_groups}; use multiples of {self.norm_num_groups} or norm_num_groups={fits}"
-                )
-        activation(self.act_fn)  # validates the name
-        if self.sample_size % self.downsample_factor:
-            raise ValueError(
-                f"sample_size {self.sample_size} is not divisible by the downsampling factor {self.downsample_factor}; "
-                f"use a multiple of {self.downsample_factor} or fewer levels"
-            )
+        check_layout(self)
         if self.vq_embed_dim is None:
             self.vq_embed_dim = self.latent_channels
         for name in ("latent_channels", "num_vq_embeddings", "vq_embed_dim", "dead_code_threshold"):

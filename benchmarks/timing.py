@@ -1,0 +1,22 @@
+"""One timing rule for every benchmark: two warm-up calls, then the median of `repeats` timed calls."""
+
+import statistics
+import time
+
+import torch
+
+
+def median_seconds(step, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """Median wall time of `step()` (synchronising CUDA around each call) after two untimed warm-ups."""
+    cuda = torch.device(device).type == "cuda"
+    times = []
+    for i in range(repeats + 2):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -1,0 +1,168 @@
+"""Stage 2 end to end on a tiny autoencoder: train_ldm.py and sample.py, caching, DDP parity, crash + resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import sample as sample_script
+import train_ldm
+import train_vae
+from tests.test_train_vae import make_folder
+from tinyldm.train import load_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+LDM = ["--batch-size", "4", "--grad-accum", "2", "--sample-every", "1000", "--ckpt-every", "1000"]
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    """A tiny KL autoencoder (32×32 → 8×8×4) trained for a few steps on 3 users' stripes."""
+    tmp = tmp_path_factory.mktemp("stage2")
+    data = make_folder(tmp / "data", users=3, per_user=8, size=32)
+    run = tmp / "vae"
+    rc = train_vae.main(["--data", str(data), "--out", str(run), "--image-size", "32", "--batch-size", "4",
+                         "--val-fraction", "0.25", "--max-steps", "4"])
+    assert rc == 0
+    return run
+
+
+def weights_equal(a: Path, b: Path, atol: float = 0.0) -> bool:
+    wa, wb = load_weights(a), load_weights(b)
+    return wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=atol, rtol=0) for k in wa)
+
+
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_train_then_sample_end_to_end(vae_run, tmp_path, backbone):
+    run = tmp_path / "ldm"
+    rc = train_ldm.main(["--backbone", backbone, "--vae", str(vae_run), "--out", str(run), "--max-steps", "3", *LDM])
+    assert rc == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["backbone"] == backbone and cfg["latent_shape"] == [4, 8, 8] and cfg["num_classes"] == 3
+    for name in ("model.safetensors", "ema.safetensors", "loss_curves.png", "samples/grid_step_000003.png"):
+        assert (run / name).is_file(), name
+    out = tmp_path / "samples"
+    argv = ["--run", str(run), "--users", "0,2", "--n-per-user", "2", "--steps", "4", "--out", str(out),
+            "--trajectory", "--seed", "7"]
+    assert sample_script.main(argv) == 0
+    for f in ("user_00/000.png", "user_00/001.png", "user_02/001.png", "grid.png", "trajectory.png"):
+        assert (out / f).is_file(), f
+    first = (out / "user_02" / "001.png").read_bytes()
+    assert sample_script.main(argv) == 0  # same seed → same images
+    assert (out / "user_02" / "001.png").read_bytes() == first
+    assert sample_script.main([*argv[:-1], "8"]) == 0  # another seed → other images
+    assert (out / "user_02" / "001.png").read_bytes() != first
+
+
+def test_latent_cache_is_reused_and_invalidated(vae_run, tmp_path, capsys):
+    args = ["--vae", str(vae_run), "--max-steps", "1", *LDM]
+    assert train_ldm.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert train_ldm.main([*args, "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "latents: reused" in out
+    # Change one image: the data changed, so the cache must be rebuilt.
+    cfg = json.loads((vae_run / "config.json").read_text())
+    image = sorted(Path(cfg["data"]["root"]).glob("user_01/*.png"))[0]
+    os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert train_ldm.main([*args, "--out", str(tmp_path / "c")]) == 0
+    assert "latents: encoded" in capsys.readouterr().out
+
+
+def test_resume_is_exact_after_a_crash_during_a_checkpoint_write(vae_run, tmp_path, monkeypatch):
+    common = ["--vae", str(vae_run), "--max-steps", "6", "--batch-size", "4", "--grad-accum", "2",
+              "--sample-every", "1000", "--ckpt-every", "2"]
+    assert train_ldm.main([*common, "--out", str(tmp_path / "straight")]) == 0
+    # Die inside the second checkpoint write (step 4), after some of its files are renamed into place.
+    real_replace, calls = os.replace, {"n": 0}
+
+    def crashing_replace(src, dst):
+        calls["n"] += 1
+        if "step_00000004" in str(src) and calls["n"] > 1:
+            raise KeyboardInterrupt("simulated crash")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crashing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        train_ldm.main([*common, "--out", str(tmp_path / "crashed")])
+    monkeypatch.setattr(os, "replace", real_replace)
+    torch.manual_seed(999)  # the resumed run must restore every RNG itself
+    assert train_ldm.main(["--resume", str(tmp_path / "crashed")]) == 0
+    for name in ("model.safetensors", "ema.safetensors"):
+        assert weights_equal(tmp_path / "straight" / name, tmp_path / "crashed" / name), name
+
+
+def run_script(args, **kw):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, **kw)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(vae_run, tmp_path):
+    common = ["train_ldm.py", "--vae", str(vae_run), "--max-steps", "10", "--batch-size", "4", "--grad-accum", "2",
+              "--sample-every", "1000", "--ckpt-every", "1"]
+    straight = run_script([*common, "--out", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    proc = subprocess.Popen([sys.executable, *common, "--out", str(tmp_path / "killed")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(ckpts.glob("step_0000000[3-9]")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_script(["train_ldm.py", "--resume", str(tmp_path / "killed")])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert weights_equal(tmp_path / "straight" / "ema.safetensors", tmp_path / "killed" / "ema.safetensors")
+
+
+def test_two_process_ddp_equals_one_process(vae_run, tmp_path):
+    common = ["--vae", str(vae_run), "--max-steps", "3", "--batch-size", "4", "--grad-accum", "2",
+              "--sample-every", "1000", "--ckpt-every", "1000", "--device", "cpu"]
+    one = run_script(["train_ldm.py", *common, "--out", str(tmp_path / "one")])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_ldm.py", *common,
+                      "--out", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    assert weights_equal(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors", atol=1e-5)
+
+
+def error_of(main, argv, capsys):
+    capsys.readouterr()  # forget earlier output
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_bad_input_gets_one_line(vae_run, tmp_path, capsys):
+    # An autoencoder of another image size than the data.
+    other = make_folder(tmp_path / "other", users=3, per_user=8, size=48)
+    msg = error_of(train_ldm.main, ["--vae", str(vae_run), "--data", str(other), "--out", str(tmp_path / "x")], capsys)
+    assert "48×48×3" in msg and "32×32×3" in msg
+    # A run to resume with another backbone.
+    run = tmp_path / "dit"
+    assert train_ldm.main(["--vae", str(vae_run), "--out", str(run), "--max-steps", "1", *LDM]) == 0
+    msg = error_of(train_ldm.main, ["--resume", str(run), "--backbone", "unet"], capsys)
+    assert "--backbone dit, not unet" in msg
+    # A checkpoint whose weights belong to another backbone.
+    cfg = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "backbone": "unet", "backbone_config": {
+        **json.loads(json.dumps(train_ldm.backbone_config("unet", "tiny", 4, 8, 3)))}}))
+    assert "does not fit a unet" in error_of(sample_script.main, ["--run", str(run)], capsys)
+    (run / "config.json").write_text(json.dumps(cfg))
+    # Users, steps and samplers that do not exist.
+    assert "ids must lie in 0…2" in error_of(sample_script.main, ["--run", str(run), "--users", "3"], capsys)
+    assert "at least 1 sampling step" in error_of(sample_script.main, ["--run", str(run), "--steps", "0"], capsys)
+    assert "choose one of" in error_of(sample_script.main, ["--run", str(run), "--sampler", "magic"], capsys)
+    # A run folder that cannot be written, and no autoencoder at all.
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    msg = error_of(train_ldm.main, ["--vae", str(vae_run), "--out", str(blocker / "run"), *LDM], capsys)
+    assert "not writable" in msg
+    msg = error_of(train_ldm.main, ["--vae", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")], capsys)
+    assert "nothing" in msg
