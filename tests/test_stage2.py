@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_vae import make_folder
 
 import sample as sample_script
 import train_ldm
 import train_vae
-from tests.test_train_vae import make_folder
 from tinyldm.train import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
