@@ -1,0 +1,205 @@
+"""Samplers, simplest first: DDPM, DDIM, Euler, Euler ancestral, Heun, LMS, flow Euler (DPM-Solvers: dpm_solver.py).
+
+Every sampler has the same signature and is a pure function:
+    sampler(denoiser, x, sched, ts, generator=None, callback=None, **options) -> x at ts[-1]
+    denoiser(x, t) -> x̂0     the network wrapped to predict x0 (sample.py), t a 0-dim float64 schedule time
+    x                         (B, ...) the state at ts[0]
+    ts                        (N+1,) float64 decreasing schedule times; N steps; ts[-1] = sched.t_min is the data
+    callback(i, t, x, x0_hat) after step i: t = ts[i] where the network was asked, x the new state at ts[i+1]
+Each step goes from time s = ts[i] to the next, smaller time t = ts[i+1] (the notation of Lu et al. 2022).
+
+Notation: alpha α, sigma σ (x_t = α x0 + σ ε), x0_hat x̂0, eps_hat ε̂ = (x − α x̂0)/σ, and the Karras/EDM
+variables sigma_tilde σ̃ = σ/α, x_tilde x̃ = x/α = x0 + σ̃ ε, in which the probability-flow ODE reads
+dx̃/dσ̃ = (x̃ − x̂0)/σ̃ (Karras et al. 2022, Eq. 4 with α folded in).
+"""
+
+import numpy as np
+import torch
+from numpy.polynomial import Polynomial
+
+DDPM_VARIANCES = ("fixed_small", "fixed_large")
+
+
+def _report(callback, i, t, x, x0_hat):
+    if callback is not None:
+        callback(i, t, x, x0_hat)
+
+
+def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """z ~ N(0, I) shaped like x, drawn on the generator's device (CPU unless the generator lives on x's device)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+
+def karras_variables(sched, ts: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α, σ̃) on the grid, refusing a first time where α = 0 (σ̃ = ∞: zero terminal SNR, flow at t = 1)."""
+    alpha, sigma = sched.alpha_sigma(ts)
+    if alpha[0] == 0:
+        raise ValueError(f"sampler {name!r} works in σ̃ = σ/α and needs α > 0 at its first time, but α = 0 at "
+                         f"t = {ts[0].item():g} (zero terminal SNR / flow t = 1); use 'ddim', 'dpmpp_2m', "
+                         f"'flow_euler' or 'ddpm', or pass timesteps that start below t = {ts[0].item():g}")
+    return alpha, sigma / alpha
+
+
+def ddpm_posterior(sched, s, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q(x_t | x_s, x0) = N(c_x0·x0 + c_xs·x_s, β̃) for s > t (Ho et al. 2020, Eq. 6–7; any step size).
+
+    The paper steps from t to t − 1; here from s to t. Returns (c_x0, c_xs, β̃, β), float64.
+    """
+    alpha_s, sigma_s = sched.alpha_sigma(s)
+    alpha_t, sigma_t = sched.alpha_sigma(t)
+    alpha_ts = alpha_s / alpha_t  # sqrt(α_t) of Eq. 7; = sqrt(ᾱ_s/ᾱ_t) over several steps
+    beta = sigma_s**2 - alpha_ts**2 * sigma_t**2  # β_t of Eq. 7; VP: 1 − ᾱ_s/ᾱ_t
+    c_x0 = alpha_t * beta / sigma_s**2  # sqrt(ᾱ_{t−1}) β_t / (1 − ᾱ_t)
+    c_xs = alpha_ts * sigma_t**2 / sigma_s**2  # sqrt(α_t) (1 − ᾱ_{t−1}) / (1 − ᾱ_t)
+    beta_tilde = beta * sigma_t**2 / sigma_s**2  # β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) · β_t
+    return c_x0, c_xs, beta_tilde, beta
+
+
+@torch.no_grad()
+def ddpm(denoiser, x, sched, ts, generator=None, callback=None, variance="fixed_small"):
+    """DDPM ancestral sampling, Ho et al. 2020, Algorithm 2 (posterior of Eq. 6–7 around the predicted x0)."""
+    if variance not in DDPM_VARIANCES:
+        raise ValueError(f"DDPM variance {variance!r} is not supported; choose one of {DDPM_VARIANCES}")
+    for i in range(len(ts) - 1):
+        # 1. Predict x0.
+        x0_hat = denoiser(x, ts[i])
+        # 2. Take the posterior mean, then add its noise (none on the step to the data).
+        c_x0, c_xs, beta_tilde, beta = ddpm_posterior(sched, ts[i], ts[i + 1])
+        x = c_x0 * x0_hat + c_xs * x  # μ̃ (Eq. 7)
+        var = beta_tilde if variance == "fixed_small" else beta
+        if ts[i + 1] > sched.t_min:
+            x = x + var.sqrt() * _randn(x, generator)
+        _report(callback, i, ts[i], x, x0_hat)
+    return x
+
+
+@torch.no_grad()
+def ddim(denoiser, x, sched, ts, generator=None, callback=None, eta=0.0):
+    """DDIM, Song et al. 2021, Eq. 12 with the noise level of Eq. 16 (η = 0 deterministic, η = 1 DDPM)."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM noise), got {eta}")
+    alpha, sigma = sched.alpha_sigma(ts)
+    for i in range(len(ts) - 1):
+        # 1. Predict x0 and the noise it implies.
+        x0_hat = denoiser(x, ts[i])
+        eps_hat = (x - alpha[i] * x0_hat) / sigma[i]
+        # 2. Noise level (Eq. 16): η sqrt((1 − ᾱ_t)/(1 − ᾱ_s)) sqrt(1 − ᾱ_s/ᾱ_t), written for any (α, σ) as
+        #    η σ_t sqrt(1 − e^{−2h}) with e^{−h} = α_s σ_t / (σ_s α_t).
+        exp_neg_h = alpha[i] * sigma[i + 1] / (sigma[i] * alpha[i + 1])
+        eta_sigma = eta * sigma[i + 1] * (1 - exp_neg_h**2).sqrt()
+        # 3. Point at x0, add the remaining predicted noise and fresh noise (Eq. 12).
+        x = alpha[i + 1] * x0_hat + (sigma[i + 1] ** 2 - eta_sigma**2).sqrt() * eps_hat
+        if eta > 0 and eta_sigma > 0:
+            x = x + eta_sigma * _randn(x, generator)
+        _report(callback, i, ts[i], x, x0_hat)
+    return x
+
+
+@torch.no_grad()
+def euler(denoiser, x, sched, ts, generator=None, callback=None):
+    """Euler on the probability-flow ODE in (x̃, σ̃), Karras et al. 2022, Algorithm 1 without churn."""
+    alpha, sigma_tilde = karras_variables(sched, ts, "euler")
+    x_tilde = x / alpha[0]
+    for i in range(len(ts) - 1):
+        # 1. Evaluate the ODE's derivative d = dx̃/dσ̃.
+        x0_hat = denoiser(alpha[i] * x_tilde, ts[i])
+        d = (x_tilde - x0_hat) / sigma_tilde[i]
+        # 2. Euler step.
+        x_tilde = x_tilde + (sigma_tilde[i + 1] - sigma_tilde[i]) * d
+        _report(callback, i, ts[i], alpha[i + 1] * x_tilde, x0_hat)
+    return alpha[-1] * x_tilde
+
+
+def ancestral_sigmas(sigma_from, sigma_to) -> tuple[torch.Tensor, torch.Tensor]:
+    """(σ_down, σ_up): step deterministically to σ_down, add noise σ_up; σ_down² + σ_up² = σ_to²."""
+    sigma_from, sigma_to = torch.as_tensor(sigma_from), torch.as_tensor(sigma_to)
+    sigma_up = torch.minimum(sigma_to, (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).sqrt())
+    sigma_down = (sigma_to**2 - sigma_up**2).sqrt()
+    return sigma_down, sigma_up
+
+
+@torch.no_grad()
+def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
+    """Euler ancestral (Karras et al. 2022's Euler with the DDPM-like noise split of Ho et al. 2020; k-diffusion)."""
+    alpha, sigma_tilde = karras_variables(sched, ts, "euler_ancestral")
+    x_tilde = x / alpha[0]
+    for i in range(len(ts) - 1):
+        # 1. Evaluate the derivative.
+        x0_hat = denoiser(alpha[i] * x_tilde, ts[i])
+        d = (x_tilde - x0_hat) / sigma_tilde[i]
+        # 2. Euler step down to σ_down, then fresh noise up to σ̃_t.
+        sigma_down, sigma_up = ancestral_sigmas(sigma_tilde[i], sigma_tilde[i + 1])
+        x_tilde = x_tilde + (sigma_down - sigma_tilde[i]) * d
+        if sigma_up > 0:
+            x_tilde = x_tilde + sigma_up * _randn(x, generator)
+        _report(callback, i, ts[i], alpha[i + 1] * x_tilde, x0_hat)
+    return alpha[-1] * x_tilde
+
+
+@torch.no_grad()
+def heun(denoiser, x, sched, ts, generator=None, callback=None):
+    """Heun's 2nd-order method on the probability-flow ODE, Karras et al. 2022, Algorithm 1 without churn."""
+    alpha, sigma_tilde = karras_variables(sched, ts, "heun")
+    x_tilde = x / alpha[0]
+    for i in range(len(ts) - 1):
+        # 1. Euler step.
+        x0_hat = denoiser(alpha[i] * x_tilde, ts[i])
+        d_cur = (x_tilde - x0_hat) / sigma_tilde[i]
+        x_next = x_tilde + (sigma_tilde[i + 1] - sigma_tilde[i]) * d_cur
+        # 2. Apply the 2nd-order correction, except on the step to σ̃ = 0 where d is undefined.
+        if sigma_tilde[i + 1] > 0:
+            d_prime = (x_next - denoiser(alpha[i + 1] * x_next, ts[i + 1])) / sigma_tilde[i + 1]
+            x_next = x_tilde + (sigma_tilde[i + 1] - sigma_tilde[i]) * (0.5 * d_cur + 0.5 * d_prime)
+        x_tilde = x_next
+        _report(callback, i, ts[i], alpha[i + 1] * x_tilde, x0_hat)
+    return alpha[-1] * x_tilde
+
+
+def lms_coefficients(sigmas: list[float], sigma_next: float) -> list[float]:
+    """c_j = ∫_{σ̃_i}^{σ̃_{i+1}} ℓ_j(τ) dτ, ℓ_j the Lagrange basis through sigmas = [σ̃_i, σ̃_{i−1}, …] (exact)."""
+    coefficients = []
+    for j, sigma_j in enumerate(sigmas):
+        others = [s for m, s in enumerate(sigmas) if m != j]
+        numerator = Polynomial.fromroots(others) if others else Polynomial([1.0])
+        basis = numerator / float(np.prod([sigma_j - s for s in others]))  # ℓ_j(τ)
+        antiderivative = basis.integ()
+        coefficients.append(float(antiderivative(sigma_next) - antiderivative(sigmas[0])))
+    return coefficients
+
+
+@torch.no_grad()
+def lms(denoiser, x, sched, ts, generator=None, callback=None, order=4):
+    """Linear multistep (Adams–Bashforth on the σ̃ grid) on the probability-flow ODE, Karras et al. 2022."""
+    if not 1 <= order <= 4:
+        raise ValueError(f"LMS order must be 1, 2, 3 or 4, got {order}")
+    alpha, sigma_tilde = karras_variables(sched, ts, "lms")
+    sigma_list = sigma_tilde.tolist()
+    x_tilde = x / alpha[0]
+    ds, sigmas = [], []  # d_i, d_{i−1}, … and σ̃_i, σ̃_{i−1}, …, newest first
+    for i in range(len(ts) - 1):
+        # 1. Evaluate the derivative and keep the last `order` of them.
+        x0_hat = denoiser(alpha[i] * x_tilde, ts[i])
+        ds = [(x_tilde - x0_hat) / sigma_tilde[i]] + ds[: order - 1]
+        sigmas = [sigma_list[i]] + sigmas[: order - 1]
+        # 2. Step with the integrated Lagrange interpolant of the history (first order on the step to σ̃ = 0).
+        k = 1 if sigma_list[i + 1] == 0 else len(ds)
+        c = lms_coefficients(sigmas[:k], sigma_list[i + 1])
+        x_tilde = x_tilde + sum(c_j * d_j for c_j, d_j in zip(c, ds[:k]))
+        _report(callback, i, ts[i], alpha[i + 1] * x_tilde, x0_hat)
+    return alpha[-1] * x_tilde
+
+
+@torch.no_grad()
+def flow_euler(denoiser, x, sched, ts, generator=None, callback=None):
+    """Euler on the rectified-flow ODE dx/dt = v, Liu et al. 2022 (as SD3 samples, Esser et al. 2024)."""
+    if sched.kind != "flow":
+        raise ValueError("sampler 'flow_euler' needs a Schedule.flow(); for a VP schedule use 'euler' or 'ddim'")
+    for i in range(len(ts) - 1):
+        # 1. Velocity implied by the x0 prediction: v = ε − x0 = (x_t − x0)/t.
+        x0_hat = denoiser(x, ts[i])
+        v_hat = (x - x0_hat) / ts[i]
+        # 2. Euler step in t.
+        x = x + (ts[i + 1] - ts[i]) * v_hat
+        _report(callback, i, ts[i], x, x0_hat)
+    return x
