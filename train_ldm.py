@@ -56,11 +56,13 @@ RESUMABLE_OVERRIDES = ("epochs", "max_steps", "stop_after", "ckpt_every", "sampl
 def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", choices=["unet", "dit"], default="dit", help="denoiser architecture")
+    g.add_argument("--backbone", choices=["unet", "dit", "mmdit"], default="dit",
+                   help="denoiser: UNet (cross-attention), DiT (adaLN-Zero) or Flux-style MMDiT (joint attention)")
     g.add_argument("--preset", choices=["tiny", "small", "seed"], default="tiny",
                    help="tiny: CPU-sized; small: one GPU; seed: the seed's SD-UNet / DiT-XL/2")
-    g.add_argument("--cond", choices=["embedding", "onehot_mlp", "tokens"], default="embedding",
-                   help="how a user id is encoded (each has a null id for CFG)")
+    g.add_argument("--cond", choices=["embedding", "onehot_mlp", "tokens"], default=None,
+                   help="how a user id is encoded, each with a null id for CFG (default: tokens for mmdit, whose "
+                        "condition stream is a token sequence; embedding otherwise)")
     g = p.add_argument_group("data")
     g.add_argument("--vae", type=Path, default=None,
                    help="the stage-1 run folder (train_vae.py); default runs/vae-kl-<preset> or runs/demo/vae")
@@ -150,7 +152,11 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
         if saved.get("kind") != "ldm":
             raise RunError(f"--resume {args.resume}: a {saved.get('kind')!r} run, not a train_ldm.py run")
         args = resume_args(saved["args"], args, defaults, RESUMABLE_OVERRIDES, "--resume " + str(args.resume))
+    # Defaults that depend on other choices: MMDiT is trained with rectified flow on user tokens.
     args.epochs = 200 if args.epochs is None and args.max_steps is None else args.epochs
+    args.prediction = args.prediction or ("flow" if args.backbone == "mmdit" else "eps")
+    args.cond = args.cond or ("tokens" if args.backbone == "mmdit" else "embedding")
+    args.timesteps = args.timesteps or ("logit_normal" if args.prediction == "flow" else "uniform")
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     seed_everything(args.seed)
@@ -183,8 +189,6 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     bb_config = backbone_config(args.backbone, args.preset, c, h, num_classes, args.cond)
     model = build_backbone(args.backbone, bb_config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    args.prediction = args.prediction or ("flow" if args.backbone == "mmdit" else "eps")
-    args.timesteps = args.timesteps or ("logit_normal" if args.prediction == "flow" else "uniform")
     if args.prediction == "flow":
         sched = Schedule.flow(shift=args.flow_shift, num_train_timesteps=args.num_train_timesteps)
         schedule_cfg = {"kind": "flow", "shift": args.flow_shift, "num_train_timesteps": args.num_train_timesteps}

@@ -38,7 +38,7 @@ def weights_equal(a: Path, b: Path, atol: float = 0.0) -> bool:
     return wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=atol, rtol=0) for k in wa)
 
 
-@pytest.mark.parametrize("backbone", ["dit", "unet"])
+@pytest.mark.parametrize("backbone", ["dit", "unet", "mmdit"])
 def test_train_then_sample_end_to_end(vae_run, tmp_path, backbone):
     run = tmp_path / "ldm"
     rc = train_ldm.main(["--backbone", backbone, "--vae", str(vae_run), "--out", str(run), "--max-steps", "3", *LDM])

@@ -14,6 +14,8 @@ from tinyldm.models.autoencoder_kl import PRESETS as KL_PRESETS
 from tinyldm.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
 from tinyldm.models.dit import PRESETS as DIT_PRESETS
 from tinyldm.models.dit import DiT, DiTConfig
+from tinyldm.models.mmdit import PRESETS as MMDIT_PRESETS
+from tinyldm.models.mmdit import MMDiT, MMDiTConfig
 from tinyldm.models.unet import PRESETS as UNET_PRESETS
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 from tinyldm.models.vq import PRESETS as VQ_PRESETS
@@ -21,7 +23,7 @@ from tinyldm.models.vq import VQModel, VQModelConfig
 from tinyldm.train import RunError, load_weights, read_config
 
 MODEL_TYPES = ("kl", "vq")
-BACKBONES = ("unet", "dit")
+BACKBONES = ("unet", "dit", "mmdit")
 
 # Backbone size for each run preset (tiny: CPU; small: one GPU; seed: the seed's configurations).
 BACKBONE_PRESETS = {
@@ -37,6 +39,7 @@ BACKBONE_PRESETS = {
                      attention_head_dim=8, num_attention_heads=[5, 10, 20, 20], use_linear_projection=True),
     },
     "dit": {"tiny": DIT_PRESETS["tiny"], "small": DIT_PRESETS["DiT-S/2"], "seed": DIT_PRESETS["DiT-XL/2"]},
+    "mmdit": {"tiny": MMDIT_PRESETS["tiny"], "small": MMDIT_PRESETS["small"]},  # the seed names no MMDiT size
 }
 
 
@@ -92,8 +95,10 @@ def backbone_config(backbone: str, preset: str, latent_channels: int, latent_siz
     if backbone == "unet":
         cfg = UNetConfig(**{**base, "sample_size": latent_size, "in_channels": latent_channels,
                             "out_channels": latent_channels})
-    else:
+    elif backbone == "dit":
         cfg = DiTConfig(**{**base, "input_size": latent_size, "in_channels": latent_channels, "learn_sigma": False})
+    else:
+        cfg = MMDiTConfig(**{**base, "input_size": latent_size, "in_channels": latent_channels})
     return asdict(cfg)
 
 
@@ -102,6 +107,8 @@ def build_backbone(backbone: str, config: dict) -> nn.Module:
         return UNet2DConditionModel(UNetConfig(**config))
     if backbone == "dit":
         return DiT(DiTConfig(**config))
+    if backbone == "mmdit":
+        return MMDiT(MMDiTConfig(**config))
     raise ValueError(f"backbone {backbone!r}: choose one of {BACKBONES}")
 
 
