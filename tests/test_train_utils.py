@@ -68,6 +68,8 @@ def test_rng_state_round_trip():
 def test_log_truncation(tmp_path):
     for s in range(1, 6):
         append_log(tmp_path, {"step": s, "loss": 1.0 / s})
+    with open(tmp_path / "log.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')  # a process killed in the middle of a line
     truncate_log(tmp_path, 3)
     assert [r["step"] for r in read_log(tmp_path)] == [1, 2, 3]
 

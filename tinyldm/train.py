@@ -269,7 +269,12 @@ def read_log(run_dir: Path, up_to_step: int | None = None) -> list[dict]:
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a kill; it is written again after resume
+            continue
     return [r for r in records if up_to_step is None or r.get("step", 0) <= up_to_step]
 
 
