@@ -4,11 +4,12 @@
   2. vae      train the tiny AutoencoderKL (f = 4: 64×64×3 → 16×16×4), write its reconstruction grid
   3. ldm      train a tiny class-conditional DiT on the frozen latents (ε-prediction, CFG dropout 0.1)
   4. sample   draw 4 images of every one of the 31 users with DPM-Solver++(2M), 20 steps, guidance 4
+  5. eval     train the user-ID classifier on the real data, then measure 8 generated images per user
 
 Every stage is the same script a user runs by hand; the demo only picks small settings. Rerunning the demo
 starts each stage afresh (the simulated data and the latent cache are reused).
 
-    python demo.py [--out runs/demo] [--vae-epochs 8] [--ldm-steps 900]
+    python demo.py [--out runs/demo] [--vae-epochs 6] [--ldm-steps 900]
 """
 
 import argparse
@@ -20,12 +21,13 @@ import sample
 import train_ldm
 import train_vae
 from tinyldm.data import default_data_dir
+from tinyldm.evaluation import evaluate_run
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where every output of the demo goes")
-    p.add_argument("--vae-epochs", type=int, default=8, help="epochs of stage-1 training")
+    p.add_argument("--vae-epochs", type=int, default=6, help="epochs of stage-1 training")
     p.add_argument("--ldm-steps", type=int, default=900, help="optimizer steps of stage-2 training")
     p.add_argument("--backbone", choices=["dit", "unet"], default="dit")
     args = p.parse_args(argv)
@@ -56,6 +58,9 @@ def main(argv=None) -> int:
     stage("sample", sample.main(["--run", str(ldm_dir), "--users", "all", "--n-per-user", "4", "--steps", "20",
                                  "--cfg-scale", "4", "--out", str(samples_dir), "--trajectory"]))
 
+    evaluate_run(ldm_dir, args.out / "eval")
+    stage("eval")
+
     print("\n== demo finished ==")
     print("  " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {sum(times.values()):.0f} s")
     print(f"  data set               {data}")
@@ -64,6 +69,7 @@ def main(argv=None) -> int:
     print(f"  generated images       {samples_dir}/<user>/NNN.png")
     print(f"  grid, rows = users     {samples_dir / 'grid.png'}")
     print(f"  denoising trajectory   {samples_dir / 'trajectory.png'}")
+    print(f"  evaluation report      {args.out / 'eval' / 'report.md'}")
     return 0
 
 

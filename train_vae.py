@@ -183,12 +183,12 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     split = dict(image_size=size, channels=args.channels, val_fraction=args.val_fraction, seed=args.seed,
                  strict_size=args.strict_size)
     train_ds = UserImageFolder(data_root, split="train", **split)
-    val_ds = UserImageFolder(data_root, split="val", **split)
+    val_ds = UserImageFolder(data_root, split="val", **split) if args.val_fraction > 0 else []
     if len(train_ds) < args.batch_size:
         raise DataError(f"{data_root}: {len(train_ds)} training images but --batch-size {args.batch_size}; "
                         "add images or lower --batch-size")
     x_train, _ = load_images(train_ds)
-    x_val, _ = load_images(val_ds) if len(val_ds) else (x_train[: args.batch_size], None)
+    x_val, _ = load_images(val_ds) if len(val_ds) else (x_train[: args.batch_size], None)  # no split: train images
     x_show = x_val[torch.linspace(0, len(x_val) - 1, min(8, len(x_val))).long()]
 
     # Model, loss, optimizer.

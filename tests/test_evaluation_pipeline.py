@@ -1,0 +1,179 @@
+"""The evaluation end to end: the classifier, folders against real data, bad input, a run with a sweep."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_ldm
+import train_vae
+from tests.test_train_vae import make_folder
+from tinyldm.data import UserImageFolder, default_data_dir
+from tinyldm.diffusion import nfe
+from tinyldm.evaluation import ClassifierConfig, classifier_for, evaluate_folders, evaluate_run, train_classifier
+from tinyldm.evaluation.__main__ import main as cli
+from tinyldm.evaluation.classifier import stack_split
+from tinyldm.evaluation.pipeline import quantize
+
+SPLIT = {"image_size": 32, "channels": 3, "val_fraction": 0.25, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """4 users × 12 stripe images at 32×32 (9 train / 3 validation per user) and a deliberately weak classifier
+    (two short epochs), so its validation accuracy is not a trivial 100 %."""
+    tmp = tmp_path_factory.mktemp("evaluation")
+    root = make_folder(tmp / "real", users=4, per_user=12, size=32)
+    train_ds, val_ds = UserImageFolder(root, split="train", **SPLIT), UserImageFolder(root, split="val", **SPLIT)
+    _, record = classifier_for(tmp / "classifier", train_ds, val_ds, seed=0, max_epochs=2, patience=2)
+    return {"root": root, "classifier": tmp / "classifier", "val_ds": val_ds, "record": record, "tmp": tmp}
+
+
+def copy_split(ds, out: Path) -> Path:
+    """The files of a split as a generated folder <user>/<image> (byte-identical PNGs)."""
+    for path, k in ds.samples:
+        (out / ds.classes[k]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, out / ds.classes[k] / path.name)
+    return out
+
+
+def test_condition_accuracy_on_real_validation_images_equals_the_classifier_accuracy(real, tmp_path, capsys):
+    gen = copy_split(real["val_ds"], tmp_path / "gen")
+    report = evaluate_folders(real["root"], gen, tmp_path / "out", val_fraction=0.25, classifier_dir=real["classifier"],
+                              with_tstr=False)
+    assert "classifier: reused" in capsys.readouterr().out
+    ceiling = real["record"]["results"]["val_acc"]
+    assert 0.25 < ceiling < 1.0  # neither chance nor trivial, so the equality below says something
+    assert report["generated"]["condition_accuracy"]["top1"] == ceiling
+    assert report["classifier"]["val_acc"] == ceiling
+    # The same images as the reference: every distance is 0, precision and recall 1.
+    g = report["generated"]
+    assert g["fd"] == pytest.approx(0, abs=1e-6) and g["precision"] == 1 and g["recall"] == 1
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["generated"]["condition_accuracy"]["top1"] == ceiling
+    for name in ("report.md", "confusion.png", "per_user_accuracy.png"):
+        assert (tmp_path / "out" / name).is_file(), name
+
+
+def test_training_is_deterministic_for_a_seed():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(24, 3, 16, 16, generator=g) * 2 - 1, torch.arange(3).repeat(8)
+    config = ClassifierConfig(num_classes=3, image_size=16)
+    before = torch.random.get_rng_state()
+    a, _ = train_classifier(x, y, config, fixed_steps=6, batch_size=8, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is left alone
+    b, _ = train_classifier(x, y, config, fixed_steps=6, batch_size=8, seed=1)
+    c, _ = train_classifier(x, y, config, fixed_steps=6, batch_size=8, seed=2)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def bad_folder(real, tmp_path, size=32, grey=False, names=("user_00", "user_01"), per_user=4):
+    from PIL import Image
+
+    for name in names:
+        (tmp_path / "bad" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_user):
+            Image.new("L" if grey else "RGB", (size, size)).save(tmp_path / "bad" / name / f"{i:03d}.png")
+    return tmp_path / "bad"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ({"size": 16}, "is 16×16 with 3 channel(s) but the real images are 32×32 with 3"),
+    ({"grey": True}, "with 1 channel(s) but the real images are 32×32 with 3"),
+    ({"names": ("user_00", "alice")}, "user folders ['alice'] that are not users of the real data"),
+    ({"names": ("user_00",), "per_user": 3}, "needs at least 4 generated images, got 3"),
+])
+def test_bad_generated_folders_get_one_line(real, tmp_path, capsys, case, expected):
+    gen = bad_folder(real, tmp_path, **case)
+    rc = cli(["--real", str(real["root"]), "--generated", str(gen), "--out", str(tmp_path / "out"),
+              "--val-fraction", "0.25", "--classifier", str(real["classifier"]), "--no-tstr"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("evaluate.py: error: ")
+    assert expected in err
+
+
+def test_cli_asks_for_a_complete_request(capsys):
+    assert cli(["--real", "x"]) == 2
+    assert "give --run RUN_DIR, or both --real DIR and --generated DIR" in capsys.readouterr().err
+
+
+def classifier_accuracy_on_simulated_users(tmp_path, users: int) -> tuple[float, dict]:
+    """The classifier of the first `users` users of the tiny simulated set (generated once, ~20 s, if missing)."""
+    data = default_data_dir("tiny")
+    root = tmp_path / "sim"
+    root.mkdir()
+    for d in sorted(p for p in data.iterdir() if p.is_dir())[:users]:
+        (root / d.name).symlink_to(d.resolve())
+    split = {"image_size": 64, "channels": 3, "val_fraction": 0.1, "seed": 0}
+    train_ds, val_ds = UserImageFolder(root, split="train", **split), UserImageFolder(root, split="val", **split)
+    model, record = classifier_for(tmp_path / "classifier", train_ds, val_ds)
+    return record["results"]["val_acc"], record
+
+
+def test_classifier_reaches_90_percent_on_the_tiny_simulated_set(tmp_path):
+    # All 31 simulated users, 1116 training images: ~11 s on 2 free cores (98 % after 15 epochs).
+    acc, record = classifier_accuracy_on_simulated_users(tmp_path, 31)
+    assert acc >= 0.9, record["history"]
+
+
+@pytest.fixture(scope="module")
+def ldm_run(tmp_path_factory):
+    """A tiny autoencoder and DiT trained for a few steps on 3 users (as in test_stage2.py)."""
+    tmp = tmp_path_factory.mktemp("evaluation_run")
+    data = make_folder(tmp / "data", users=3, per_user=8, size=32)
+    assert train_vae.main(["--data", str(data), "--out", str(tmp / "vae"), "--image-size", "32", "--batch-size", "4",
+                           "--val-fraction", "0.25", "--max-steps", "4"]) == 0
+    assert train_ldm.main(["--vae", str(tmp / "vae"), "--out", str(tmp / "ldm"), "--max-steps", "3", "--batch-size",
+                           "4", "--grad-accum", "1", "--sample-every", "1000", "--ckpt-every", "1000"]) == 0
+    return tmp
+
+
+def test_run_with_sweep_writes_every_report_and_plot(ldm_run, capsys):
+    out = ldm_run / "eval"
+    report = evaluate_run(ldm_run / "ldm", out, n_per_user=2, steps=3, cfg_scale=2.0, sweep=True,
+                          guidance_scales=[1.0, 4.0], samplers=["ddim", "heun"], steps_list=[2, 3],
+                          sweep_n_per_user=2)
+    printed = capsys.readouterr().out
+    for line in ("classifier ceiling", "condition accuracy", "Fréchet distance", "TSTR / TRTR", "report"):
+        assert line in printed, line
+    assert report["settings"]["nfe"] == nfe("dpmpp_2m", 3)
+    assert [p["cfg_scale"] for p in report["sweep"]["guidance"]] == [1.0, 4.0]
+    assert [(p["sampler"], p["steps"], p["nfe"]) for p in report["sweep"]["samplers"]] == \
+        [(s, n, nfe(s, n)) for s in ("ddim", "heun") for n in (2, 3)]
+    assert report["generated"]["tstr"] is not None and report["autoencoder"]["psnr"] > 0
+    for name in ("report.json", "report.md", "confusion.png", "per_user_accuracy.png", "guidance_accuracy.png",
+                 "guidance_fd.png", "nfe_accuracy.png", "nfe_fd.png", "generated/user_02/001.png"):
+        assert (out / name).is_file(), name
+    assert (ldm_run / "ldm" / "classifier" / "model.safetensors").is_file()
+    json.loads((out / "report.json").read_text())  # strict JSON (no NaN)
+
+    # The PNGs it wrote, evaluated as a folder with the same classifier, give the same numbers.
+    again = evaluate_folders(json.loads((ldm_run / "ldm" / "config.json").read_text())["data"], out / "generated",
+                             ldm_run / "eval_folder", val_fraction=0.25, classifier_dir=ldm_run / "ldm" / "classifier",
+                             with_tstr=False, quiet=True)
+    for key in ("fd", "kid", "precision", "recall"):
+        assert again["generated"][key] == pytest.approx(report["generated"][key], rel=1e-6), key
+    assert again["generated"]["condition_accuracy"] == report["generated"]["condition_accuracy"]
+
+
+def test_autoencoder_run_reports_reconstructions(ldm_run):
+    report = evaluate_run(ldm_run / "vae", ldm_run / "eval_vae", quiet=True)
+    a = report["autoencoder"]
+    assert "generated" not in report and a["n"] == 6 and 0 < a["ssim"] <= 1 and a["fd"] >= 0
+    assert (ldm_run / "eval_vae" / "report.md").read_text().count("PSNR") >= 1
+
+
+def test_quantize_is_what_a_png_holds():
+    x = torch.linspace(-1.2, 1.2, 1001)
+    q = quantize(x)
+    assert torch.allclose((q + 1) * 127.5, ((q + 1) * 127.5).round(), atol=1e-4)
+    assert (q - x.clamp(-1, 1)).abs().max() <= 1 / 127.5 / 2 + 1e-6
+
+
+def test_stack_split_keeps_labels(real):
+    x, y = stack_split(real["val_ds"])
+    assert x.shape == (12, 3, 32, 32) and y.tolist() == [k for _, k in real["val_ds"].samples]

@@ -1,0 +1,170 @@
+"""Writing what was measured: report.json (everything), report.md (tables a person reads), PNG plots, headline."""
+
+import math
+from pathlib import Path
+
+from tinyldm.evaluation.plots import plot_bars, plot_confusion
+from tinyldm.train import atomic_write_json
+from tinyldm.viz import plot_curves
+
+PLOT_TITLES = {"top1": "condition accuracy (top-1)", "fd": "Frechet distance (FD)"}  # ASCII: PIL's font lacks "é"
+HOW_TO_READ = """\
+## How to read these numbers
+- Everything is measured by a user-ID classifier trained on the real training split and early-stopped on the
+  real validation split. Its validation accuracy is the **ceiling**: what unseen real recordings score.
+  Generated images near it are as recognisable as real ones; above it (strong guidance) usually means
+  exaggerated, too-typical images: check recall and FD.
+- **Condition accuracy**: share of images made for user k that the classifier calls user k. Near the ceiling
+  = identities are right; near 1/users = the condition is ignored.
+- **Fréchet distance (FD)** and **KID**: distance between the real-validation and the generated feature
+  distributions (0 = same). FD grows as the sample shrinks, so compare it only at the same number of images,
+  and against the *real floor*: real training images vs real validation images at the same count.
+  KID is unbiased (≈ 0 for samples of one distribution, can be slightly negative).
+- **Precision / recall** (k-NN manifolds, k = 3): share of generated images that look real (fidelity) /
+  share of real images the generated set covers (diversity).
+- **Autoencoder reconstructions**: the classifier's accuracy on decoded real images is the practical ceiling
+  of a latent diffusion model that decodes through this autoencoder.
+- **TSTR / TRTR**: a fresh classifier trained only on generated images, tested on real validation images,
+  against the same classifier trained on real images. Close = the generated set carries what tells people apart.
+"""
+
+
+def pct(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
+
+
+def num(v, digits: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}g}"
+
+
+def headline_lines(report: dict) -> list[str]:
+    """The few lines `make demo` prints: ceiling, condition accuracy, FD, TSTR and where the report is."""
+    c, lines = report["classifier"], []
+    lines.append(f"classifier ceiling (real val top-1)   {pct(c['val_acc'])}  ({report['real']['n_val']} images, "
+                 f"{len(report['classes'])} users; trained in {c['train_seconds']:.0f} s)")
+    g = report.get("generated")
+    if g is not None:
+        s = report.get("settings", {})
+        how = f"{s['sampler']}, {s['steps']} steps, guidance {s['cfg_scale']:g}, " if s else ""
+        lines.append(f"condition accuracy (generated)       {pct(g['condition_accuracy']['top1'])} top-1, "
+                     f"{pct(g['condition_accuracy']['top5'])} top-5  ({how}{g['n']} images)")
+        lines.append(f"Fréchet distance (classifier feats)  {num(g['fd'])}  (real floor at the same count: "
+                     f"{num(g['fd_real_floor'])}); precision {num(g['precision'], 2)}, recall {num(g['recall'], 2)}")
+        lines.append(f"TSTR / TRTR                          {pct(g['tstr'])} / {pct(g['trtr'])}")
+    a = report.get("autoencoder")
+    if a is not None:
+        lines.append(f"autoencoder reconstructions (val)    PSNR {a['psnr']:.2f} dB, SSIM {a['ssim']:.3f}, "
+                     f"FD {num(a['fd'])}, classifier top-1 {pct(a['condition_top1'])}")
+    sw = report.get("sweep")
+    if sw and sw.get("guidance"):
+        b = sw["best_guidance"]
+        lines.append(f"best guidance scale                  {b['by_accuracy']:g} by accuracy, {num(b['by_fd'])} by FD")
+    lines.append(f"report                               {report['files']['report.md']}")
+    return lines
+
+
+def _markdown(report: dict) -> str:
+    r, c = report["real"], report["classifier"]
+    out = [f"# Evaluation: {report['source']}", "",
+           f"Real data `{r['root']}`: {len(report['classes'])} users, {r['n_train']} training and {r['n_val']} "
+           f"validation images ({r['image_size']}×{r['image_size']}, {r['channels']} channel(s); split "
+           f"val_fraction {r['val_fraction']}, seed {r['split_seed']}).",
+           f"Classifier `{c['folder']}`: real-validation accuracy (ceiling) **{pct(c['val_acc'])}**, top-5 "
+           f"{pct(c['val_top5'])}; best epoch {c['best_epoch']} ({c['best_step']} steps), "
+           f"{c['train_seconds']:.0f} s to train, {c['feature_dim']}-dimensional features.", ""]
+    g = report.get("generated")
+    if g is not None:
+        s = report.get("settings")
+        how = (f" — {s['sampler']}, {s['steps']} steps (NFE {s['nfe']}), guidance {s['cfg_scale']:g}, seed "
+               f"{s['seed']}, {s['sample_seconds']:.0f} s to sample") if s else ""
+        acc = g["condition_accuracy"]
+        out += [f"## Generated images ({g['n']}{how})", "", "| metric | value | read against |", "|---|---|---|",
+                f"| condition accuracy, top-1 | **{pct(acc['top1'])}** | ceiling {pct(c['val_acc'])}; chance "
+                f"{pct(1 / len(report['classes']))} |",
+                f"| condition accuracy, top-5 | {pct(acc['top5'])} | ceiling {pct(c['val_top5'])} |",
+                f"| Fréchet distance | **{num(g['fd'])}** | real floor {num(g['fd_real_floor'])} at the same count |",
+                f"| KID | {num(g['kid'])} ± {num(g['kid_std'], 2)} | 0 |",
+                f"| precision / recall | {num(g['precision'], 3)} / {num(g['recall'], 3)} | 1 / 1 |",
+                f"| TSTR | **{pct(g['tstr'])}** | TRTR {pct(g['trtr'])} |", "",
+                "### Per user", "", "| user | top-1 | most often taken for | Fréchet distance |", "|---|---|---|---|"]
+        for k, name in enumerate(report["classes"]):
+            row = acc["confusion"][k]
+            others = [(n, j) for j, n in enumerate(row) if j != k and n > 0]
+            taken = f"{report['classes'][max(others)[1]]} ({max(others)[0]}×)" if others else "–"
+            out.append(f"| {name} | {pct(acc['per_user'][k])} | {taken} | {num(g['per_user_fd'][k])} |")
+        out += ["", "![confusion matrix](confusion.png)", "![per-user accuracy](per_user_accuracy.png)", ""]
+    a = report.get("autoencoder")
+    if a is not None:
+        out += [f"## Autoencoder reconstructions ({a['n']} real validation images)", "",
+                "| PSNR | SSIM | Fréchet distance | classifier top-1 |", "|---|---|---|---|",
+                f"| {a['psnr']:.2f} dB | {a['ssim']:.3f} | {num(a['fd'])} | {pct(a['condition_top1'])} |", ""]
+    sw = report.get("sweep") or {}
+    if sw.get("guidance"):
+        p0 = sw["guidance"][0]
+        out += [f"## Guidance sweep ({p0['sampler']}, {p0['steps']} steps, {sw['n_per_user']} images per user)", "",
+                "| guidance w | top-1 | top-5 | FD | KID | precision | recall | s / image |",
+                "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {p['cfg_scale']:g} | {pct(p['top1'])} | {pct(p['top5'])} | {num(p['fd'])} | {num(p['kid'])} | "
+                f"{num(p['precision'], 2)} | {num(p['recall'], 2)} | {p['seconds_per_image']:.3f} |"
+                for p in sw["guidance"]]
+        b = sw["best_guidance"]
+        out += ["", f"Best guidance: w = {b['by_accuracy']:g} by condition accuracy, w = {num(b['by_fd'])} by "
+                f"Fréchet distance.", "", "![](guidance_accuracy.png) ![](guidance_fd.png)", ""]
+    if sw.get("samplers"):
+        out += [f"## Samplers × steps (guidance {sw['samplers'][0]['cfg_scale']:g}, {sw['n_per_user']} images per "
+                "user)", "", "| sampler | steps | NFE | top-1 | FD | KID | s / image |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {p['sampler']} | {p['steps']} | {p['nfe']} | {pct(p['top1'])} | {num(p['fd'])} | {num(p['kid'])} | "
+                f"{p['seconds_per_image']:.3f} |" for p in sw["samplers"]]
+        out += ["", "![](nfe_accuracy.png) ![](nfe_fd.png)", ""]
+    return "\n".join(out + [HOW_TO_READ])
+
+
+def write_report(out_dir: Path, report: dict) -> dict:
+    """report.json, report.md and the plots into out_dir; → report with "files" filled in.
+
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"report.json": out_dir / "report.json", "report.md": out_dir / "report.md"}
+    g, classes = report.get("generated"), report["classes"]
+    if g is not None:
+        acc = g["condition_accuracy"]
+        files["confusion.png"] = out_dir / "confusion.png"
+        plot_confusion(acc["confusion"], classes, files["confusion.png"],
+                       f"condition accuracy {pct(acc['top1'])} (ceiling {pct(report['classifier']['val_acc'])})")
+        files["per_user_accuracy.png"] = out_dir / "per_user_accuracy.png"
+        plot_bars(acc["per_user"], classes, files["per_user_accuracy.png"], "top-1 accuracy on images made for "
+                  "each user", ceiling=report["classifier"]["val_acc"])
+    sw = report.get("sweep") or {}
+    if sw.get("guidance"):
+        ws = [p["cfg_scale"] for p in sw["guidance"]]
+        for key, name, log_y in (("top1", "accuracy", False), ("fd", "fd", True)):
+            files[f"guidance_{name}.png"] = out_dir / f"guidance_{name}.png"
+            plot_curves({key: (ws, [p[key] for p in sw["guidance"]])}, files[f"guidance_{name}.png"],
+                        title=f"{PLOT_TITLES[key]} against guidance scale", xlabel="guidance scale w", log_y=log_y)
+    if sw.get("samplers"):
+        for key, name, log_y in (("top1", "accuracy", False), ("fd", "fd", True)):
+            series = {}
+            for p in sw["samplers"]:
+                xs, ys = series.setdefault(p["sampler"], ([], []))
+                xs.append(p["nfe"])
+                ys.append(p[key])
+            files[f"nfe_{name}.png"] = out_dir / f"nfe_{name}.png"
+            plot_curves(series, files[f"nfe_{name}.png"], xlabel="network evaluations (NFE)", log_y=log_y,
+                        title=f"{PLOT_TITLES[key]} against NFE")
+    report = {**report, "files": {k: str(v) for k, v in files.items()}}
+    (out_dir / "report.md").write_text(_markdown(report) + "\n")
+    atomic_write_json(files["report.json"], json_safe(report))
+    return report
+
+
+def json_safe(obj):
+    """NaN and ±inf (a user without images, identical images' PSNR) → null, so report.json is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,143 @@
+"""The three ways in: a generated folder against real data, a train_ldm.py run, a train_vae.py run.
+
+Each builds the real reference (classifier reused or trained), measures, writes report.json / report.md / plots
+to out_dir, prints the headline lines and returns the report as a dict.
+"""
+
+from pathlib import Path
+
+from PIL import Image
+
+from tinyldm.data import DataError
+from tinyldm.diffusion import SAMPLERS, nfe
+from tinyldm.evaluation.metrics import topk_correct
+from tinyldm.evaluation.pipeline import (
+    Reference,
+    build_reference,
+    evaluate_images,
+    read_generated,
+    real_format,
+    reconstruction_metrics,
+)
+from tinyldm.evaluation.report import headline_lines, write_report
+from tinyldm.evaluation.sweep import (
+    GUIDANCE_SCALES,
+    SWEEP_SAMPLERS,
+    SWEEP_STEPS,
+    best_guidance,
+    guidance_sweep,
+    sample_users,
+    sampler_sweep,
+)
+from tinyldm.train import RunError, check_writable, read_config
+from tinyldm.viz import to_uint8
+
+
+def _header(ref: Reference, source: str, kind: str, val_fraction: float, split_seed: int) -> dict:
+    """The part of every report that describes the real data and the classifier."""
+    res, cfg = ref.record["results"], ref.record["config"]
+    return {"kind": kind, "source": source, "classes": ref.classes,
+            "real": {"root": str(ref.root), "image_size": ref.image_size, "channels": ref.channels,
+                     "n_train": len(ref.train_y), "n_val": len(ref.val_y), "val_fraction": val_fraction,
+                     "split_seed": split_seed},
+            "classifier": {"folder": str(ref.folder), "val_acc": res["val_acc"],
+                           "val_top5": topk_correct(ref.val_logits, ref.val_y, 5).float().mean().item(),
+                           "best_epoch": res["best_epoch"], "best_step": res["best_step"],
+                           "train_seconds": res["train_seconds"], "feature_dim": cfg["feature_dim"]}}
+
+
+def _finish(report: dict, out_dir: Path, quiet: bool) -> dict:
+    report = write_report(out_dir, report)
+    if not quiet:
+        print("== evaluation ==")
+        for line in headline_lines(report):
+            print("  " + line)
+    return report
+
+
+def evaluate_folders(real, generated, out_dir, image_size: int | None = None, channels: int | None = None,
+                     val_fraction: float = 0.1, split_seed: int = 0, classifier_dir=None, with_tstr: bool = True,
+                     seed: int = 0, device="cpu", retrain: bool = False, quiet: bool = False) -> dict:
+    """Generated images in `generated`/<user>/*.png against the real data folder (or CSV) `real`.
+
+    image_size/channels default to those of the first real image; the classifier is kept in classifier_dir
+    (default out_dir/classifier) and reused while the real data and split stay the same.
+    """
+    out_dir = Path(out_dir)
+    check_writable(out_dir)
+    size, ch = real_format(real)
+    image_size, channels = image_size or size, channels or ch
+    ref = build_reference(real, image_size, channels, val_fraction, split_seed,
+                          classifier_dir or out_dir / "classifier", seed, device, retrain)
+    x, y = read_generated(generated, ref)
+    report = _header(ref, str(generated), "folders", val_fraction, split_seed)
+    report["generated"] = evaluate_images(ref, x, y, with_tstr, seed)
+    return _finish(report, out_dir, quiet)
+
+
+def write_pngs(folder: Path, x, y, classes: list[str], channels: int) -> None:
+    """Images (N, C, H, W) of users y as folder/<user>/NNN.png, sample.py's layout (re-readable as --generated)."""
+    counts = {}
+    for img, k in zip(to_uint8(x), y.tolist()):
+        (folder / classes[k]).mkdir(parents=True, exist_ok=True)
+        i = counts[k] = counts.get(k, -1) + 1
+        Image.fromarray(img if channels == 3 else img[..., 0]).save(folder / classes[k] / f"{i:03d}.png")
+
+
+def evaluate_run(run_dir, out_dir=None, n_per_user: int = 8, sampler: str = "dpmpp_2m", steps: int = 20,
+                 cfg_scale: float = 4.0, seed: int = 0, with_tstr: bool = True, sweep: bool = False,
+                 guidance_scales=GUIDANCE_SCALES, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
+                 sweep_n_per_user: int = 4, classifier_dir=None, device="cpu", weights: str = "ema",
+                 retrain: bool = False, quiet: bool = False) -> dict:
+    """Evaluate a train_ldm.py run (sample n_per_user images of every user, then measure; optionally sweep guidance
+    and samplers × steps) or a train_vae.py run (reconstructions). Writes to out_dir (default RUN/eval), keeps the
+    classifier in classifier_dir (default RUN/classifier), prints the headline lines, returns the report."""
+    from tinyldm.models.loading import load_autoencoder, load_ldm  # the models are only needed for runs
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    classifier_dir = Path(classifier_dir) if classifier_dir is not None else run_dir / "classifier"
+    cfg = read_config(run_dir)
+    if cfg.get("kind") not in ("ldm", "autoencoder"):
+        raise RunError(f"{run_dir} is a {cfg.get('kind')!r} run; pass a train_ldm.py or train_vae.py run folder")
+    check_writable(out_dir)
+
+    # 1. The real reference, on the autoencoder's own split: its validation images were never trained on.
+    vae_dir = Path(cfg["vae"]) if cfg["kind"] == "ldm" else run_dir
+    vae_cfg = cfg if cfg["kind"] == "autoencoder" else read_config(vae_dir)
+    val_fraction, split_seed = vae_cfg["args"]["val_fraction"], vae_cfg["args"]["seed"]
+    d = vae_cfg["data"]
+    root = cfg["data"] if cfg["kind"] == "ldm" else d["root"]
+    ref = build_reference(root, d["image_size"], d["channels"], val_fraction, split_seed, classifier_dir, seed,
+                          device, retrain)
+    if ref.classes != d["classes"]:
+        raise DataError(f"the data at {root} now has users {ref.classes[:3]}… ({len(ref.classes)}) but {run_dir} "
+                        f"was trained on {d['classes'][:3]}… ({len(d['classes'])}); evaluate against the run's data")
+    report = _header(ref, str(run_dir), cfg["kind"], val_fraction, split_seed)
+    vae, _ = load_autoencoder(vae_dir, device)
+    report["autoencoder"] = reconstruction_metrics(vae, vae_cfg["model_type"], ref)
+    if cfg["kind"] == "autoencoder":
+        return _finish(report, out_dir, quiet)
+
+    # 2. Sample every user with sample.py's code path, keep the PNGs, measure.
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if n_per_user < 1:
+        raise ValueError(f"n_per_user {n_per_user}: at least 1 image per user")
+    model, _ = load_ldm(run_dir, device, weights)
+    x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampler, steps, cfg_scale, seed, device,
+                                 progress=not quiet)
+    write_pngs(out_dir / "generated", x, y, ref.classes, ref.channels)
+    report["settings"] = {"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "cfg_scale": cfg_scale,
+                          "n_per_user": n_per_user, "seed": seed, "weights": weights, "sample_seconds": seconds,
+                          "generated": str(out_dir / "generated")}
+    report["generated"] = evaluate_images(ref, x, y, with_tstr, seed)
+
+    # 3. Quality against cost.
+    if sweep:
+        g = guidance_sweep(model, vae, cfg, ref, guidance_scales, sweep_n_per_user, sampler, steps, seed, device)
+        s = sampler_sweep(model, vae, cfg, ref, samplers, steps_list, sweep_n_per_user, cfg_scale, seed, device)
+        report["sweep"] = {"n_per_user": sweep_n_per_user, "guidance": g, "samplers": s,
+                           "best_guidance": best_guidance(g) if g else None}
+    return _finish(report, out_dir, quiet)
+

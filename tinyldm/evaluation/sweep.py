@@ -1,0 +1,76 @@
+"""Quality against cost: condition accuracy and Fréchet distance over guidance scales, and over samplers × steps.
+
+Every point samples the same users and the same initial noise (generate's per-image seeds), so points differ
+only by the setting swept. NFE counts network evaluations (`tinyldm.diffusion.nfe`); with guidance each one
+runs on a batch twice as large (conditional and unconditional together).
+"""
+
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from tinyldm.diffusion import nfe
+from tinyldm.evaluation.classifier import embed
+from tinyldm.evaluation.metrics import condition_accuracy, frechet_distance, kid, precision_recall
+from tinyldm.evaluation.pipeline import Reference, quantize
+from tinyldm.generate import generate
+
+GUIDANCE_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+SWEEP_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")
+SWEEP_STEPS = (10, 20, 50)
+
+
+def sample_users(model, vae, run_config: dict, n_per_user: int, sampler: str, steps: int, cfg_scale: float,
+                 seed: int = 0, device="cpu", batch_size: int = 64, progress: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """n_per_user images of every user with sample.py's code path → (images (U·n, C, H, W) as PNG values,
+    user ids (U·n,), seconds spent sampling)."""
+    users = list(range(run_config["num_classes"]))
+    t0 = time.time()
+    x, _ = generate(model, vae, run_config, users, n_per_user, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                    seed=seed, batch_size=batch_size, device=device, progress=progress)  # (U, n, C, H, W)
+    seconds = time.time() - t0
+    y = torch.arange(len(users)).repeat_interleave(n_per_user)  # (U·n,)
+    return quantize(x.flatten(0, 1)), y, seconds
+
+
+def measure_point(ref: Reference, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict:
+    """The sweep's lighter set of metrics for one setting (no TSTR, no per-user lists)."""
+    feats, logits = embed(ref.model, x)
+    acc = condition_accuracy(logits, y, len(ref.classes))
+    kid_mean, _ = kid(ref.val_feats, feats, generator=torch.Generator().manual_seed(seed))
+    precision, recall = precision_recall(ref.val_feats, feats)
+    return {"top1": acc["top1"], "top5": acc["top5"], "fd": frechet_distance(ref.val_feats, feats), "kid": kid_mean,
+            "precision": precision, "recall": recall}
+
+
+def guidance_sweep(model, vae, run_config: dict, ref: Reference, scales=GUIDANCE_SCALES, n_per_user: int = 4,
+                   sampler: str = "dpmpp_2m", steps: int = 20, seed: int = 0, device="cpu") -> list[dict]:
+    """One point per guidance scale w at a fixed sampler and step count."""
+    points = []
+    for w in tqdm(scales, desc="guidance sweep", unit="scale"):
+        x, y, seconds = sample_users(model, vae, run_config, n_per_user, sampler, steps, w, seed, device)
+        points.append({"cfg_scale": w, "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
+                       "seconds_per_image": seconds / len(y), **measure_point(ref, x, y, seed)})
+    return points
+
+
+def sampler_sweep(model, vae, run_config: dict, ref: Reference, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
+                  n_per_user: int = 4, cfg_scale: float = 4.0, seed: int = 0, device="cpu") -> list[dict]:
+    """One point per (sampler, steps) at a fixed guidance scale."""
+    grid = [(s, n) for s in samplers for n in steps_list]
+    points = []
+    for sampler, steps in tqdm(grid, desc="sampler sweep", unit="setting"):
+        x, y, seconds = sample_users(model, vae, run_config, n_per_user, sampler, steps, cfg_scale, seed, device)
+        points.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "cfg_scale": cfg_scale,
+                       "seconds_per_image": seconds / len(y), **measure_point(ref, x, y, seed)})
+    return points
+
+
+def best_guidance(points: list[dict]) -> dict:
+    """The guidance scales with the highest condition accuracy and with the lowest Fréchet distance."""
+    finite = [p for p in points if math.isfinite(p["fd"])]
+    return {"by_accuracy": max(points, key=lambda p: (p["top1"], -p["fd"]))["cfg_scale"],
+            "by_fd": min(finite, key=lambda p: p["fd"])["cfg_scale"] if finite else None}
