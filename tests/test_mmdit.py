@@ -5,6 +5,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from test_backbones import perturb
 
 from tinyldm.models.mmdit import PRESETS, MMDiT, MMDiTConfig, apply_rope, rope_angles
 
@@ -13,14 +14,6 @@ def tiny(**kw):
     torch.manual_seed(0)
     return MMDiT.from_preset("tiny", num_classes=5, **kw)
 
-
-def perturb(model, scale=0.05):
-    """Move every weight off its init (MMDiT starts at exactly zero output), reproducibly."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return model
 
 
 @pytest.mark.parametrize("cond_type", ["tokens", "embedding", "onehot_mlp"])
