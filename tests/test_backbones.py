@@ -5,6 +5,7 @@ import torch
 
 from tinyldm.models.conditioning import ConditionEncoder
 from tinyldm.models.dit import DiT, DiTConfig
+from tinyldm.models.mmdit import MMDiT
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 
 SD1_UNET = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2,
@@ -18,6 +19,8 @@ def tiny(kind, **kw):
     torch.manual_seed(0)
     if kind == "unet":
         return UNet2DConditionModel.from_preset("tiny", num_classes=5, **kw)
+    if kind == "mmdit":
+        return MMDiT.from_preset("tiny", num_classes=5, **kw)
     return DiT.from_preset("tiny", num_classes=5, **kw)
 
 
@@ -46,7 +49,7 @@ def test_parameter_counts_match_the_published_models():
     assert UNetConfig(**SD1_UNET).heads() == [(8, 40), (8, 80), (8, 160), (8, 160)]
 
 
-@pytest.mark.parametrize("kind", ["unet", "dit"])
+@pytest.mark.parametrize("kind", ["unet", "dit", "mmdit"])
 @pytest.mark.parametrize("cond_type", ["embedding", "onehot_mlp", "tokens"])
 def test_shapes_and_every_parameter_gets_a_gradient(kind, cond_type):
     model = perturb(tiny(kind, cond_type=cond_type))
