@@ -37,6 +37,9 @@ class SpectrogramAugment:
                  colour channel, i.e. as a slight colour-map distortion, so keep them small
     time_mask:   up to this many consecutive columns replaced by the background colour (0 = off)
     freq_mask:   up to this many consecutive rows replaced by the background colour (0 = off)
+    blur:        with probability 1/2, a Gaussian blur of standard deviation s ~ U(0, blur) pixels (0 = off).
+                 Autoencoders smooth the speckle of the noise floor; a classifier that must read *identity*
+                 off reconstructions or generated images has to be trained not to rely on that texture.
     The background colour is the per-channel median, i.e. the noise floor of a gait spectrogram.
     Time stretching is deliberately absent: it would change the cadence, which is part of a person's identity.
     """
@@ -47,6 +50,7 @@ class SpectrogramAugment:
     gamma: float = 0.05
     time_mask: int = 0
     freq_mask: int = 0
+    blur: float = 0.0
 
     def __post_init__(self):
         if self.time_shift not in ("circular", "crop", None):
@@ -54,6 +58,8 @@ class SpectrogramAugment:
         for name in ("gain", "gamma"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}; typical 0.05")
+        if self.blur < 0:
+            raise ValueError(f"blur must be >= 0 pixels, got {self.blur!r}; typical 1.5")
         for name in ("time_mask", "freq_mask"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 columns/rows, got {getattr(self, name)!r}")
@@ -91,4 +97,23 @@ class SpectrogramAugment:
                 h = 1 + _randint(min(self.freq_mask, H), generator)
                 f0 = _randint(H - h + 1, generator)
                 x[:, f0:f0 + h, :] = background
+
+        # 4. Gaussian blur, separable, reflect-padded at the borders.
+        if self.blur and _uniform(0, 1, generator) < 0.5:
+            x = gaussian_blur(x, _uniform(0, self.blur, generator))
         return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x (C, H, W) → the same image convolved with a normalised Gaussian of std `sigma` pixels along H and W."""
+    if sigma <= 0:
+        return x
+    C, H, W = x.shape
+    r = min(int(3 * sigma + 0.5), H - 1, W - 1)  # kernel half-width; reflect padding needs r < H, W
+    k = torch.arange(-r, r + 1, dtype=x.dtype)
+    g = torch.exp(-k**2 / (2 * sigma**2))
+    g = (g / g.sum()).repeat(C, 1)  # (C, 2r + 1)
+    y = torch.nn.functional.pad(x[None], (r, r, r, r), mode="reflect")  # (1, C, H + 2r, W + 2r)
+    y = torch.nn.functional.conv2d(y, g[:, None, None, :], groups=C)  # along time   (1, C, H + 2r, W)
+    y = torch.nn.functional.conv2d(y, g[:, None, :, None], groups=C)  # along Doppler (1, C, H, W)
+    return y[0]
