@@ -50,7 +50,8 @@ from tinyldm.train import (
 )
 from tinyldm.viz import image_grid, plot_curves, smooth
 
-RESUMABLE_OVERRIDES = ("epochs", "max_steps", "stop_after", "ckpt_every", "sample_every", "device", "compile")
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "stop_after", "ckpt_every", "sample_every", "device",
+                       "compile")
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
@@ -84,6 +85,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g = p.add_argument_group("optimisation (defaults follow the seed)")
     g.add_argument("--epochs", type=int, default=None, help="passes over the training set (default 200)")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps in total (overrides --epochs)")
+    g.add_argument("--max-minutes", type=float, default=None,
+                   help="also stop once this much training time is spent (summed over resumes; grids and "
+                        "checkpoints not counted): for comparisons at equal compute")
     g.add_argument("--batch-size", type=int, default=8, help="latents per micro-batch (all GPUs together)")
     g.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (no weight decay)")
@@ -208,7 +212,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     steps_per_epoch = n // global_batch
     total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(args.seed)  # every per-step random draw, identical on all ranks
-    step = 0
+    step, train_seconds = 0, 0.0
     if train_state is not None:
         model.load_state_dict(weights["model"])
         ema.load_state_dict(weights["ema"])
@@ -216,6 +220,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
         set_rng_state(train_state["rng"])
         gen.set_state(train_state["generator"])
         step = train_state["step"]
+        train_seconds = train_state.get("train_seconds", 0.0)
     train_model = torch.compile(model) if args.compile else model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -247,7 +252,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
 
     def checkpoint():
         state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "generator": gen.get_state(),
-                 "total_steps": total_steps}
+                 "total_steps": total_steps, "train_seconds": train_seconds}
         save_checkpoint(run_dir, step, {"model": model.state_dict(), "ema": ema.state_dict()}, state)
 
     # Train.
@@ -256,8 +261,18 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     bar = tqdm(total=total_steps, initial=step, desc=f"train_ldm {args.backbone}", unit="step", disable=not main_rank,
                dynamic_ncols=True)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    def out_of_time() -> bool:
+        """--max-minutes spent? Rank 0's clock decides for every rank."""
+        if args.max_minutes is None:
+            return False
+        flag = torch.tensor([float(train_seconds >= 60 * args.max_minutes)], device=device)
+        if world > 1:
+            torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+
     model.train()
-    while step < total_steps:
+    timed_out = out_of_time()
+    while step < total_steps and not timed_out:
         t0 = time.time()
         epoch, i = divmod(step, steps_per_epoch)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
@@ -286,21 +301,25 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
         opt.zero_grad(set_to_none=True)
         ema_update(ema, model, ema_decay_at(step, args.ema_decay))
         step += 1
+        train_seconds += time.time() - t0
+        timed_out = out_of_time()
+        finished = step == total_steps or timed_out
 
         if main_rank:
             record = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
-                      "grad_norm": grad_norm.item(), "images_per_s": global_batch / (time.time() - t0)}
+                      "grad_norm": grad_norm.item(), "images_per_s": global_batch / (time.time() - t0),
+                      "train_s": round(train_seconds, 3)}
             append_log(run_dir, record)
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{record['lr']:.2g}", img_s=f"{record['images_per_s']:.0f}")
-            if step % args.sample_every == 0 or step == total_steps:
+            if step % args.sample_every == 0 or finished:
                 path = save_grid(run_dir, ema, vae, run_config, step, device)
                 log = read_log(run_dir)
                 plot_curves({"loss": ([r["step"] for r in log], smooth([r["loss"] for r in log], 25))},
                             run_dir / "loss_curves.png", title=f"{args.prediction}-loss (running mean over 25 steps)")
                 bar.write(f"step {step}: loss {loss_sum:.4f}; grid {path}")
-        stopping = args.stop_after is not None and args.stop_after <= step < total_steps
-        if main_rank and (step % args.ckpt_every == 0 or step == total_steps or stopping):
+        stopping = args.stop_after is not None and args.stop_after <= step and not finished
+        if main_rank and (step % args.ckpt_every == 0 or finished or stopping):
             checkpoint()
         if stopping:
             break
@@ -308,11 +327,13 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    if main_rank and step < total_steps:
+    if main_rank and step < total_steps and not timed_out:
         print(f"stopped at step {step} (--stop-after); continue with: python train_ldm.py --resume {run_dir}")
     elif main_rank:
-        print(f"done: {step} steps; weights {run_dir / 'ema.safetensors'} (EMA) and model.safetensors; "
-              f"samples {run_dir / 'samples'}\n  sample with: python sample.py --run {run_dir}")
+        budget = f" (--max-minutes {args.max_minutes:g} spent)" if timed_out else ""
+        print(f"done: {step} steps in {train_seconds / 60:.1f} min of training{budget}; weights "
+              f"{run_dir / 'ema.safetensors'} (EMA) and model.safetensors; samples {run_dir / 'samples'}"
+              f"\n  sample with: python sample.py --run {run_dir}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--big", action="store_true", help="SD-1.x UNet, DiT-XL/2 and MMDiT small at 32×32×4 instead of the tiny ones")
+    p.add_argument("--big", action="store_true",
+                   help="SD-1.x UNet, DiT-XL/2 and MMDiT small at 32×32×4 instead of the tiny ones")
     args = p.parse_args()
     torch.manual_seed(0)
     if args.big:
@@ -45,7 +46,8 @@ def main():
     for name, make in models.items():
         model = make().to(args.device).train()
         x = torch.randn(args.batch_size, 4, size, size, device=args.device)
-        t = torch.rand(args.batch_size, device=args.device) * (1 if isinstance(model, MMDiT) else 999)  # flow t ∈ [0, 1]
+        t_max = 1 if isinstance(model, MMDiT) else 999  # MMDiT is a flow model: t ∈ [0, 1]
+        t = torch.rand(args.batch_size, device=args.device) * t_max
         y = torch.randint(0, 31, (args.batch_size,), device=args.device)
         sec = median_seconds(partial(train_step, model, x, t, y, args.bf16), args.repeats, args.device)
         n = sum(q.numel() for q in model.parameters())

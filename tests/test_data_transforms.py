@@ -70,3 +70,32 @@ def test_same_generator_same_result_and_bad_settings():
                         ({"freq_mask": -1}, "freq_mask must be >= 0")]:
         with pytest.raises(ValueError, match=msg):
             SpectrogramAugment(**kwargs)
+
+
+def test_gaussian_blur_has_the_asked_width_and_keeps_flat_images():
+    from tinyldm.data.transforms import gaussian_blur
+    delta = torch.zeros(1, 33, 33)
+    delta[0, 16, 16] = 1.0
+    for sigma in (0.7, 1.5, 2.5):
+        y = gaussian_blur(delta, sigma)[0]
+        assert abs(y.sum().item() - 1) < 1e-6  # normalised kernel, mass kept away from the borders
+        k = torch.arange(33, dtype=torch.float32) - 16
+        var_time = (y.sum(0) * k**2).sum().item()  # second moment of the column profile
+        var_doppler = (y.sum(1) * k**2).sum().item()
+        # A Gaussian sampled at integers and cut at 3σ: its variance is σ² up to the truncation (< 3 %).
+        assert var_time == pytest.approx(sigma**2, rel=0.03) and var_doppler == pytest.approx(sigma**2, rel=0.03)
+    flat = torch.full((3, 8, 12), 0.3)
+    torch.testing.assert_close(gaussian_blur(flat, 2.0), flat)  # reflect padding: no dark border
+    assert torch.equal(gaussian_blur(flat, 0.0), flat)
+
+
+def test_blur_is_applied_to_about_half_the_images_and_never_shifts_them():
+    x = image(H=16, W=16)
+    aug = SpectrogramAugment(time_shift=None, gain=0, gamma=0, blur=1.5)
+    outs = [aug(x, generator=torch.Generator().manual_seed(s)) for s in range(200)]
+    untouched = sum(torch.equal(y, x) for y in outs)
+    assert 70 < untouched < 130  # probability 1/2
+    for y in outs:  # blurring keeps the mean of every channel (up to the border), never moves the image
+        torch.testing.assert_close(y.mean((1, 2)), x.mean((1, 2)), atol=0.05, rtol=0)
+    with pytest.raises(ValueError, match="blur must be >= 0"):
+        SpectrogramAugment(blur=-1)

@@ -114,7 +114,8 @@ def test_end_to_end_error_of_a_high_order_solver_is_the_final_jump(sampler, sche
     assert (error - expected).abs().max() <= 0.1 * expected.abs().max()
 
 
-@pytest.mark.parametrize("sampler,expected", [("flow_euler", 1), ("ddim", 1), ("dpmpp_2m", 2), ("dpmpp_3m", 2)])
+@pytest.mark.parametrize("sampler,expected", [("flow_euler", 1), ("euler", 1), ("ddim", 1), ("heun", 2),
+                                              ("flow_heun", 2), ("dpmpp_2m", 2), ("dpmpp_3m", 2)])
 def test_flow_end_to_end_error_falls_like_sigma_last_squared(sampler, expected):
     # Flow with trailing spacing ends at t = σ = 1/N, so the final jump costs O(1/N²): first-order samplers
     # stay at 1/N, second- and higher-order ones reach 1/N² (from N ≈ 80: near t = 1 uniform steps in t are

@@ -41,10 +41,10 @@ def _x(n=32, seed=0):
     return torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-@pytest.mark.parametrize("sampler", DETERMINISTIC + ["flow_euler"])
+@pytest.mark.parametrize("sampler", DETERMINISTIC + ["flow_euler", "flow_heun"])
 def test_point_mass_data_is_exact_in_one_step(sampler):
     # s = 0: x̂0 = μ for every x_t, the ODE path is straight in (x̃, σ̃) and in λ, so first-order steps are exact.
-    sched = Schedule.flow() if sampler == "flow_euler" else Schedule.vp("scaled_linear")
+    sched = Schedule.flow() if sampler.startswith("flow_") else Schedule.vp("scaled_linear")
     t0, t1 = (0.9, 0.3) if sched.kind == "flow" else (999.0, 300.0)
     model, x = exact_network(sched, "x0", mu=0.7, s=0.0), _x()
     one = sample(model, x, sched, sampler, timesteps=[t0, t1], prediction="x0", denoise_to_zero=False)
@@ -139,7 +139,7 @@ def test_dpmpp_3m_formula_is_exact_for_quadratic_x0_in_lambda():
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_nfe_counts_the_network_calls_and_callback_sees_every_step(sampler):
-    sched = Schedule.flow() if sampler == "flow_euler" else Schedule.vp("scaled_linear")
+    sched = Schedule.flow() if sampler.startswith("flow_") else Schedule.vp("scaled_linear")
     calls, steps = [], []
     net = exact_network(sched, "x0")
 
@@ -148,7 +148,7 @@ def test_nfe_counts_the_network_calls_and_callback_sees_every_step(sampler):
         assert t.shape == (x.shape[0],) and t.dtype == torch.float64
         return net(x, t)
 
-    start = {"flow_euler": 0.95}.get(sampler, 990.0)
+    start = 0.95 if sched.kind == "flow" else 990.0
     ts = torch.linspace(start, start / 2, 6, dtype=torch.float64)
     sample(counting, _x(4).view(2, 2), sched, sampler, timesteps=ts, prediction="x0",
            generator=torch.Generator().manual_seed(0), callback=lambda i, t, x, x0: steps.append((i, t)))
@@ -205,7 +205,7 @@ def test_bad_input_gives_clear_errors():
     zero = Schedule.vp("scaled_linear", zero_terminal_snr=True)
     with pytest.raises(ValueError, match="prediction='eps' gives no x0"):
         sample(model, x, zero, prediction="eps")
-    with pytest.raises(ValueError, match="'flow_euler'"):
+    with pytest.raises(ValueError, match="needs α > 0 at its first time"):
         sample(exact_network(zero, "v"), x, zero, "euler", prediction="v")
     with pytest.raises(ValueError, match="strictly decreasing"):
         sample(model, x, sched, timesteps=[10.0, 20.0])

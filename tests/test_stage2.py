@@ -60,6 +60,20 @@ def test_train_then_sample_end_to_end(vae_run, tmp_path, backbone):
     assert (out / "user_02" / "001.png").read_bytes() != first
 
 
+def test_a_flow_run_samples_with_euler_heun_and_dpm_solver_pp_through_sample_py(vae_run, tmp_path):
+    # Euler and Heun step in t on a flow schedule, so they start at t = 1 (their convergence orders from t = 1
+    # are in test_diffusion_convergence.py); sample.py needs no flag for it.
+    run = tmp_path / "flow"
+    assert train_ldm.main(["--backbone", "mmdit", "--vae", str(vae_run), "--out", str(run), "--max-steps", "2",
+                           *LDM]) == 0
+    assert json.loads((run / "config.json").read_text())["schedule"]["kind"] == "flow"
+    for sampler in ("euler", "heun", "dpmpp_2m"):
+        out = tmp_path / sampler
+        assert sample_script.main(["--run", str(run), "--users", "1", "--n-per-user", "1", "--steps", "3",
+                                   "--sampler", sampler, "--out", str(out)]) == 0
+        assert (out / "user_01" / "000.png").is_file()
+
+
 def test_latent_cache_is_reused_and_invalidated(vae_run, tmp_path, capsys):
     args = ["--vae", str(vae_run), "--max-steps", "1", *LDM]
     assert train_ldm.main([*args, "--out", str(tmp_path / "a")]) == 0
@@ -72,6 +86,28 @@ def test_latent_cache_is_reused_and_invalidated(vae_run, tmp_path, capsys):
     os.utime(image, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert train_ldm.main([*args, "--out", str(tmp_path / "c")]) == 0
     assert "latents: encoded" in capsys.readouterr().out
+
+
+def test_max_minutes_stops_on_the_training_clock_and_counts_across_resumes(vae_run, tmp_path, capsys):
+    run = tmp_path / "timed"
+
+    def train_s():
+        return [json.loads(line)["train_s"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+    # A budget of ~0 is spent by the first step: one step, then a finished run (checkpoint, EMA weights, grid).
+    assert train_ldm.main(["--vae", str(vae_run), "--out", str(run), "--max-steps", "50", "--max-minutes", "1e-9",
+                           *LDM]) == 0
+    assert "(--max-minutes 1e-09 spent)" in capsys.readouterr().out
+    assert len(train_s()) == 1 and train_s()[0] > 0
+    assert (run / "ema.safetensors").is_file() and (run / "samples" / "grid_step_000001.png").is_file()
+    assert (run / "checkpoints" / "step_00000001").is_dir()
+    # Resuming with the same budget trains nothing more: the clock is saved in the checkpoint.
+    assert train_ldm.main(["--resume", str(run)]) == 0
+    assert len(train_s()) == 1
+    # A larger budget continues the same clock up to --max-steps.
+    assert train_ldm.main(["--resume", str(run), "--max-minutes", "10", "--max-steps", "3"]) == 0
+    times = train_s()
+    assert len(times) == 3 and times == sorted(times) and times[0] > 0
 
 
 def test_resume_is_exact_after_a_crash_during_a_checkpoint_write(vae_run, tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ SAMPLERS = {
     "heun": samplers.heun,
     "lms": samplers.lms,
     "flow_euler": samplers.flow_euler,
+    "flow_heun": samplers.flow_heun,
     "dpm_solver_1": dpm_solver.dpm_solver_1,
     "dpm_solver_2": dpm_solver.dpm_solver_2,
     "dpm_solver_3": dpm_solver.dpm_solver_3,
@@ -30,7 +31,8 @@ SAMPLERS = {
     "dpmpp_2m_sde": dpm_solver.dpmpp_2m_sde,
 }
 STOCHASTIC = ("ddpm", "euler_ancestral", "dpmpp_2m_sde")  # and "ddim" with eta > 0
-CALLS_PER_STEP = {"heun": 2, "dpm_solver_2": 2, "dpm_solver_3": 3}  # the others call the network once per step
+# Network calls per step; the samplers not listed call the network once per step.
+CALLS_PER_STEP = {"heun": 2, "flow_heun": 2, "dpm_solver_2": 2, "dpm_solver_3": 3}
 
 
 def nfe(sampler: str, steps: int, denoise_to_zero: bool = True) -> int:

@@ -36,8 +36,8 @@ def karras_variables(sched, ts: torch.Tensor, name: str) -> tuple[torch.Tensor, 
     alpha, sigma = sched.alpha_sigma(ts)
     if alpha[0] == 0:
         raise ValueError(f"sampler {name!r} works in σ̃ = σ/α and needs α > 0 at its first time, but α = 0 at "
-                         f"t = {ts[0].item():g} (zero terminal SNR / flow t = 1); use 'ddim', 'dpmpp_2m', "
-                         f"'flow_euler' or 'ddpm', or pass timesteps that start below t = {ts[0].item():g}")
+                         f"t = {ts[0].item():g} (zero terminal SNR / flow t = 1); use 'ddim', 'dpmpp_2m' or 'ddpm' "
+                         f"(on a flow schedule also 'euler' and 'heun', which step in t there), or pass timesteps that start below t = {ts[0].item():g}")
     return alpha, sigma / alpha
 
 
@@ -98,7 +98,13 @@ def ddim(denoiser, x, sched, ts, generator=None, callback=None, eta=0.0):
 
 @torch.no_grad()
 def euler(denoiser, x, sched, ts, generator=None, callback=None):
-    """Euler on the probability-flow ODE in (x̃, σ̃), Karras et al. 2022, Algorithm 1 without churn."""
+    """Euler on the probability-flow ODE in (x̃, σ̃), Karras et al. 2022, Algorithm 1 without churn.
+
+    On a flow schedule σ̃ = t/(1 − t) is infinite at t = 1, so there it steps in t instead (flow_euler). Both
+    are the same update as DDIM: a first-order step with x̂0 held fixed lands on α_s x̂0 + σ_s ε̂ in any variables.
+    """
+    if sched.kind == "flow":
+        return flow_euler(denoiser, x, sched, ts, callback=callback)
     alpha, sigma_tilde = karras_variables(sched, ts, "euler")
     x_tilde = x / alpha[0]
     for i in range(len(ts) - 1):
@@ -139,7 +145,12 @@ def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
 
 @torch.no_grad()
 def heun(denoiser, x, sched, ts, generator=None, callback=None):
-    """Heun's 2nd-order method on the probability-flow ODE, Karras et al. 2022, Algorithm 1 without churn."""
+    """Heun's 2nd-order method on the probability-flow ODE, Karras et al. 2022, Algorithm 1 without churn.
+
+    On a flow schedule it integrates in t instead of σ̃ (flow_heun), which also starts at t = 1.
+    """
+    if sched.kind == "flow":
+        return flow_heun(denoiser, x, sched, ts, callback=callback)
     alpha, sigma_tilde = karras_variables(sched, ts, "heun")
     x_tilde = x / alpha[0]
     for i in range(len(ts) - 1):
@@ -201,5 +212,29 @@ def flow_euler(denoiser, x, sched, ts, generator=None, callback=None):
         v_hat = (x - x0_hat) / ts[i]
         # 2. Euler step in t.
         x = x + (ts[i + 1] - ts[i]) * v_hat
+        _report(callback, i, ts[i], x, x0_hat)
+    return x
+
+
+@torch.no_grad()
+def flow_heun(denoiser, x, sched, ts, generator=None, callback=None):
+    """Heun's 2nd-order method on the rectified-flow ODE dx/dt = v(x, t), in t (as Flux and SD3 can sample).
+
+    x' = x + h·v(x, t), then x ← x + h·(v(x, t) + v(x', t + h))/2, h = t_next − t; the step to t = 0 stays first
+    order (v = (x − x̂0)/t is undefined there), as in Karras et al. 2022, Algorithm 1.
+    """
+    if sched.kind != "flow":
+        raise ValueError("sampler 'flow_heun' needs a Schedule.flow(); for a VP schedule use 'heun'")
+    for i in range(len(ts) - 1):
+        h = ts[i + 1] - ts[i]
+        # 1. Euler predictor.
+        x0_hat = denoiser(x, ts[i])
+        v_cur = (x - x0_hat) / ts[i]  # v = ε − x0 = (x_t − x0)/t
+        x_next = x + h * v_cur
+        # 2. Trapezoidal corrector with the velocity at the predicted point.
+        if ts[i + 1] > 0:
+            v_next = (x_next - denoiser(x_next, ts[i + 1])) / ts[i + 1]
+            x_next = x + h * (0.5 * v_cur + 0.5 * v_next)
+        x = x_next
         _report(callback, i, ts[i], x, x0_hat)
     return x
