@@ -311,7 +311,9 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
                       "train_s": round(train_seconds, 3)}
             append_log(run_dir, record)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{record['lr']:.2g}", img_s=f"{record['images_per_s']:.0f}")
+            clock = {"minutes": f"{train_seconds / 60:.1f}/{args.max_minutes:g}"} if args.max_minutes else {}
+            bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{record['lr']:.2g}", img_s=f"{record['images_per_s']:.0f}",
+                            **clock)
             if step % args.sample_every == 0 or finished:
                 path = save_grid(run_dir, ema, vae, run_config, step, device)
                 log = read_log(run_dir)

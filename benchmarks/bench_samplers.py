@@ -17,7 +17,7 @@ from tinyldm.diffusion.analytic import gaussian_flow_map, gaussian_network
 
 MU, S = 0.5, 0.7
 VP_SAMPLERS = ["ddim", "euler", "dpm_solver_1", "heun", "dpm_solver_2", "dpmpp_2m", "lms", "dpm_solver_3", "dpmpp_3m"]
-FLOW_SAMPLERS = ["flow_euler", "ddim", "dpmpp_2m", "dpmpp_3m"]  # the others need α > 0 at the first time (t < 1)
+FLOW_SAMPLERS = ["flow_euler", "euler", "flow_heun", "heun", "ddim", "dpmpp_2m", "dpmpp_3m"]  # others need t < 1
 
 
 def order_on_interval(sched, sampler, prediction, t0, t1, x, Ns=(16, 32, 64)):

@@ -9,7 +9,7 @@
    A finished run is reused, an interrupted one resumed.
 2. Evaluate each run with the evaluation's user-ID classifier (one classifier, shared by the three):
    condition accuracy and Fréchet distance of 8 images per user at DPM-Solver++(2M), 20 steps, guidance 4; a
-   guidance sweep; and samplers × steps (Euler, Heun, DPM-Solver++(2M) × 5/10/20/50 steps) at guidance 4.
+   guidance sweep; and samplers × steps (Euler, Heun, DPM-Solver++(2M) × 1/2/3/5/10/20/50 steps) at guidance 4.
 3. "Steps needed" = the fewest steps of a sampler whose Fréchet distance is within 10 % of that sampler's value
    at 50 steps and whose condition accuracy is no more than 3 points below it.
 
@@ -41,7 +41,7 @@ COMMON = ["--preset", "tiny", "--batch-size", "8", "--grad-accum", "4", "--lr", 
           "--ema-decay", "0.999", "--cond-dropout", "0.1", "--max-steps", "1000000", "--ckpt-every", "500",
           "--sample-every", "1000000", "--seed", "0"]
 SAMPLERS = ("euler", "heun", "dpmpp_2m")
-STEPS = (5, 10, 20, 50)
+STEPS = (1, 2, 3, 5, 10, 20, 50)
 GUIDANCE = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 

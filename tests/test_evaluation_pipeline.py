@@ -177,3 +177,18 @@ def test_quantize_is_what_a_png_holds():
 def test_stack_split_keeps_labels(real):
     x, y = stack_split(real["val_ds"])
     assert x.shape == (12, 3, 32, 32) and y.tolist() == [k for _, k in real["val_ds"].samples]
+
+
+def test_a_classifier_trained_with_another_augmentation_is_not_reused(real, tmp_path, monkeypatch, capsys):
+    import tinyldm.evaluation.classifier as classifier_module
+    from tinyldm.data import SpectrogramAugment
+
+    folder = tmp_path / "classifier"
+    shutil.copytree(real["classifier"], folder)
+    train_ds = UserImageFolder(real["root"], split="train", **SPLIT)
+    classifier_for(folder, train_ds, real["val_ds"], seed=0, max_epochs=1, patience=1)
+    assert "classifier: reused" in capsys.readouterr().out
+    monkeypatch.setattr(classifier_module, "AUGMENT", SpectrogramAugment(blur=0.0))  # the old, blur-free recipe
+    _, record = classifier_for(folder, train_ds, real["val_ds"], seed=0, max_epochs=1, patience=1)
+    assert "trained on other data, augmentation or seed" in capsys.readouterr().out
+    assert record["data"]["augment"]["blur"] == 0.0

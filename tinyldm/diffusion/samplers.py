@@ -37,7 +37,8 @@ def karras_variables(sched, ts: torch.Tensor, name: str) -> tuple[torch.Tensor, 
     if alpha[0] == 0:
         raise ValueError(f"sampler {name!r} works in σ̃ = σ/α and needs α > 0 at its first time, but α = 0 at "
                          f"t = {ts[0].item():g} (zero terminal SNR / flow t = 1); use 'ddim', 'dpmpp_2m' or 'ddpm' "
-                         f"(on a flow schedule also 'euler' and 'heun', which step in t there), or pass timesteps that start below t = {ts[0].item():g}")
+                         f"(on a flow schedule also 'euler' and 'heun', which step in t there), or pass timesteps "
+                         f"that start below t = {ts[0].item():g}")
     return alpha, sigma / alpha
 
 

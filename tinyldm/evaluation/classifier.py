@@ -225,7 +225,7 @@ def classifier_for(folder: Path, train_ds, val_ds, seed: int = 0, device="cpu", 
         if saved.get("data") == key and saved.get("seed") == seed:
             print(f"classifier: reused {folder} (real-validation accuracy {saved['results']['val_acc']:.1%})")
             return model, saved
-        print(f"classifier: {folder} was trained on other data or with another seed; training a new one")
+        print(f"classifier: {folder} was trained on other data, augmentation or seed; training a new one")
     train_x, train_y = stack_split(train_ds)
     val_x, val_y = stack_split(val_ds)
     config = ClassifierConfig(num_classes=len(train_ds.classes), in_channels=train_ds.channels,
