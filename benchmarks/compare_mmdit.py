@@ -115,15 +115,21 @@ def markdown(results: dict, minutes: float, vae: Path, n: int) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vae", type=Path, required=True, help="the stage-1 run all three models diffuse in")
+    p.add_argument("--vae", type=Path, help="the stage-1 run all three models diffuse in (required to train)")
     p.add_argument("--minutes", type=float, default=12.0, help="training minutes per model (default 12)")
     p.add_argument("--out", type=Path, default=Path("runs/compare-mmdit"))
     p.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
     p.add_argument("--n-per-user", type=int, default=8, help="images per user for every measured point")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--report-only", action="store_true", help="rewrite report.md and the plots from report.json")
     args = p.parse_args(argv)
+    if args.report_only:
+        write_report(args.out)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.vae is None:
+        raise SystemExit("--vae RUN_DIR is required: the stage-1 run all three models diffuse in")
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in MODELS]
     if unknown:
@@ -145,19 +151,27 @@ def main(argv=None) -> int:
                          "steps_needed": {s: steps_needed(report["sweep"]["samplers"], s) for s in SAMPLERS},
                          "eval_seconds": time.time() - t0}
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "report.json", {"minutes": args.minutes, "vae": str(args.vae), "results": results})
-    (args.out / "report.md").write_text(markdown(results, args.minutes, args.vae, args.n_per_user))
-    for key, title, path in (("fd", "Fréchet distance vs network evaluations (guidance 4)", "fd_vs_nfe.png"),
+    atomic_write_json(args.out / "report.json", {"minutes": args.minutes, "vae": str(args.vae), "results": results,
+                                                 "n_per_user": args.n_per_user})
+    write_report(args.out)
+    return 0
+
+
+def write_report(out: Path) -> None:
+    """OUT/report.md and the two plots from OUT/report.json (also: --report-only)."""
+    saved = json.loads((out / "report.json").read_text())
+    results = saved["results"]
+    (out / "report.md").write_text(markdown(results, saved["minutes"], saved["vae"], saved.get("n_per_user", 8)))
+    for key, title, path in (("fd", "Frechet distance vs network evaluations (guidance 4)", "fd_vs_nfe.png"),
                              ("top1", "condition accuracy vs network evaluations (guidance 4)", "acc_vs_nfe.png")):
         series = {}
         for r in results.values():
             for s in SAMPLERS:
                 pts = sorted((q for q in r["report"]["sweep"]["samplers"] if q["sampler"] == s), key=lambda q: q["nfe"])
-                series[f"{r['label']} {s}"] = ([q["nfe"] for q in pts], [q[key] for q in pts])
-        plot_curves(series, args.out / path, title=title, xlabel="network evaluations", log_y=key == "fd",
-                    size=(900, 480))
-    print((args.out / "report.md").read_text())
-    return 0
+                series[f"{r['label'].replace('ε', 'eps')} {s}"] = ([q["nfe"] for q in pts], [q[key] for q in pts])
+        plot_curves(series, out / path, title=title, xlabel="network evaluations (log scale)",
+                    log_y=key == "fd", log_x=True, size=(900, 480))
+    print((out / "report.md").read_text())
 
 
 if __name__ == "__main__":

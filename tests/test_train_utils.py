@@ -105,6 +105,16 @@ def test_grid_and_curves(tmp_path):
     assert img.getpixel((3, 3)) == (128, 128, 128) and img.getpixel((3, 21)) == (255, 255, 255)
     plot_curves({"loss": ([1, 2, 3], [1.0, 0.5, 0.25])}, tmp_path / "c.png", title="t")
     assert (tmp_path / "c.png").stat().st_size > 0
+    # Log x: 1, 10, 100 sit at equal spacing; x ≤ 0 cannot be placed and is dropped. The plot box spans
+    # columns 70…240 and rows 30…255, so the point (10, 1.0) lies at column 155, row 142.5 (1.0 is midway
+    # between 0.5 and 2 on the log y axis); on a linear x axis the line would cross column 155 near row 196.
+    from PIL import Image
+
+    from tinyldm.viz import PALETTE
+    plot_curves({"a": ([0, 1, 10, 100], [3.0, 2.0, 1.0, 0.5])}, tmp_path / "d.png", log_x=True, size=(400, 300))
+    with Image.open(tmp_path / "d.png") as img:
+        rows = [y for y in range(30, 256) if img.getpixel((155, y)) == PALETTE[0]]
+    assert rows and all(140 <= y <= 145 for y in rows), rows
 
 
 def test_ema_closed_form():

@@ -8,7 +8,7 @@ import torch
 from PIL import Image, ImageDraw
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127)]
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -58,15 +58,17 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def plot_curves(series: dict[str, tuple[list, list]], path: Path, title: str = "", xlabel: str = "step",
-                log_y: bool = True, size: tuple[int, int] = (720, 420)) -> None:
-    """Line plot of named (x, y) series, drawn with PIL, saved as PNG. Non-positive y are dropped on a log axis."""
+                log_y: bool = True, size: tuple[int, int] = (720, 420), log_x: bool = False) -> None:
+    """Line plot of named (x, y) series, drawn with PIL, saved as PNG. Non-positive values are dropped on a log
+    axis. PIL's default font has no Greek: write "eps", not "ε", in names and titles."""
     W, H = size
     left, right, top, bottom = 70, 160, 30, 45
     img = Image.new("RGB", size, (255, 255, 255))
     d = ImageDraw.Draw(img)
     clean = {}
     for name, (xs, ys) in series.items():
-        pts = [(float(x), float(y)) for x, y in zip(xs, ys) if math.isfinite(y) and (y > 0 or not log_y)]
+        pts = [(float(x), float(y)) for x, y in zip(xs, ys)
+               if math.isfinite(y) and (y > 0 or not log_y) and (x > 0 or not log_x)]
         if pts:
             clean[name] = pts
     d.text((left, 8), title, fill=(0, 0, 0))
@@ -75,7 +77,8 @@ def plot_curves(series: dict[str, tuple[list, list]], path: Path, title: str = "
         img.save(path)
         return
     fy = (lambda y: math.log10(y)) if log_y else (lambda y: y)
-    all_x = [x for pts in clean.values() for x, _ in pts]
+    fx = (lambda x: math.log10(x)) if log_x else (lambda x: x)
+    all_x = [fx(x) for pts in clean.values() for x, _ in pts]
     all_y = [fy(y) for pts in clean.values() for _, y in pts]
     x0, x1 = min(all_x), max(all_x) if max(all_x) > min(all_x) else min(all_x) + 1
     y0, y1 = min(all_y), max(all_y) if max(all_y) > min(all_y) else min(all_y) + 1
@@ -84,7 +87,7 @@ def plot_curves(series: dict[str, tuple[list, list]], path: Path, title: str = "
     d.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
     for t in _nice_ticks(x0, x1):
         d.line([px(t), H - bottom, px(t), H - bottom + 4], fill=(0, 0, 0))
-        d.text((px(t) - 10, H - bottom + 6), f"{t:g}", fill=(0, 0, 0))
+        d.text((px(t) - 10, H - bottom + 6), f"{10**t:.3g}" if log_x else f"{t:g}", fill=(0, 0, 0))
     for t in _nice_ticks(y0, y1):
         d.line([left - 4, py(t), left, py(t)], fill=(0, 0, 0))
         label = f"{10**t:.3g}" if log_y else f"{t:.3g}"
@@ -92,7 +95,7 @@ def plot_curves(series: dict[str, tuple[list, list]], path: Path, title: str = "
     d.text(((W - right + left) // 2 - 10, H - 16), xlabel, fill=(0, 0, 0))
     for i, (name, pts) in enumerate(clean.items()):
         color = PALETTE[i % len(PALETTE)]
-        xy = [(px(x), py(fy(y))) for x, y in pts]
+        xy = [(px(fx(x)), py(fy(y))) for x, y in pts]
         if len(xy) > 1:
             d.line(xy, fill=color, width=2)
         else:
