@@ -74,6 +74,18 @@ def test_a_flow_run_samples_with_euler_heun_and_dpm_solver_pp_through_sample_py(
         assert (out / "user_01" / "000.png").is_file()
 
 
+@pytest.mark.parametrize("backbone,prediction,schedule", [("mmdit", "eps", "vp"), ("mmdit", "v", "vp"),
+                                                         ("unet", "flow", "flow"), ("dit", "flow", "flow")])
+def test_any_backbone_trains_and_samples_with_any_objective(vae_run, tmp_path, backbone, prediction, schedule):
+    run = tmp_path / "run"
+    assert train_ldm.main(["--backbone", backbone, "--prediction", prediction, "--vae", str(vae_run), "--out",
+                           str(run), "--max-steps", "1", *LDM]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["prediction"] == prediction and cfg["schedule"]["kind"] == schedule
+    assert sample_script.main(["--run", str(run), "--users", "0", "--n-per-user", "1", "--steps", "2",
+                               "--out", str(tmp_path / "s")]) == 0
+
+
 def test_latent_cache_is_reused_and_invalidated(vae_run, tmp_path, capsys):
     args = ["--vae", str(vae_run), "--max-steps", "1", *LDM]
     assert train_ldm.main([*args, "--out", str(tmp_path / "a")]) == 0
