@@ -177,6 +177,11 @@ def test_two_process_ddp_equals_one_process(vae_run, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
     assert weights_equal(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors", atol=1e-5)
+    # --max-minutes: rank 0's clock decides for both ranks, so they stop at the same step (else they would hang).
+    timed = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_ldm.py", *common,
+                        "--max-minutes", "1e-9", "--out", str(tmp_path / "timed")])
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    assert len((tmp_path / "timed" / "log.jsonl").read_text().splitlines()) == 1
 
 
 def error_of(main, argv, capsys):
