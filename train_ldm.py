@@ -261,6 +261,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     bar = tqdm(total=total_steps, initial=step, desc=f"train_ldm {args.backbone}", unit="step", disable=not main_rank,
                dynamic_ncols=True)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+
     def out_of_time() -> bool:
         """--max-minutes spent? Rank 0's clock decides for every rank."""
         if args.max_minutes is None:
