@@ -266,9 +266,11 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
         """--max-minutes spent? Rank 0's clock decides for every rank."""
         if args.max_minutes is None:
             return False
-        flag = torch.tensor([float(train_seconds >= 60 * args.max_minutes)], device=device)
-        if world > 1:
-            torch.distributed.broadcast(flag, src=0)
+        spent = train_seconds >= 60 * args.max_minutes
+        if world == 1:
+            return spent
+        flag = torch.tensor([float(spent)], device=device)
+        torch.distributed.broadcast(flag, src=0)
         return bool(flag.item())
 
     model.train()

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 import train_ldm  # noqa: E402
 from tinyldm.evaluation import evaluate_run  # noqa: E402
 from tinyldm.models.loading import load_ldm  # noqa: E402
-from tinyldm.train import RunError, atomic_write_json  # noqa: E402
+from tinyldm.train import RunError, atomic_write_json, read_config, read_log  # noqa: E402
 from tinyldm.viz import plot_curves  # noqa: E402
 
 MODELS = {  # run folder name → (label, train_ldm.py arguments that differ)
@@ -57,8 +57,7 @@ def train(run: Path, vae: Path, minutes: float, extra: list[str]) -> None:
 
 def training_record(run: Path) -> dict:
     """Steps, training seconds and throughput from the run's log."""
-    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
-    cfg = json.loads((run / "config.json").read_text())
+    log, cfg = read_log(run), read_config(run)
     batch = cfg["args"]["batch_size"] * cfg["args"]["grad_accum"]
     return {"steps": log[-1]["step"], "train_seconds": log[-1]["train_s"], "final_loss_mean_100":
             sum(r["loss"] for r in log[-100:]) / len(log[-100:]),

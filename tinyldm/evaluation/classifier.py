@@ -138,7 +138,6 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, config: Class
     n = len(train_x)
     if n < 2:
         raise DataError(f"training a classifier needs at least 2 images, got {n}")
-    augment = AUGMENT
     g = torch.Generator().manual_seed(seed)
     # An "epoch" is one pass over the data, but at least MIN_EPOCH_STEPS steps, so that small sets still train.
     steps_per_epoch = max(n // batch_size, MIN_EPOCH_STEPS)
@@ -159,7 +158,7 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, config: Class
             losses = []
             for _ in range(min(steps_per_epoch, total - step)):
                 idx = next(batches)
-                x = torch.stack([augment(train_x[i].float(), generator=g) for i in idx.tolist()]).to(device)
+                x = torch.stack([AUGMENT(train_x[i].float(), generator=g) for i in idx.tolist()]).to(device)
                 loss = F.cross_entropy(model(x), train_y[idx].to(device))  # (B, C, H, W) → scalar
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
