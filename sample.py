@@ -19,7 +19,7 @@ from PIL import Image
 from tinyldm.diffusion import SAMPLERS
 from tinyldm.generate import generate
 from tinyldm.models.loading import load_autoencoder, load_ldm
-from tinyldm.train import check_writable, resolve_device, run_cli
+from tinyldm.runs import check_writable, resolve_device, run_cli
 from tinyldm.viz import image_grid, to_uint8
 
 

@@ -28,21 +28,15 @@ from tinyldm.diffusion import Schedule, diffusion_loss, sample_timesteps
 from tinyldm.generate import generate
 from tinyldm.models.conditioning import drop_ids
 from tinyldm.models.loading import backbone_config, build_backbone, load_autoencoder
+from tinyldm.runs import RunError, append_log, atomic_write_json, check_writable, read_config, read_log, run_cli
 from tinyldm.train import (
-    RunError,
-    append_log,
-    atomic_write_json,
-    check_writable,
     ema_decay_at,
     ema_update,
     init_distributed,
     load_checkpoint,
     lr_at,
-    read_config,
-    read_log,
     resume_args,
     rng_state,
-    run_cli,
     save_checkpoint,
     seed_everything,
     set_rng_state,

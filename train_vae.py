@@ -23,19 +23,21 @@ from tinyldm.data import DataError, UserImageFolder, default_data_dir
 from tinyldm.evaluation.image_metrics import psnr, ssim
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss, load_perceptual_loss
 from tinyldm.models.loading import autoencoder_config, build_autoencoder
-from tinyldm.train import (
+from tinyldm.runs import (
     RunError,
     append_log,
     atomic_write_json,
     check_writable,
-    load_checkpoint,
-    lr_at,
     read_config,
     read_log,
     resolve_device,
+    run_cli,
+)
+from tinyldm.train import (
+    load_checkpoint,
+    lr_at,
     resume_args,
     rng_state,
-    run_cli,
     save_checkpoint,
     seed_everything,
     set_rng_state,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinyldm.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian
-from tinyldm.train import atomic_save_weights, load_weights
+from tinyldm.runs import atomic_save_weights, load_weights
 
 SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[128, 256, 512, 512],
               layers_per_block=2, act_fn="silu", norm_num_groups=32, sample_size=256, scaling_factor=0.18215,

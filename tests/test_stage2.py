@@ -15,7 +15,7 @@ from test_train_vae import make_folder
 import sample as sample_script
 import train_ldm
 import train_vae
-from tinyldm.train import load_weights
+from tinyldm.runs import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 LDM = ["--batch-size", "4", "--grad-accum", "2", "--sample-every", "1000", "--ckpt-every", "1000"]

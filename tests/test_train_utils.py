@@ -6,14 +6,11 @@ import pytest
 import torch
 
 from tinyldm.evaluation.image_metrics import psnr, ssim
+from tinyldm.runs import RunError, append_log, atomic_write_json, read_log
 from tinyldm.train import (
-    RunError,
-    append_log,
-    atomic_write_json,
     latest_checkpoint,
     load_checkpoint,
     lr_at,
-    read_log,
     rng_state,
     save_checkpoint,
     set_rng_state,

@@ -9,7 +9,7 @@ from PIL import Image
 
 import train_vae
 from tinyldm.models.loading import load_autoencoder
-from tinyldm.train import load_weights
+from tinyldm.runs import load_weights
 
 
 def make_folder(root, users=3, per_user=8, size=32, seed=0):

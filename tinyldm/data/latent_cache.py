@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from tinyldm.data.datasets import UserImageFolder
-from tinyldm.train import atomic_save_weights
+from tinyldm.runs import atomic_save_weights
 
 
 def _file_digest(path: Path) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from tinyldm.data import DataError
 from tinyldm.evaluation.runs import evaluate_folders, evaluate_run
 from tinyldm.evaluation.sweep import GUIDANCE_SCALES, SWEEP_SAMPLERS, SWEEP_STEPS
-from tinyldm.train import RunError, resolve_device
+from tinyldm.runs import RunError, resolve_device
 
 
 def parse_list(text: str, kind, flag: str) -> list:

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tinyldm.data import DataError, SpectrogramAugment
-from tinyldm.train import RunError, atomic_save_weights, atomic_write_json, load_weights, read_config
+from tinyldm.runs import RunError, atomic_save_weights, atomic_write_json, load_weights, read_config
 
 MIN_EPOCH_STEPS = 10  # optimizer steps per "epoch" (and per early-stopping check) on small data sets
 # The classifier's augmentation. The blur matters: trained without it, the classifier reads identity partly off

@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 
 from tinyldm.evaluation.plots import plot_bars, plot_confusion
-from tinyldm.train import atomic_write_json
+from tinyldm.runs import atomic_write_json
 from tinyldm.viz import plot_curves
 
 PLOT_TITLES = {"top1": "condition accuracy (top-1)", "fd": "Frechet distance (FD)"}  # ASCII: PIL's font lacks "é"

@@ -29,7 +29,7 @@ from tinyldm.evaluation.sweep import (
     sample_users,
     sampler_sweep,
 )
-from tinyldm.train import RunError, check_writable, read_config
+from tinyldm.runs import RunError, check_writable, read_config
 from tinyldm.viz import to_uint8
 
 

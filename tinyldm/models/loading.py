@@ -20,7 +20,7 @@ from tinyldm.models.unet import PRESETS as UNET_PRESETS
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 from tinyldm.models.vq import PRESETS as VQ_PRESETS
 from tinyldm.models.vq import VQModel, VQModelConfig
-from tinyldm.train import RunError, load_weights, read_config
+from tinyldm.runs import RunError, load_weights, read_config
 
 MODEL_TYPES = ("kl", "vq")
 BACKBONES = ("unet", "dit", "mmdit")
