@@ -27,7 +27,9 @@ demo: install
 	$(PYTHON) demo.py
 
 bench: install
-	$(PYTHON) benchmarks/bench_cpu.py
+	$(PYTHON) benchmarks/bench_autoencoder.py
+	$(PYTHON) benchmarks/bench_backbones.py
+	$(PYTHON) benchmarks/bench_samplers.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache *.egg-info

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tinyldm.diffusion import SAMPLERS
-from tinyldm.generate import generate
+from tinyldm.generate import add_sampling_args, generate, sampling_config
 from tinyldm.models.loading import load_autoencoder, load_ldm
 from tinyldm.runs import check_writable, resolve_device, run_cli
 from tinyldm.viz import image_grid, to_uint8
@@ -29,19 +28,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--users", default="all", help="comma-separated user ids (0-based, as in config.json 'classes') "
                                                    "or 'all'")
     p.add_argument("--n-per-user", type=int, default=4, help="images per user")
-    p.add_argument("--sampler", default="dpmpp_2m", help=f"one of {', '.join(SAMPLERS)}; see docs/samplers_guide.md")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps (network calls: see the guide)")
-    p.add_argument("--spacing", choices=["trailing", "leading", "linspace", "karras"], default="trailing")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0 = deterministic, 1 = DDPM-like)")
-    p.add_argument("--cfg-scale", type=float, default=4.0,
-                   help="classifier-free guidance w (1 = none, 0 = unconditional)")
-    p.add_argument("--cfg-rescale", type=float, default=0.0, help="guidance rescale φ ∈ [0, 1] (0.7 tames large w)")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA (default) or raw weights")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same images")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--trajectory", action="store_true", help="also write the denoising trajectory strip")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/samples/<sampler>_<steps>)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same images")
+    add_sampling_args(p)
     return p.parse_args(argv)
 
 
@@ -59,23 +52,19 @@ def parse_users(spec: str, num_classes: int) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> Path:
-    if args.sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if args.steps < 1:
-        raise ValueError(f"--steps {args.steps}: at least 1 sampling step is needed")
+    sampling = sampling_config(args)
     if args.n_per_user < 1:
         raise ValueError(f"--n-per-user {args.n_per_user}: at least 1 image per user")
     device = resolve_device(args.device)
     model, cfg = load_ldm(args.run, device, args.weights)
     vae, _ = load_autoencoder(cfg["vae"], device)
     users = parse_users(args.users, cfg["num_classes"])
-    out = args.out or Path(args.run) / "samples" / f"{args.sampler}_{args.steps}"
+    out = args.out or Path(args.run) / "samples" / f"{sampling.sampler}_{sampling.steps}"
     check_writable(out)
 
     # Sample.
-    images, trajectory = generate(model, vae, cfg, users, args.n_per_user, args.sampler, args.steps, args.spacing,
-                                  args.cfg_scale, args.cfg_rescale, args.seed, args.batch_size, device, args.eta,
-                                  progress=True, trajectory=args.trajectory)
+    images, trajectory = generate(model, vae, cfg, users, args.n_per_user, sampling, batch_size=args.batch_size,
+                                  device=device, progress=True, trajectory=args.trajectory)
 
     # Write one PNG per image, the grid and the trajectory.
     names = [cfg["classes"][u] for u in users]

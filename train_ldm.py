@@ -21,31 +21,42 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from tinyldm.data import DataError, UserImageFolder
 from tinyldm.data.latent_cache import cached_latents
-from tinyldm.diffusion import Schedule, diffusion_loss, sample_timesteps
+from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
 from tinyldm.generate import generate
 from tinyldm.models.conditioning import drop_ids
 from tinyldm.models.loading import backbone_config, build_backbone, load_autoencoder
-from tinyldm.runs import RunError, append_log, atomic_write_json, check_writable, read_config, read_log, run_cli
+from tinyldm.runs import RunError, append_log, read_log, run_cli
 from tinyldm.train import (
+    args_record,
+    batch_indices,
     ema_decay_at,
     ema_update,
     init_distributed,
-    load_checkpoint,
     lr_at,
-    resume_args,
+    resume_run,
     rng_state,
     save_checkpoint,
     seed_everything,
+    set_lr,
     set_rng_state,
-    truncate_log,
+    start_run_folder,
+    stopped_message,
 )
 from tinyldm.viz import image_grid, plot_curves, smooth
 
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "stop_after", "ckpt_every", "sample_every", "device",
                        "compile")
+# Options that config.json stores once outside "args", and where (read back on --resume).
+STORED_ELSEWHERE = {"backbone": ("backbone",), "vae": ("vae",), "data": ("data",), "prediction": ("prediction",),
+                    "cond": ("backbone_config", "cond_type"), "schedule": ("schedule", "beta_schedule"),
+                    "num_train_timesteps": ("schedule", "num_train_timesteps"),
+                    "zero_snr": ("schedule", "zero_terminal_snr"), "flow_shift": ("schedule", "shift"),
+                    "grid_cfg": ("grid", "sampling", "cfg_scale")}
+GRID_SEED = 1234  # progress grids: the same noise at every step, so the rows show training, not sampling luck
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
@@ -102,6 +113,41 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     return p.parse_args(argv), p.parse_args([])
 
 
+def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
+    """→ (settings, rank, world size, device, checkpoint weights, training state). Joins DDP under torchrun (a plain
+    `python train_ldm.py` is rank 0 of 1); on --resume the run's saved settings come back (tinyldm.train)."""
+    rank, world, device = init_distributed(args.device)
+    weights, train_state = None, None
+    if args.resume is not None:
+        args, weights, train_state = resume_run(args.resume, "ldm", "train_ldm.py", args, defaults,
+                                                RESUMABLE_OVERRIDES, STORED_ELSEWHERE)
+    resolve_defaults(args)
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
+    seed_everything(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return args, rank, world, device, weights, train_state
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Defaults that depend on other choices: MMDiT is trained with rectified flow on user tokens."""
+    args.epochs = 200 if args.epochs is None and args.max_steps is None else args.epochs
+    args.prediction = args.prediction or ("flow" if args.backbone == "mmdit" else "eps")
+    args.cond = args.cond or ("tokens" if args.backbone == "mmdit" else "embedding")
+    args.timesteps = args.timesteps or ("logit_normal" if args.prediction == "flow" else "uniform")
+    if args.zero_snr and args.prediction == "eps":
+        raise ValueError("--zero-snr with --prediction eps cannot predict x0 at the last step (SNR 0); "
+                         "use --prediction v")
+
+
+def make_schedule(args: argparse.Namespace) -> Schedule:
+    if args.prediction == "flow":
+        return Schedule.flow(shift=args.flow_shift, num_train_timesteps=args.num_train_timesteps)
+    return Schedule.vp(args.schedule, num_train_timesteps=args.num_train_timesteps, zero_terminal_snr=args.zero_snr)
+
+
 def default_vae(preset: str) -> Path:
     for candidate in (Path("runs") / f"vae-kl-{preset}", Path("runs/demo/vae")):
         if (candidate / "model.safetensors").is_file():
@@ -121,90 +167,60 @@ def check_data_matches(data: UserImageFolder, vae_dir: Path, size: int, channels
                         "images; train an autoencoder on this data (train_vae.py --data ...) or pass matching --data")
 
 
-def save_grid(run_dir, ema, vae, run_config, step, device) -> Path:
-    users = run_config["grid_users"]
-    x, _ = generate(ema, vae, run_config, users, n_per_user=4, steps=20, cfg_scale=run_config["args"]["grid_cfg"],
-                    seed=1234, device=device)
-    (run_dir / "samples").mkdir(exist_ok=True)
-    path = run_dir / "samples" / f"grid_step_{step:06d}.png"
-    classes = run_config["classes"]
-    image_grid(list(x), row_labels=[classes[u] for u in users]).save(path)
-    return path
-
-
-def main(argv=None) -> int:
-    args, defaults = parse_args(argv)
-    return run_cli("train_ldm.py", train, args, defaults)
-
-
-def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
-    # Set up DDP (a plain `python train_ldm.py` is rank 0 of 1).
-    rank, world, device = init_distributed(args.device)
-    main_rank = rank == 0
-
-    # Resume: the run's settings win; asking for a different setting is an error, not a silent change.
-    weights, train_state = None, None
-    if args.resume is not None:
-        weights, train_state = load_checkpoint(args.resume)
-        saved = read_config(args.resume)
-        if saved.get("kind") != "ldm":
-            raise RunError(f"--resume {args.resume}: a {saved.get('kind')!r} run, not a train_ldm.py run")
-        args = resume_args(saved["args"], args, defaults, RESUMABLE_OVERRIDES, "--resume " + str(args.resume))
-    # Defaults that depend on other choices: MMDiT is trained with rectified flow on user tokens.
-    args.epochs = 200 if args.epochs is None and args.max_steps is None else args.epochs
-    args.prediction = args.prediction or ("flow" if args.backbone == "mmdit" else "eps")
-    args.cond = args.cond or ("tokens" if args.backbone == "mmdit" else "embedding")
-    args.timesteps = args.timesteps or ("logit_normal" if args.prediction == "flow" else "uniform")
-    if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
-    seed_everything(args.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    # Load the frozen autoencoder and the data it was trained on.
-    vae_dir = Path(args.vae) if args.vae is not None else default_vae(args.preset)
-    args.vae = vae_dir
+def load_latents(args: argparse.Namespace, device, main_rank: bool):
+    """The frozen autoencoder and its data's cached latents → (vae, its run config, train split, latents)."""
+    vae_dir = args.vae = Path(args.vae) if args.vae is not None else default_vae(args.preset)
     vae, vae_run = load_autoencoder(vae_dir, device)
     vae.requires_grad_(False)
     d = vae_run["data"]
-    data_root = Path(args.data) if args.data is not None else Path(d["root"])
+    args.data = Path(args.data) if args.data is not None else Path(d["root"])
     split = {"image_size": d["image_size"], "channels": d["channels"],
              "val_fraction": vae_run["args"]["val_fraction"], "seed": vae_run["args"]["seed"]}
-    train_ds = UserImageFolder(data_root, split="train", **split)
+    train_ds = UserImageFolder(args.data, split="train", **split)
     check_data_matches(train_ds, vae_dir, d["image_size"], d["channels"])
-
-    # Encode the data once (cached beside the autoencoder; rebuilt when weights or data change).
-    latents, cache_path, built = cached_latents(vae, vae_run["model_type"], vae_dir, train_ds, split, device)
+    latents, cache_path, built = cached_latents(vae, vae_dir, train_ds, split, device)
     if main_rank:
         print(f"latents: {'encoded' if built else 'reused'} {cache_path}")
-    mean, std, labels = latents["mean"], latents["std"], latents["y"]
-    n, (c, h, w) = len(labels), mean.shape[1:]
-    scale = float(vae_run["model"]["scaling_factor"])
-    num_classes = len(train_ds.classes)
+    return vae, vae_run, train_ds, latents
 
-    # Build the backbone, its EMA and the schedule.
-    bb_config = backbone_config(args.backbone, args.preset, c, h, num_classes, args.cond)
+
+def run_config(args, bb_config: dict, sched: Schedule, vae_run: dict, classes: list[str], latent_shape, world: int
+               ) -> dict:
+    """config.json: everything sample.py needs to rebuild the model and sample, each setting once."""
+    num_classes = len(classes)
+    grid_users = sorted({round(k * (num_classes - 1) / 7) for k in range(8)}) if num_classes > 8 \
+        else list(range(num_classes))
+    grid_sampling = SamplingConfig(cfg_scale=args.grid_cfg, seed=GRID_SEED)
+    return {"kind": "ldm", "backbone": args.backbone, "backbone_config": bb_config, "vae": str(args.vae),
+            "scaling_factor": float(vae_run["model"]["scaling_factor"]), "latent_shape": list(latent_shape),
+            "num_classes": num_classes, "classes": classes, "image_size": vae_run["data"]["image_size"],
+            "channels": vae_run["data"]["channels"], "data": str(args.data), "schedule": sched.to_config(),
+            "prediction": args.prediction, "grid": {"users": grid_users, "sampling": vars(grid_sampling)},
+            "world_size": world, "args": args_record(args, STORED_ELSEWHERE)}
+
+
+def save_grid(run_dir: Path, ema, vae, config: dict, step: int, device) -> Path:
+    """samples/grid_step_N.png: rows = the grid users, EMA weights, the grid's fixed sampling settings."""
+    users = config["grid"]["users"]
+    x, _ = generate(ema, vae, config, users, 4, SamplingConfig(**config["grid"]["sampling"]), device=device)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    path = run_dir / "samples" / f"grid_step_{step:06d}.png"
+    image_grid(list(x), row_labels=[config["classes"][u] for u in users]).save(path)
+    return path
+
+
+def save_loss_curves(run_dir: Path, prediction: str) -> None:
+    log = read_log(run_dir)
+    plot_curves({"loss": ([r["step"] for r in log], smooth([r["loss"] for r in log], 25))},
+                run_dir / "loss_curves.png", title=f"{prediction}-loss (running mean over 25 steps)")
+
+
+def build_training(args, bb_config: dict, world: int, device, weights: dict | None, train_state: dict | None):
+    """→ (backbone, the module that trains it (compiled and/or DDP-wrapped, or itself), its EMA, AdamW, the per-step
+    generator, step, training seconds), from the checkpoint when resuming."""
     model = build_backbone(args.backbone, bb_config).to(device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    if args.prediction == "flow":
-        sched = Schedule.flow(shift=args.flow_shift, num_train_timesteps=args.num_train_timesteps)
-        schedule_cfg = {"kind": "flow", "shift": args.flow_shift, "num_train_timesteps": args.num_train_timesteps}
-    else:
-        sched = Schedule.vp(args.schedule, num_train_timesteps=args.num_train_timesteps,
-                            zero_terminal_snr=args.zero_snr)
-        schedule_cfg = {"kind": "vp", "beta_schedule": args.schedule, "num_train_timesteps": args.num_train_timesteps,
-                        "zero_terminal_snr": args.zero_snr}
-    if args.zero_snr and args.prediction == "eps":
-        raise ValueError("--zero-snr with --prediction eps cannot predict x0 at the last step (SNR 0); "
-                         "use --prediction v")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    global_batch = args.batch_size * args.grad_accum
-    if n < global_batch:
-        raise DataError(f"{data_root}: {n} training images but a global batch of {global_batch} "
-                        f"(--batch-size × --grad-accum); lower them or add data")
-    steps_per_epoch = n // global_batch
-    total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(args.seed)  # every per-step random draw, identical on all ranks
     step, train_seconds = 0, 0.0
     if train_state is not None:
@@ -213,126 +229,159 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
         opt.load_state_dict(train_state["optimizer"])
         set_rng_state(train_state["rng"])
         gen.set_state(train_state["generator"])
-        step = train_state["step"]
-        train_seconds = train_state.get("train_seconds", 0.0)
+        step, train_seconds = train_state["step"], train_state.get("train_seconds", 0.0)
     train_model = torch.compile(model) if args.compile else model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, train_model, ema, opt, gen, step, train_seconds
 
-    # Run folder and config.json: everything sample.py needs to rebuild and sample.
+
+def log_step(run_dir: Path, bar, record: dict, max_minutes: float | None) -> None:
+    """One line of log.jsonl and the progress bar's numbers (with the training clock under --max-minutes)."""
+    append_log(run_dir, record)
+    bar.update(1)
+    clock = {"minutes": f"{record['train_s'] / 60:.1f}/{max_minutes:g}"} if max_minutes else {}
+    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2g}", img_s=f"{record['images_per_s']:.0f}",
+                    **clock)
+
+
+def draw_step(step: int, labels: torch.Tensor, num_classes: int, latent_shape, sched: Schedule, args,
+              gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """All randomness of one optimizer step, drawn for the whole global batch so every rank agrees on it."""
+    global_batch = args.batch_size * args.grad_accum
+    idx = batch_indices(step, len(labels), global_batch, args.seed)  # (G,) this step's latents
+    return {"idx": idx,
+            "eps_z": torch.randn((global_batch, *latent_shape), generator=gen),  # posterior sample z = μ + σ·ε_z
+            "noise": torch.randn((global_batch, *latent_shape), generator=gen),  # ε of q(x_t | z)
+            "t": sample_timesteps(global_batch, sched, gen, kind=args.timesteps),  # (G,) schedule times
+            "y": drop_ids(labels[idx], num_classes, args.cond_dropout, gen)}  # (G,) with null ids for CFG
+
+
+def accumulate_gradients(train_model, latents: dict, draw: dict, sched: Schedule, scale: float, args, rank: int,
+                         world: int, device) -> float:
+    """Forward and backward over the grad_accum micro-batches of this rank → the step's mean loss."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    loss_sum = 0.0
+    for micro in range(args.grad_accum):
+        sub = torch.arange(micro * args.batch_size + rank, (micro + 1) * args.batch_size, world)  # this rank's share
+        i = draw["idx"][sub]
+        z0 = ((latents["mean"][i] + latents["std"][i] * draw["eps_z"][sub]) * scale).to(device)  # (b, c, h, w)
+        sync = world == 1 or micro == args.grad_accum - 1  # DDP all-reduces only on the last micro-batch
+        with nullcontext() if sync else train_model.no_sync():
+            with autocast:
+                loss = diffusion_loss(train_model, z0, sched, args.prediction, t=draw["t"][sub],
+                                      eps=draw["noise"][sub].to(device), min_snr_gamma=args.min_snr_gamma,
+                                      cond=draw["y"][sub].to(device))
+            (loss / args.grad_accum).backward()
+        loss_sum += loss.item() / args.grad_accum
+    return loss_sum
+
+
+def out_of_time(train_seconds: float, max_minutes: float | None, world: int, device) -> bool:
+    """--max-minutes spent? Rank 0's clock decides for every rank."""
+    if max_minutes is None:
+        return False
+    spent = train_seconds >= 60 * max_minutes
+    if world == 1:
+        return spent
+    flag = torch.tensor([float(spent)], device=device)
+    torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def done_message(run_dir: Path, step: int, train_seconds: float, spent_minutes: float | None) -> str:
+    budget = f" (--max-minutes {spent_minutes:g} spent)" if spent_minutes is not None else ""
+    return (f"done: {step} steps in {train_seconds / 60:.1f} min of training{budget}; weights "
+            f"{run_dir / 'ema.safetensors'} (EMA) and model.safetensors; samples {run_dir / 'samples'}"
+            f"\n  sample with: python sample.py --run {run_dir}")
+
+
+def main(argv=None) -> int:
+    args, defaults = parse_args(argv)
+    return run_cli("train_ldm.py", train, args, defaults)
+
+
+def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
+    # Set up DDP, the settings (a resumed run keeps its own) and the seeds.
+    args, rank, world, device, weights, train_state = set_up(args, defaults)
+    main_rank = rank == 0
+
+    # Load the frozen autoencoder and the latents of its data (encoded once, cached beside it).
+    vae, vae_run, train_ds, latents = load_latents(args, device, main_rank)
+    n, latent_shape, classes = len(latents["y"]), tuple(latents["mean"].shape[1:]), train_ds.classes
+    global_batch = args.batch_size * args.grad_accum
+    if n < global_batch:
+        raise DataError(f"{args.data}: {n} training images but a global batch of {global_batch} "
+                        f"(--batch-size × --grad-accum); lower them or add data")
+    total_steps = args.max_steps if args.max_steps is not None else args.epochs * (n // global_batch)
+
+    # Build the backbone, its EMA, the schedule and the optimizer; load the checkpoint when resuming.
+    c, h, _ = latent_shape
+    bb_config = backbone_config(args.backbone, args.preset, c, h, len(classes), args.cond)
+    sched = make_schedule(args)
+    model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, weights,
+                                                                            train_state)
+
+    # Run folder and config.json.
     run_dir = Path(args.resume or args.out or Path("runs") / f"ldm-{args.backbone}-{args.preset}")
-    grid_users = sorted({round(k * (num_classes - 1) / 7) for k in range(8)}) if num_classes > 8 \
-        else list(range(num_classes))
-    run_config = {"kind": "ldm", "backbone": args.backbone, "backbone_config": bb_config,
-                  "vae": str(vae_dir), "vae_model_type": vae_run["model_type"], "scaling_factor": scale,
-                  "latent_shape": [c, h, w], "num_classes": num_classes, "classes": train_ds.classes,
-                  "image_size": d["image_size"], "channels": d["channels"], "data": str(data_root),
-                  "schedule": schedule_cfg,
-                  "prediction": args.prediction, "grid_users": grid_users, "world_size": world,
-                  "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    config = run_config(args, bb_config, sched, vae_run, classes, latent_shape, world)
     if main_rank:
-        check_writable(run_dir)
-        if train_state is None:
-            (run_dir / "log.jsonl").unlink(missing_ok=True)
-        else:
-            truncate_log(run_dir, step)
+        start_run_folder(run_dir, config, step)
+        if step:
             print(f"resumed {run_dir} at step {step}/{total_steps}")
-        atomic_write_json(run_dir / "config.json", run_config)
         print(model.summary())
-        print(f"{n} latents {c}×{h}×{w} of {num_classes} users, global batch {global_batch} "
+        print(f"{n} latents {'×'.join(map(str, latent_shape))} of {len(classes)} users, global batch {global_batch} "
               f"({args.batch_size} × {args.grad_accum} accumulation, {world} process(es)), {total_steps} steps on "
               f"{device}; schedule {sched}, prediction {args.prediction}")
 
-    def checkpoint():
-        state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "generator": gen.get_state(),
-                 "total_steps": total_steps, "train_seconds": train_seconds}
-        save_checkpoint(run_dir, step, {"model": model.state_dict(), "ema": ema.state_dict()}, state)
-
     # Train.
-    from tqdm import tqdm
-
     bar = tqdm(total=total_steps, initial=step, desc=f"train_ldm {args.backbone}", unit="step", disable=not main_rank,
                dynamic_ncols=True)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
-
-    def out_of_time() -> bool:
-        """--max-minutes spent? Rank 0's clock decides for every rank."""
-        if args.max_minutes is None:
-            return False
-        spent = train_seconds >= 60 * args.max_minutes
-        if world == 1:
-            return spent
-        flag = torch.tensor([float(spent)], device=device)
-        torch.distributed.broadcast(flag, src=0)
-        return bool(flag.item())
-
     model.train()
-    timed_out = out_of_time()
+    timed_out = out_of_time(train_seconds, args.max_minutes, world, device)
     while step < total_steps and not timed_out:
         t0 = time.time()
-        epoch, i = divmod(step, steps_per_epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
-        idx = order[i * global_batch:(i + 1) * global_batch]  # this step's global batch
-        # The step's randomness, drawn for the whole global batch so every rank agrees on it.
-        eps_z = torch.randn((global_batch, c, h, w), generator=gen)  # posterior sample
-        noise = torch.randn((global_batch, c, h, w), generator=gen)  # ε of q(x_t | z)
-        t = sample_timesteps(global_batch, sched, gen, kind=args.timesteps)
-        y = drop_ids(labels[idx], num_classes, args.cond_dropout, gen)  # 10% null ids for CFG
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule)
-        loss_sum = 0.0
-        for micro in range(args.grad_accum):
-            sub = torch.arange(micro * args.batch_size + rank, (micro + 1) * args.batch_size, world)  # this rank
-            z0 = ((mean[idx[sub]] + std[idx[sub]] * eps_z[sub]) * scale).to(device)  # (b, c, h, w)
-            sync = world == 1 or micro == args.grad_accum - 1  # DDP all-reduces only on the last micro-batch
-            with nullcontext() if sync else train_model.no_sync():
-                with autocast():
-                    loss = diffusion_loss(train_model, z0, sched, args.prediction, t=t[sub],
-                                          eps=noise[sub].to(device), min_snr_gamma=args.min_snr_gamma,
-                                          cond=y[sub].to(device))
-                (loss / args.grad_accum).backward()
-            loss_sum += loss.item() / args.grad_accum
+        # 1. Draw the step's batch, noise, times and dropped ids.
+        draw = draw_step(step, latents["y"], len(classes), latent_shape, sched, args, gen)
+        # 2. Gradients over the micro-batches, then one clipped AdamW step and the EMA.
+        set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
+        loss = accumulate_gradients(train_model, latents, draw, sched, config["scaling_factor"], args, rank, world,
+                                    device)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema_update(ema, model, ema_decay_at(step, args.ema_decay))
         step += 1
         train_seconds += time.time() - t0
-        timed_out = out_of_time()
+        timed_out = out_of_time(train_seconds, args.max_minutes, world, device)
         finished = step == total_steps or timed_out
-
-        if main_rank:
-            record = {"step": step, "epoch": epoch, "loss": loss_sum, "lr": opt.param_groups[0]["lr"],
-                      "grad_norm": grad_norm.item(), "images_per_s": global_batch / (time.time() - t0),
-                      "train_s": round(train_seconds, 3)}
-            append_log(run_dir, record)
-            bar.update(1)
-            clock = {"minutes": f"{train_seconds / 60:.1f}/{args.max_minutes:g}"} if args.max_minutes else {}
-            bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{record['lr']:.2g}", img_s=f"{record['images_per_s']:.0f}",
-                            **clock)
-            if step % args.sample_every == 0 or finished:
-                path = save_grid(run_dir, ema, vae, run_config, step, device)
-                log = read_log(run_dir)
-                plot_curves({"loss": ([r["step"] for r in log], smooth([r["loss"] for r in log], 25))},
-                            run_dir / "loss_curves.png", title=f"{args.prediction}-loss (running mean over 25 steps)")
-                bar.write(f"step {step}: loss {loss_sum:.4f}; grid {path}")
         stopping = args.stop_after is not None and args.stop_after <= step and not finished
-        if main_rank and (step % args.ckpt_every == 0 or finished or stopping):
-            checkpoint()
+        # 3. Log; every --sample-every steps a grid and the loss curves; every --ckpt-every steps a checkpoint.
+        if main_rank:
+            record = {"step": step, "epoch": (step - 1) // (n // global_batch), "loss": loss,
+                      "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
+                      "images_per_s": global_batch / (time.time() - t0), "train_s": round(train_seconds, 3)}
+            log_step(run_dir, bar, record, args.max_minutes)
+            if step % args.sample_every == 0 or finished:
+                path = save_grid(run_dir, ema, vae, config, step, device)
+                save_loss_curves(run_dir, args.prediction)
+                bar.write(f"step {step}: loss {loss:.4f}; grid {path}")
+            if step % args.ckpt_every == 0 or finished or stopping:
+                state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "generator": gen.get_state(),
+                         "total_steps": total_steps, "train_seconds": train_seconds}
+                save_checkpoint(run_dir, step, {"model": model.state_dict(), "ema": ema.state_dict()}, state)
         if stopping:
             break
     bar.close()
+
+    # Finish.
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    if main_rank and step < total_steps and not timed_out:
-        print(f"stopped at step {step} (--stop-after); continue with: python train_ldm.py --resume {run_dir}")
-    elif main_rank:
-        budget = f" (--max-minutes {args.max_minutes:g} spent)" if timed_out else ""
-        print(f"done: {step} steps in {train_seconds / 60:.1f} min of training{budget}; weights "
-              f"{run_dir / 'ema.safetensors'} (EMA) and model.safetensors; samples {run_dir / 'samples'}"
-              f"\n  sample with: python sample.py --run {run_dir}")
+    if main_rank:
+        print(stopped_message("train_ldm.py", step, run_dir) if step < total_steps and not timed_out else
+              done_message(run_dir, step, train_seconds, args.max_minutes if timed_out else None))
 
 
 if __name__ == "__main__":

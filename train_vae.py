@@ -23,30 +23,30 @@ from tinyldm.data import DataError, UserImageFolder, default_data_dir
 from tinyldm.evaluation.image_metrics import psnr, ssim
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss, load_perceptual_loss
 from tinyldm.models.loading import autoencoder_config, build_autoencoder
-from tinyldm.runs import (
-    RunError,
-    append_log,
-    atomic_write_json,
-    check_writable,
-    read_config,
-    read_log,
-    resolve_device,
-    run_cli,
-)
+from tinyldm.runs import append_log, atomic_write_json, read_log, resolve_device, run_cli
 from tinyldm.train import (
-    load_checkpoint,
+    args_record,
+    batch_indices,
     lr_at,
-    resume_args,
+    resume_run,
     rng_state,
     save_checkpoint,
     seed_everything,
+    set_lr,
     set_rng_state,
-    truncate_log,
+    start_run_folder,
+    stopped_message,
 )
 from tinyldm.viz import error_map, image_grid, plot_curves, smooth
 
 # Options that a resumed run may change; every other setting comes from the run's config.json.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "stop_after", "ckpt_every", "device", "num_workers")
+# Options that config.json stores once outside "args", and where (read back on --resume).
+STORED_ELSEWHERE = {"model": ("model_type",), "data": ("data", "root"), "image_size": ("data", "image_size"),
+                    "channels": ("data", "channels"), "kl_weight": ("loss", "kl"),
+                    "perceptual_weight": ("loss", "perceptual"), "freq_weight": ("loss", "freq"),
+                    "rec_loss": ("loss", "rec_kind"), "freq_loss": ("loss", "freq_kind"),
+                    "freq_norm": ("loss", "freq_norm")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -106,20 +106,19 @@ def to_float(x_u8: torch.Tensor, device) -> torch.Tensor:
     return x_u8.to(device).float() / 127.5 - 1.0  # (B, C, H, W) in [−1, 1]
 
 
-def reconstruct(model, model_type: str, x: torch.Tensor) -> torch.Tensor:
-    """Deterministic reconstruction: posterior mode for KL, nearest codes for VQ."""
-    if model_type == "kl":
-        return model.decode(model.encode(x).mode())
-    return model.decode(model.encode(x)[0])
+def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
+    """Deterministic reconstruction: decode the latent mean (KL: the posterior mode; VQ: its nearest codes)."""
+    mean, _ = model.latent_moments(x)
+    return model.decode_latent(mean)
 
 
 @torch.no_grad()
-def validate(model, model_type, x_val, device, batch_size) -> dict:
+def validate(model, x_val, device, batch_size) -> dict:
     model.eval()
     p, s = [], []
     for i in range(0, len(x_val), batch_size):
         x = to_float(x_val[i : i + batch_size], device)
-        x_hat = reconstruct(model, model_type, x).clamp(-1, 1)
+        x_hat = reconstruct(model, x).clamp(-1, 1)
         p.append(psnr(x, x_hat).cpu())
         s.append(ssim(x, x_hat).cpu())
     model.train()
@@ -127,25 +126,25 @@ def validate(model, model_type, x_val, device, batch_size) -> dict:
 
 
 @torch.no_grad()
-def latent_std(model, model_type, x_train, device, batch_size) -> float:
-    """std of the latents stage 2 will see (posterior samples for KL, quantised codes for VQ) over the training set."""
+def latent_std(model, x_train, device, batch_size) -> float:
+    """std of the latents stage 2 will see, z = μ + σ·ε (VQ: the pre-quantisation encoding), over the training set."""
     model.eval()
     gen = torch.Generator(device).manual_seed(0)
     total, total_sq, n = 0.0, 0.0, 0
     for i in range(0, len(x_train), batch_size):
-        x = to_float(x_train[i : i + batch_size], device)
-        z = model.encode(x).sample(gen) if model_type == "kl" else model.encode(x)[0]
+        mean, std = model.latent_moments(to_float(x_train[i : i + batch_size], device))  # (B, c, h, w) each
+        z = mean + std * torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
         total, total_sq, n = total + z.double().sum().item(), total_sq + z.double().pow(2).sum().item(), n + z.numel()
     model.train()
     mean = total / n
     return (total_sq / n - mean**2) ** 0.5
 
 
-def save_pictures(run_dir: Path, model, model_type, x_show, device, epoch: int) -> None:
+def save_pictures(run_dir: Path, model, x_show, device, epoch: int) -> None:
     model.eval()
     with torch.no_grad():
         x = to_float(x_show, device)
-        x_hat = reconstruct(model, model_type, x).clamp(-1, 1)
+        x_hat = reconstruct(model, x).clamp(-1, 1)
     model.train()
     (run_dir / "grids").mkdir(exist_ok=True)
     grid = image_grid([x, x_hat, error_map(x, x_hat)], row_labels=["input", "recon", "error"])
@@ -158,100 +157,124 @@ def save_pictures(run_dir: Path, model, model_type, x_show, device, epoch: int) 
     plot_curves(series, run_dir / "loss_curves.png", title="training losses (running mean over 20 steps)")
 
 
+def load_data(args: argparse.Namespace, size: int):
+    """The train/validation split in memory as uint8 → (train split, x_train, x_val, the 8 images the grids show)."""
+    split = dict(image_size=size, channels=args.channels, val_fraction=args.val_fraction, seed=args.seed,
+                 strict_size=args.strict_size)
+    train_ds = UserImageFolder(args.data, split="train", **split)
+    val_ds = UserImageFolder(args.data, split="val", **split) if args.val_fraction > 0 else []
+    if len(train_ds) < args.batch_size:
+        raise DataError(f"{args.data}: {len(train_ds)} training images but --batch-size {args.batch_size}; "
+                        "add images or lower --batch-size")
+    x_train, _ = load_images(train_ds)
+    x_val, _ = load_images(val_ds) if len(val_ds) else (x_train[: args.batch_size], None)  # no split: train images
+    x_show = x_val[torch.linspace(0, len(x_val) - 1, min(8, len(x_val))).long()]
+    return train_ds, x_train, x_val, x_show
+
+
+def build_training(args, model_cfg: dict, device, weights: dict | None, train_state: dict | None):
+    """→ (autoencoder, AdamW, step), from the checkpoint when resuming."""
+    model = build_autoencoder(args.model, model_cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    if train_state is None:
+        return model, opt, 0
+    model.load_state_dict(weights["model"])
+    opt.load_state_dict(train_state["optimizer"])
+    set_rng_state(train_state["rng"])
+    return model, opt, train_state["step"]
+
+
+def end_of_epoch(run_dir: Path, model, x_val, x_show, device, batch_size: int, step: int, epoch: int, bar) -> None:
+    """Validation PSNR/SSIM into the log, the reconstruction grid and the loss curves."""
+    metrics = validate(model, x_val, device, batch_size)
+    append_log(run_dir, {"step": step, "epoch": epoch, **metrics})
+    save_pictures(run_dir, model, x_show, device, epoch)
+    bar.write(f"epoch {epoch}: val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}")
+
+
+def compute_loss(model, model_type: str, x: torch.Tensor, weights: AutoencoderLossWeights, perceptual
+                 ) -> tuple[torch.Tensor, dict]:
+    """The training objective, where the two autoencoders differ: KL term (KL) or codebook loss (VQ)."""
+    if model_type == "kl":
+        x_hat, posterior = model(x)
+        return autoencoder_loss(x, x_hat.float(), weights, posterior_mean=posterior.mean,
+                                posterior_logvar=posterior.logvar, perceptual=perceptual)
+    x_hat, vq_loss, stats = model(x)
+    loss, terms = autoencoder_loss(x, x_hat.float(), weights, vq_loss=vq_loss, perceptual=perceptual)
+    return loss, {**terms, "perplexity": stats["perplexity"], "usage": stats["usage"]}
+
+
+def finish(run_dir: Path, model, run_config: dict, x_train, x_val, device, batch_size: int, results: dict) -> None:
+    """Measure the latent scale for stage 2 and the final validation scores; write them into config.json."""
+    std = latent_std(model, x_train, device, batch_size)
+    run_config["model"]["scaling_factor"] = 1.0 / std
+    metrics = validate(model, x_val, device, batch_size)
+    run_config["results"] = {**metrics, "latent_std": std, **results}
+    atomic_write_json(run_dir / "config.json", run_config)
+    print(f"done: val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}; "
+          f"latent std {std:.4f} → scaling_factor {1 / std:.4f}")
+    for what, name in [("weights", "model.safetensors"), ("config", "config.json"), ("recon", "recon_latest.png"),
+                       ("losses", "loss_curves.png")]:
+        print(f"  {what:8s} {run_dir / name}")
+
+
 def main(argv=None) -> int:
     args, defaults = parse_args(argv)
     return run_cli("train_vae.py", train, args, defaults)
 
 
 def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
-    # Resume: the run's own settings win, except the few that may change between sessions.
-    train_state, weights = None, None
+    # Set up: a resumed run keeps its own settings, except the few that may change between sessions.
+    weights, train_state = None, None
     if args.resume is not None:
-        weights, train_state = load_checkpoint(args.resume)
-        saved = read_config(args.resume)
-        if saved.get("kind") != "autoencoder":
-            raise RunError(f"--resume {args.resume}: a {saved.get('kind')!r} run, not a train_vae.py run")
-        args = resume_args(saved["args"], args, defaults, RESUMABLE_OVERRIDES, f"--resume {args.resume}")
+        args, weights, train_state = resume_run(args.resume, "autoencoder", "train_vae.py", args, defaults,
+                                                RESUMABLE_OVERRIDES, STORED_ELSEWHERE)
         args.out = args.resume
     args.epochs = 100 if args.epochs is None and args.max_steps is None else args.epochs
+    args.data = Path(args.data) if args.data is not None else default_data_dir(args.preset)
     device = resolve_device(args.device)
     seed_everything(args.seed)
 
-    # Data.
-    data_root = args.data if args.data is not None else default_data_dir(args.preset)
+    # Load the data into memory.
     model_cfg = autoencoder_config(args.model, args.preset, in_channels=args.channels, out_channels=args.channels,
                                    **({"sample_size": args.image_size} if args.image_size else {}))
     size = model_cfg["sample_size"]
-    split = dict(image_size=size, channels=args.channels, val_fraction=args.val_fraction, seed=args.seed,
-                 strict_size=args.strict_size)
-    train_ds = UserImageFolder(data_root, split="train", **split)
-    val_ds = UserImageFolder(data_root, split="val", **split) if args.val_fraction > 0 else []
-    if len(train_ds) < args.batch_size:
-        raise DataError(f"{data_root}: {len(train_ds)} training images but --batch-size {args.batch_size}; "
-                        "add images or lower --batch-size")
-    x_train, _ = load_images(train_ds)
-    x_val, _ = load_images(val_ds) if len(val_ds) else (x_train[: args.batch_size], None)  # no split: train images
-    x_show = x_val[torch.linspace(0, len(x_val) - 1, min(8, len(x_val))).long()]
+    train_ds, x_train, x_val, x_show = load_data(args, size)
 
-    # Model, loss, optimizer.
-    model = build_autoencoder(args.model, model_cfg).to(device)
-    perceptual = load_perceptual_loss(device) if args.perceptual_weight > 0 else None
-    weights_cfg = AutoencoderLossWeights(rec=1.0, kl=args.kl_weight, perceptual=args.perceptual_weight,
-                                         freq=args.freq_weight, rec_kind=args.rec_loss, freq_kind=args.freq_loss,
-                                         freq_norm=args.freq_norm)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # Build the model, the loss and the optimizer; load the checkpoint when resuming.
+    perceptual = load_perceptual_loss(device) if args.perceptual_weight > 0 else None  # before the RNG is restored
+    model, opt, step = build_training(args, model_cfg, device, weights, train_state)
+    loss_weights = AutoencoderLossWeights(rec=1.0, kl=args.kl_weight, perceptual=args.perceptual_weight,
+                                          freq=args.freq_weight, rec_kind=args.rec_loss, freq_kind=args.freq_loss,
+                                          freq_norm=args.freq_norm)
     steps_per_epoch = len(x_train) // args.batch_size
     total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
-    step = 0
-    if train_state is not None:
-        model.load_state_dict(weights["model"])
-        opt.load_state_dict(train_state["optimizer"])
-        set_rng_state(train_state["rng"])
-        step = train_state["step"]
-        truncate_log(args.out, step)
-        print(f"resumed {args.out} at step {step}/{total_steps}")
 
     # Run folder and config.json (everything needed to rebuild the model and repeat the run).
     run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
-    check_writable(run_dir)
-    if train_state is None:
-        (run_dir / "log.jsonl").unlink(missing_ok=True)
     run_config = {"kind": "autoencoder", "model_type": args.model, "model": model_cfg,
-                  "loss": asdict(weights_cfg), "perceptual_active": perceptual is not None,
-                  "data": {"root": str(data_root), "image_size": size, "channels": args.channels,
-                           "classes": train_ds.classes, "n_train": len(train_ds), "n_val": len(val_ds)},
-                  "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    atomic_write_json(run_dir / "config.json", run_config)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.model} autoencoder, preset {args.preset}: {n_params:,} parameters; {len(train_ds)} train / "
-          f"{len(val_ds)} val images of {len(train_ds.classes)} users at {size}×{size}; "
-          f"{total_steps} steps on {device}")
-
-    def checkpoint():
-        state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "total_steps": total_steps}
-        save_checkpoint(run_dir, step, {"model": model.state_dict()}, state)
+                  "loss": asdict(loss_weights), "perceptual_active": perceptual is not None,
+                  "data": {"root": str(args.data), "image_size": size, "channels": args.channels,
+                           "classes": train_ds.classes, "n_train": len(train_ds), "n_val": len(x_val)},
+                  "args": args_record(args, STORED_ELSEWHERE)}
+    start_run_folder(run_dir, run_config, step)
+    if step:
+        print(f"resumed {run_dir} at step {step}/{total_steps}")
+    print(f"{model.summary()}\n{len(train_ds)} train / {len(x_val)} val images of {len(train_ds.classes)} users at "
+          f"{size}×{size}; {total_steps} steps on {device}")
 
     # Train.
-    amp = device.type == "cuda"
     bar = tqdm(total=total_steps, initial=step, desc="train_vae", unit="step", dynamic_ncols=True)
     t_start = time.time()
     model.train()
     while step < total_steps:
-        epoch, i = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
-        idx = order[i * args.batch_size : (i + 1) * args.batch_size]
-        x = to_float(x_train[idx], device)  # (B, C, H, W)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if args.model == "kl":
-                x_hat, posterior = model(x)
-                loss, terms = autoencoder_loss(x, x_hat.float(), weights_cfg, posterior_mean=posterior.mean,
-                                               posterior_logvar=posterior.logvar, perceptual=perceptual)
-            else:
-                x_hat, vq_loss, stats = model(x)
-                loss, terms = autoencoder_loss(x, x_hat.float(), weights_cfg, vq_loss=vq_loss, perceptual=perceptual)
-                terms = {**terms, "perplexity": stats["perplexity"], "usage": stats["usage"]}
+        # 1. The step's batch, in [−1, 1].
+        epoch = step // steps_per_epoch
+        x = to_float(x_train[batch_indices(step, len(x_train), args.batch_size, args.seed)], device)  # (B, C, H, W)
+        # 2. Loss, gradient, one clipped AdamW step (bf16 autocast on GPU).
+        set_lr(opt, lr_at(step, args.lr, args.warmup))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss, terms = compute_loss(model, args.model, x, loss_weights, perceptual)
         if not torch.isfinite(loss):
             raise RuntimeError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
         opt.zero_grad(set_to_none=True)
@@ -259,37 +282,27 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
         opt.step()
         step += 1
+        # 3. Log; at the end of an epoch validate and draw; every --ckpt-every steps a checkpoint.
         record = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
                   **{k: float(v) for k, v in terms.items()}}
         append_log(run_dir, record)
         bar.update(1)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("total", "rec", "kl", "freq", "vq") if k in record})
-
-        if step % steps_per_epoch == 0 or step == total_steps:  # end of an epoch: validate and draw
-            metrics = validate(model, args.model, x_val, device, args.batch_size)
-            append_log(run_dir, {"step": step, "epoch": epoch, **metrics})
-            save_pictures(run_dir, model, args.model, x_show, device, epoch)
-            bar.write(f"epoch {epoch}: val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}")
+        if step % steps_per_epoch == 0 or step == total_steps:
+            end_of_epoch(run_dir, model, x_val, x_show, device, args.batch_size, step, epoch, bar)
         stopping = args.stop_after is not None and args.stop_after <= step < total_steps
         if step % args.ckpt_every == 0 or step == total_steps or stopping:
-            checkpoint()
+            state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "total_steps": total_steps}
+            save_checkpoint(run_dir, step, {"model": model.state_dict()}, state)
         if stopping:
             bar.close()
-            print(f"stopped at step {step} (--stop-after); continue with: python train_vae.py --resume {run_dir}")
+            print(stopped_message("train_vae.py", step, run_dir))
             return
     bar.close()
 
-    # Measure the latent scale for stage 2 and write it into the config.
-    std = latent_std(model, args.model, x_train, device, args.batch_size)
-    run_config["model"]["scaling_factor"] = 1.0 / std
-    metrics = validate(model, args.model, x_val, device, args.batch_size)
-    run_config["results"] = {**metrics, "latent_std": std, "steps": step, "train_seconds": time.time() - t_start}
-    atomic_write_json(run_dir / "config.json", run_config)
-    print(f"done: val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}; "
-          f"latent std {std:.4f} → scaling_factor {1 / std:.4f}")
-    for what, name in [("weights", "model.safetensors"), ("config", "config.json"), ("recon", "recon_latest.png"),
-                       ("losses", "loss_curves.png")]:
-        print(f"  {what:8s} {run_dir / name}")
+    # Finish: the latent scale for stage 2, the final scores.
+    finish(run_dir, model, run_config, x_train, x_val, device, args.batch_size,
+           {"steps": step, "train_seconds": time.time() - t_start})
 
 
 if __name__ == "__main__":

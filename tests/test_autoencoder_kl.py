@@ -78,3 +78,13 @@ def test_save_load_gives_identical_outputs(tmp_path):
 def test_bad_configs_are_explained(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AutoencoderKL(**kwargs)
+
+
+def test_latent_interface_is_the_posterior_and_the_decoder():
+    torch.manual_seed(0)
+    vae = AutoencoderKL.from_preset("tiny", sample_size=16).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    mean, std = vae.latent_moments(x)
+    posterior = vae.encode(x)
+    assert torch.equal(mean, posterior.mean) and torch.equal(std, posterior.std)
+    assert torch.equal(vae.decode_latent(mean), vae.decode(mean))

@@ -1,7 +1,8 @@
 """Convergence orders of the deterministic samplers on Gaussian data, against the exact probability-flow solution.
 
 Data x0 ~ N(μ, s²) per element has the exact denoiser E[x0 | x_t] = μ + α s² (x_t − α μ)/(α² s² + σ²) and the
-exact ODE map x_t = α_t μ + sqrt(α_t² s² + σ_t²)·(x_s − α_s μ)/sqrt(α_s² s² + σ_s²) (docs/samplers.md).
+exact ODE map x_t = α_t μ + sqrt(α_t² s² + σ_t²)·(x_s − α_s μ)/sqrt(α_s² s² + σ_s²) (docs/samplers_guide.md,
+"How accurate is each one?").
 tinyldm/diffusion/analytic.py returns that denoiser as ε, v, x0 or flow velocity, reading t on the network's
 time scale.
 """

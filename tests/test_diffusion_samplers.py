@@ -6,6 +6,7 @@ import torch
 
 from tinyldm.diffusion import (
     SAMPLERS,
+    SamplingConfig,
     Schedule,
     ancestral_sigmas,
     classifier_free_guidance,
@@ -23,7 +24,7 @@ from tinyldm.diffusion import (
     sample,
 )
 from tinyldm.diffusion.analytic import gaussian_flow_map, gaussian_network
-from tinyldm.diffusion.sample import make_denoiser
+from tinyldm.diffusion.sampling import make_denoiser
 
 
 def exact_network(sched, prediction, mu=0.5, s=0.7):
@@ -168,7 +169,7 @@ def test_classifier_free_guidance_identities_and_one_batched_forward():
     sched = Schedule.vp("linear")
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     ts = [500.0, 400.0]
-    run = lambda w, phi=0.0: sample(model, x, sched, "ddim", timesteps=ts, guidance_scale=w, guidance_rescale=phi,  # noqa
+    run = lambda w, phi=0.0: sample(model, x, sched, "ddim", timesteps=ts, cfg_scale=w, cfg_rescale=phi,  # noqa
                                     cond=cond, null_cond=null, denoise_to_zero=False)
     conditional = sample(lambda x, t: model(x, t, cond), x, sched, "ddim", timesteps=ts, denoise_to_zero=False)
     unconditional = sample(lambda x, t: model(x, t, null.expand(2, 1)), x, sched, "ddim", timesteps=ts,
@@ -211,3 +212,22 @@ def test_bad_input_gives_clear_errors():
         sample(model, x, sched, timesteps=[10.0, 20.0])
     with pytest.raises(ValueError, match="choose one of"):
         sample(model, x, sched, prediction="score")
+
+
+def test_sampling_config_validates_each_setting_once():
+    assert SamplingConfig().guided and not SamplingConfig(cfg_scale=1.0).guided
+    for kwargs, message in [({"sampler": "dpm++"}, "choose one of"), ({"steps": 0}, "positive integer"),
+                            ({"steps": 2.5}, "positive integer"), ({"spacing": "uniform"}, "choose one of"),
+                            ({"eta": 1.5}, r"\[0, 1\]"), ({"sampler": "heun", "eta": 0.5}, "sampler='ddim'"),
+                            ({"cfg_scale": float("nan")}, "finite"), ({"cfg_rescale": 2.0}, r"\[0, 1\]")]:
+        with pytest.raises(ValueError, match=message):
+            SamplingConfig(**kwargs)
+
+
+@pytest.mark.parametrize("name,flow_name", [("euler", "flow_euler"), ("heun", "flow_heun")])
+def test_euler_and_heun_on_a_flow_schedule_say_they_run_their_flow_form(name, flow_name):
+    sched, x = Schedule.flow(shift=2.0), _x(8)
+    model = exact_network(sched, "flow")
+    with pytest.warns(UserWarning, match=f"runs '{flow_name}'"):
+        out = sample(model, x, sched, name, steps=6, prediction="flow")
+    assert torch.equal(out, sample(model, x, sched, flow_name, steps=6, prediction="flow"))

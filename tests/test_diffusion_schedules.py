@@ -1,5 +1,6 @@
-"""Schedules against their defining formulas (docs: ../shared/docs/samplers.md, 'Schedules' and 'Timestep spacing')."""
+"""Schedules against their defining formulas (tinyldm/diffusion/schedules.py documents each; docs/samplers_guide.md)."""
 
+import json
 import math
 
 import pytest
@@ -133,3 +134,17 @@ def test_bad_schedule_inputs_say_what_to_change():
         Schedule.vp("linear").alpha(1000.0)
     with pytest.raises(ValueError, match="beta_start"):
         Schedule.vp("linear", beta_start=0.1, beta_end=0.01)
+
+
+@pytest.mark.parametrize("sched", [Schedule.vp("linear"), Schedule.vp("scaled_linear", beta_start=1e-3, beta_end=0.02),
+                                   Schedule.vp("cosine", num_train_timesteps=500, zero_terminal_snr=True),
+                                   Schedule.flow(shift=3.0, num_train_timesteps=100)])
+def test_to_config_and_from_config_rebuild_the_same_schedule(sched):
+    config = json.loads(json.dumps(sched.to_config()))  # what config.json holds
+    again = Schedule.from_config(config)
+    assert again.to_config() == config and repr(again) == repr(sched)
+    t = torch.linspace(sched.t_min, sched.t_max, 37, dtype=torch.float64)
+    for a, b in zip(again.alpha_sigma(t), sched.alpha_sigma(t)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="expected 'vp' or 'flow'"):
+        Schedule.from_config({"kind": "ve"})

@@ -11,7 +11,7 @@ import train_ldm
 import train_vae
 from tests.test_train_vae import make_folder
 from tinyldm.data import UserImageFolder, default_data_dir
-from tinyldm.diffusion import nfe
+from tinyldm.diffusion import SamplingConfig, nfe
 from tinyldm.evaluation import ClassifierConfig, classifier_for, evaluate_folders, evaluate_run, train_classifier
 from tinyldm.evaluation.__main__ import main as cli
 from tinyldm.evaluation.classifier import stack_split
@@ -134,8 +134,8 @@ def ldm_run(tmp_path_factory):
 
 def test_run_with_sweep_writes_every_report_and_plot(ldm_run, capsys):
     out = ldm_run / "eval"
-    report = evaluate_run(ldm_run / "ldm", out, n_per_user=2, steps=3, cfg_scale=2.0, sweep=True,
-                          guidance_scales=[1.0, 4.0], samplers=["ddim", "heun"], steps_list=[2, 3],
+    report = evaluate_run(ldm_run / "ldm", out, sampling=SamplingConfig(steps=3, cfg_scale=2.0), n_per_user=2,
+                          sweep=True, guidance_scales=[1.0, 4.0], samplers=["ddim", "heun"], steps_list=[2, 3],
                           sweep_n_per_user=2)
     printed = capsys.readouterr().out
     for line in ("classifier ceiling", "condition accuracy", "Fréchet distance", "TSTR / TRTR", "report"):

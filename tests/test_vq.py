@@ -224,3 +224,16 @@ def test_bad_construction_calls():
         VQModel.from_preset("huge")
     with pytest.raises(ValueError, match="set vq_embed_dim to 5"):
         VectorQuantizer(8, 3)(torch.zeros(1, 5, 2, 2))
+
+
+def test_latent_interface_is_the_continuous_encoding_and_a_quantising_decoder():
+    torch.manual_seed(0)
+    vq = VQModel.from_preset("tiny", sample_size=16).eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    z, std = vq.latent_moments(x)
+    assert torch.equal(z, vq.quant_conv(vq.encoder(x))) and torch.equal(std, torch.zeros_like(z))
+    codes = vq.quantize.lookup(vq.quantize.nearest_code(z))  # (B, D, h, w) the nearest codes
+    assert torch.equal(vq.decode_latent(z), vq.decode(codes))
+    assert torch.equal(vq.decode_latent(z + 1e-4 * torch.randn_like(z)), vq.decode(codes))  # a nearby sample too
+    z_q, _, _ = vq.encode(x)  # straight-through z + (z_q − z): the same codes up to float rounding
+    torch.testing.assert_close(vq.decode_latent(z), vq.decode(z_q), rtol=0, atol=1e-5)

@@ -1,44 +1,62 @@
 """From a trained latent-diffusion run to images: noise → sampler (with CFG) → latents → autoencoder decode.
 
-Used by sample.py, by train_ldm.py for its progress grids, and by the evaluation. The initial noise of image
-(user k, index i) is drawn from its own seeded generator, so the same seed gives the same picture whatever the
-batch size or the set of users asked for (stochastic samplers draw their step noise per batch).
+Used by sample.py, by train_ldm.py for its progress grids, and by the evaluation, all with one `SamplingConfig`.
+The initial noise of image (user k, index i) is drawn from its own seeded generator, so the same seed gives the
+same picture whatever the batch size or the set of users asked for (stochastic samplers draw their step noise
+per batch).
 """
+
+import argparse
 
 import torch
 from tqdm import tqdm
 
-from tinyldm.diffusion import Schedule, sample
+from tinyldm.diffusion import SAMPLERS, SPACINGS, SamplingConfig, Schedule, sample
+
+# The generator of image (user, index) is seeded with seed·SEED_STRIDE + user·USER_STRIDE + index: two primes
+# larger than any user count × images per user, so no two images of one call (or of nearby seeds) share noise.
+SEED_STRIDE = 1_000_003
+USER_STRIDE = 10_007
+DEFAULT_SAMPLING = SamplingConfig()  # DPM-Solver++(2M), 20 steps, trailing, guidance w = 4, seed 0
 
 
-def schedule_of(run_config: dict) -> Schedule:
-    """The run's noise schedule, rebuilt from config.json["schedule"]."""
-    s = run_config["schedule"]
-    if s["kind"] == "flow":
-        return Schedule.flow(shift=s["shift"], num_train_timesteps=s["num_train_timesteps"])
-    return Schedule.vp(s["beta_schedule"], num_train_timesteps=s["num_train_timesteps"],
-                       zero_terminal_snr=s["zero_terminal_snr"])
+def add_sampling_args(parser: argparse.ArgumentParser, defaults: SamplingConfig = DEFAULT_SAMPLING) -> None:
+    """The command-line options of a `SamplingConfig`, the same names in every script (--cfg-scale → cfg_scale).
+    The script adds --seed itself (in evaluate.py it seeds more than sampling)."""
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--sampler", default=defaults.sampler,
+                   help=f"one of {', '.join(SAMPLERS)}; see docs/samplers_guide.md")
+    g.add_argument("--steps", type=int, default=defaults.steps, help="sampling steps (network calls: see the guide)")
+    g.add_argument("--spacing", choices=SPACINGS, default=defaults.spacing, help="time grid of the steps")
+    g.add_argument("--eta", type=float, default=defaults.eta, help="DDIM's η (0 = deterministic, 1 = DDPM-like)")
+    g.add_argument("--cfg-scale", type=float, default=defaults.cfg_scale,
+                   help="classifier-free guidance w (1 = none, 0 = unconditional)")
+    g.add_argument("--cfg-rescale", type=float, default=defaults.cfg_rescale,
+                   help="guidance rescale φ ∈ [0, 1] (0.7 tames large w)")
+
+
+def sampling_config(args: argparse.Namespace) -> SamplingConfig:
+    """The options `add_sampling_args` added → a validated SamplingConfig."""
+    return SamplingConfig(sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
+                          cfg_scale=args.cfg_scale, cfg_rescale=args.cfg_rescale, seed=args.seed)
 
 
 def initial_noise(seed: int, user: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
     """x_T for image `index` of `user`: unit Gaussian from a generator seeded by (seed, user, index)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + user * 10_007 + index)
+    g = torch.Generator().manual_seed(seed * SEED_STRIDE + user * USER_STRIDE + index)
     return torch.randn(shape, generator=g)
 
 
 @torch.no_grad()
-def decode_latents(vae, model_type: str, z: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """Diffusion latents (B, c, h, w) → images (B, C, H, W) in [−1, 1]: undo the scale, decode (VQ: quantise)."""
-    z = z / scaling_factor
-    x = vae.decode(z) if model_type == "kl" else vae.decode(z, quantize=True)
-    return x.clamp(-1, 1)
+def decode_latents(vae, z: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """Diffusion latents (B, c, h, w) → images (B, C, H, W) in [−1, 1]: undo the scale, decode."""
+    return vae.decode_latent(z / scaling_factor).clamp(-1, 1)
 
 
 @torch.no_grad()
-def generate(model, vae, run_config: dict, users: list[int], n_per_user: int, sampler: str = "dpmpp_2m",
-             steps: int = 20, spacing: str = "trailing", cfg_scale: float | None = 4.0, cfg_rescale: float = 0.0,
-             seed: int = 0, batch_size: int = 64, device="cpu", eta: float = 0.0, progress: bool = False,
-             trajectory: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
+             sampling: SamplingConfig = DEFAULT_SAMPLING, *, batch_size: int = 64, device="cpu",
+             progress: bool = False, trajectory: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Images for each (user, index) → (images (U, n, C, H, W) in [−1, 1], trajectory or None).
 
     trajectory: with `trajectory=True`, the decoded x̂0 predictions after every step for the first image of each
@@ -46,7 +64,7 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int, sa
     """
     c, h, w = run_config["latent_shape"]
     num_classes, scale = run_config["num_classes"], run_config["scaling_factor"]
-    sched, prediction = schedule_of(run_config), run_config["prediction"]
+    sched, prediction = Schedule.from_config(run_config["schedule"]), run_config["prediction"]
     for u in users:
         if not 0 <= u < num_classes:
             raise ValueError(f"user id {u} is outside 0…{num_classes - 1} (this run has {num_classes} users)")
@@ -55,16 +73,16 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int, sa
     bar = tqdm(total=len(jobs), desc="sampling", unit="img", disable=not progress)
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
-        noise = torch.stack([initial_noise(seed, u, i, (c, h, w)) for u, i in batch]).to(device)  # (B, c, h, w)
-        y = torch.tensor([u for u, _ in batch], device=device)
-        guided = cfg_scale is not None and cfg_scale != 1.0
+        noise = torch.stack([initial_noise(sampling.seed, u, i, (c, h, w)) for u, i in batch]).to(device)
+        y = torch.tensor([u for u, _ in batch], device=device)  # (B,)
         steps_x0 = []
         callback = (lambda i, t, x, x0_hat, acc=steps_x0: acc.append(x0_hat)) if trajectory else None
-        z = sample(model, noise, sched, sampler=sampler, steps=steps, spacing=spacing, prediction=prediction,
-                   eta=eta, guidance_scale=cfg_scale if guided else None, guidance_rescale=cfg_rescale,
-                   cond=y, null_cond=torch.full_like(y, num_classes) if guided else None,
-                   generator=torch.Generator().manual_seed(seed + start), callback=callback)
-        images.append(decode_latents(vae, run_config["vae_model_type"], z, scale).cpu())
+        z = sample(model, noise, sched, sampler=sampling.sampler, steps=sampling.steps, spacing=sampling.spacing,
+                   prediction=prediction, eta=sampling.eta, cfg_scale=sampling.cfg_scale if sampling.guided else None,
+                   cfg_rescale=sampling.cfg_rescale, cond=y,
+                   null_cond=torch.full_like(y, num_classes) if sampling.guided else None,
+                   generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
+        images.append(decode_latents(vae, z, scale).cpu())
         for k, (u, i) in enumerate(batch):
             if trajectory and i == 0:
                 first_x0s[u] = torch.stack([x0[k] for x0 in steps_x0])  # (S, c, h, w)
@@ -74,5 +92,5 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int, sa
     traj = None
     if trajectory:
         stacked = torch.stack([first_x0s[u] for u in users], dim=1)  # (S, U, c, h, w)
-        traj = [decode_latents(vae, run_config["vae_model_type"], s.to(device), scale).cpu() for s in stacked]
+        traj = [decode_latents(vae, s.to(device), scale).cpu() for s in stacked]
     return x, traj

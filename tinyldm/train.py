@@ -21,7 +21,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from tinyldm.runs import RunError, atomic_save_weights, read_log, resolve_device
+from tinyldm.runs import (
+    RunError,
+    atomic_save_weights,
+    atomic_write_json,
+    check_writable,
+    read_config,
+    read_log,
+    resolve_device,
+)
 
 
 def init_distributed(device_name: str = "auto") -> tuple[int, int, torch.device]:
@@ -103,6 +111,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ---- the data order --------------------------------------------------------------------------------------
+
+EPOCH_SEED_STRIDE = 100_003  # epoch e of a run with seed s shuffles with seed s·100,003 + e (a prime: no collisions)
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Indices of optimizer step `step`'s batch: a fresh permutation of the n items each epoch, cut into
+    n // batch_size batches (the rest of an epoch is dropped). A function of the step, so resume is exact."""
+    epoch, i = divmod(step, n // batch_size)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch))
+    return order[i * batch_size:(i + 1) * batch_size]  # (batch_size,)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 # ---- resuming ------------------------------------------------------------------------------------------
 
 def resume_args(saved: dict, cli: argparse.Namespace, defaults: argparse.Namespace, allowed: tuple[str, ...],
@@ -121,6 +147,52 @@ def resume_args(saved: dict, cli: argparse.Namespace, defaults: argparse.Namespa
                            f"its settings (drop {flag}, or start a new run with another --out)")
     merged["resume"] = cli.resume
     return argparse.Namespace(**merged)
+
+
+def args_record(args: argparse.Namespace, stored_elsewhere: dict[str, tuple[str, ...]]) -> dict:
+    """The options for config.json's "args": every option not stored elsewhere in config.json (`stored_elsewhere`
+    maps an option to its path there), so each setting is written once; paths as text."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in stored_elsewhere}
+
+
+def saved_args(config: dict, stored_elsewhere: dict[str, tuple[str, ...]]) -> dict:
+    """The inverse of `args_record`: a run's options, read from "args" and from where the others are stored.
+    An option whose path is absent (e.g. the β schedule of a flow run) keeps the command line's default."""
+    saved = dict(config["args"])
+    for option, path in stored_elsewhere.items():
+        node = config
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            saved[option] = node
+    return saved
+
+
+def resume_run(run_dir: Path, kind: str, script: str, args: argparse.Namespace, defaults: argparse.Namespace,
+               allowed: tuple[str, ...], stored_elsewhere: dict[str, tuple[str, ...]]
+               ) -> tuple[argparse.Namespace, dict[str, dict], dict]:
+    """--resume RUN → (the run's settings with the `allowed` command-line changes, weights, training state)."""
+    weights, train_state = load_checkpoint(run_dir)
+    saved = read_config(run_dir)
+    if saved.get("kind") != kind:
+        raise RunError(f"--resume {run_dir}: a {saved.get('kind')!r} run, not a {script} run")
+    args = resume_args(saved_args(saved, stored_elsewhere), args, defaults, allowed, f"--resume {run_dir}")
+    return args, weights, train_state
+
+
+def start_run_folder(run_dir: Path, config: dict, step: int) -> None:
+    """Make the run folder and write config.json; a new run starts a new log, a resumed one forgets the lines
+    written after its checkpoint (they will be written again)."""
+    check_writable(run_dir)
+    if step == 0:
+        (Path(run_dir) / "log.jsonl").unlink(missing_ok=True)
+    else:
+        truncate_log(run_dir, step)
+    atomic_write_json(Path(run_dir) / "config.json", config)
+
+
+def stopped_message(script: str, step: int, run_dir: Path) -> str:
+    return f"stopped at step {step} (--stop-after); continue with: python {script} --resume {run_dir}"
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------------

@@ -18,14 +18,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tinyldm.data.errors import DataError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_CACHE_BYTES = 2 * 1024**3  # decoded images are kept in memory up to this size, else re-read per item
-
-
-class DataError(ValueError):
-    """A problem with the user's data, stated in one line that names the file or value and what to do."""
 
 
 def notice(message):
@@ -261,7 +259,7 @@ def default_data_dir(preset="tiny", root="data", workers=None):
     tiny: 31 users x 40 images at 64x64 (~10-30 s to generate); small: 31 x 150 at 128x128;
     seed: 31 x 150 at 256x256 (~1-3 min on 2 cores). A rerun completes what an interrupted run left out.
     """
-    from tinyldm.data import microdoppler  # imported here: only needed when the set must be (re)checked
+    from tinyldm.data import microdoppler  # imported here so `python -m tinyldm.data.microdoppler` runs cleanly
 
     if preset not in PRESETS:
         raise DataError(f"unknown data preset {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -43,32 +43,27 @@ def cache_key(vae_dir: Path, dataset: UserImageFolder, split: dict) -> str:
 
 
 @torch.no_grad()
-def encode_split(vae, model_type: str, dataset: UserImageFolder, device, batch_size: int = 64, desc: str = "encode"
+def encode_split(vae, dataset: UserImageFolder, device, batch_size: int = 64, desc: str = "encode"
                  ) -> dict[str, torch.Tensor]:
     """→ {"mean": (N, c, h, w), "std": (N, c, h, w), "y": (N,)} on the CPU, in dataset order."""
     means, stds, ys = [], [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch", leave=False):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         x = torch.stack([it[0] for it in items]).to(device)  # (B, C, H, W)
-        if model_type == "kl":
-            posterior = vae.encode(x)
-            mean, std = posterior.mean, posterior.std
-        else:
-            mean = vae.quant_conv(vae.encoder(x))  # continuous, pre-quantisation
-            std = torch.zeros_like(mean)
+        mean, std = vae.latent_moments(x)  # (B, c, h, w) each; VQ: pre-quantisation, σ = 0
         means.append(mean.float().cpu())
         stds.append(std.float().cpu())
         ys.append(torch.tensor([it[1] for it in items], dtype=torch.long))
     return {"mean": torch.cat(means), "std": torch.cat(stds), "y": torch.cat(ys)}
 
 
-def cached_latents(vae, model_type: str, vae_dir: Path, dataset: UserImageFolder, split: dict, device
+def cached_latents(vae, vae_dir: Path, dataset: UserImageFolder, split: dict, device
                    ) -> tuple[dict[str, torch.Tensor], Path, bool]:
     """Latents of `dataset`, from the cache when it is valid → (tensors, cache path, built_now)."""
     path = Path(vae_dir) / "latent_cache" / f"{cache_key(vae_dir, dataset, split)}.safetensors"
     if path.is_file():
         return load_file(str(path)), path, False
-    latents = encode_split(vae, model_type, dataset, device)
+    latents = encode_split(vae, dataset, device)
     path.parent.mkdir(exist_ok=True)
     atomic_save_weights(path, latents, {"n": len(dataset), **{k: str(v) for k, v in split.items()}})
     return latents, path, True

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tinyldm.data.datasets import DataError
+from tinyldm.data.errors import DataError
 from tinyldm.data.radar import RadarConfig, returns, spectrogram, spectrogram_image
 from tinyldm.data.walking import LOWER_LEG, UPPER_LEG, walk
 

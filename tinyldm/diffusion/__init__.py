@@ -12,7 +12,6 @@ from .objectives import (
     to_x0,
     training_target,
 )
-from .sample import SAMPLERS, make_denoiser, nfe, sample
 from .samplers import (
     ancestral_sigmas,
     ddim,
@@ -26,10 +25,11 @@ from .samplers import (
     lms,
     lms_coefficients,
 )
-from .schedules import Schedule, karras_sigmas, rescale_zero_terminal_snr
+from .sampling import SAMPLERS, SamplingConfig, make_denoiser, nfe, sample
+from .schedules import SPACINGS, Schedule, karras_sigmas, rescale_zero_terminal_snr
 
 __all__ = [
-    "Schedule", "karras_sigmas", "rescale_zero_terminal_snr",
+    "SPACINGS", "Schedule", "karras_sigmas", "rescale_zero_terminal_snr",
     "add_noise", "convert", "diffusion_loss", "from_x0", "min_snr_weight", "sample_timesteps", "to_x0",
     "training_target",
     "classifier_free_guidance", "guided_model", "rescale_guidance",
@@ -37,5 +37,5 @@ __all__ = [
     "lms",
     "lms_coefficients",
     "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m",
-    "SAMPLERS", "make_denoiser", "nfe", "sample",
+    "SAMPLERS", "SamplingConfig", "make_denoiser", "nfe", "sample",
 ]

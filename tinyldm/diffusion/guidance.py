@@ -8,13 +8,16 @@ condition; the rescale, which divides standard deviations, is applied to the raw
 import torch
 
 
-def classifier_free_guidance(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """ε̂ = ε̂_u + w (ε̂_c − ε̂_u): w = 0 unconditional, w = 1 conditional, w > 1 guided (Ho & Salimans 2022, Eq. 6)."""
-    return pred_uncond + scale * (pred_cond - pred_uncond)
+def classifier_free_guidance(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """ε̂ = ε̂_u + w (ε̂_c − ε̂_u), w = cfg_scale: 0 unconditional, 1 conditional, > 1 guided (Ho & Salimans 2022,
+    Eq. 6)."""
+    return pred_uncond + cfg_scale * (pred_cond - pred_uncond)
 
 
-def rescale_guidance(pred_cfg: torch.Tensor, pred_cond: torch.Tensor, phi: float) -> torch.Tensor:
-    """x = φ x_cfg·std(x_c)/std(x_cfg) + (1 − φ) x_cfg, std over all non-batch dims (Lin et al. 2023, Eq. 15–16)."""
+def rescale_guidance(pred_cfg: torch.Tensor, pred_cond: torch.Tensor, cfg_rescale: float) -> torch.Tensor:
+    """x = φ x_cfg·std(x_c)/std(x_cfg) + (1 − φ) x_cfg, φ = cfg_rescale, std over all non-batch dims
+    (Lin et al. 2023, Eq. 15–16)."""
+    phi = cfg_rescale
     if phi == 0:
         return pred_cfg
     dims = tuple(range(1, pred_cfg.dim()))
@@ -22,15 +25,15 @@ def rescale_guidance(pred_cfg: torch.Tensor, pred_cond: torch.Tensor, phi: float
     return phi * rescaled + (1 - phi) * pred_cfg  # Eq. 16
 
 
-def guided_model(model, cond, null_cond, scale: float, rescale: float = 0.0):
+def guided_model(model, cond, null_cond, cfg_scale: float, cfg_rescale: float = 0.0):
     """model(x, t, cond) → a function (x, t) that runs one batched forward of [cond, null] and guides.
 
     cond is (B, ...); null_cond has the same shape, or batch size 1 and is repeated.
     """
-    if not 0.0 <= rescale <= 1.0:
-        raise ValueError(f"guidance_rescale φ must be in [0, 1] (0 = off, 0.7 in Lin et al.), got {rescale}")
+    if not 0.0 <= cfg_rescale <= 1.0:
+        raise ValueError(f"cfg_rescale φ must be in [0, 1] (0 = off, 0.7 in Lin et al.), got {cfg_rescale}")
     if cond is None or null_cond is None:
-        raise ValueError("guidance_scale needs both cond and null_cond (the null / unconditional input)")
+        raise ValueError("cfg_scale needs both cond and null_cond (the null / unconditional input)")
     if torch.is_tensor(null_cond) and torch.is_tensor(cond) and null_cond.shape[0] == 1 and cond.shape[0] != 1:
         null_cond = null_cond.expand(cond.shape[0], *null_cond.shape[1:])
     both_cond = torch.cat([cond, null_cond]) if torch.is_tensor(cond) else list(cond) + list(null_cond)
@@ -38,6 +41,6 @@ def guided_model(model, cond, null_cond, scale: float, rescale: float = 0.0):
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = model(torch.cat([x, x]), torch.cat([t, t]), both_cond)  # (2B, ...) one forward
         pred_cond, pred_uncond = out.chunk(2)
-        return rescale_guidance(classifier_free_guidance(pred_cond, pred_uncond, scale), pred_cond, rescale)
+        return rescale_guidance(classifier_free_guidance(pred_cond, pred_uncond, cfg_scale), pred_cond, cfg_rescale)
 
     return guided

@@ -147,6 +147,10 @@ def diffusion_loss(model, x0: torch.Tensor, sched: Schedule, prediction: str = "
     t_model = sched.model_time(t).to(device=x0.device, dtype=torch.promote_types(x0.dtype, torch.float32))
     out = model(x_t, t_model) if cond is None else model(x_t, t_model, cond)
     # 3. Squared error per sample, weighted, averaged over the batch.
+    if out.shape != x_t.shape:
+        raise ValueError(f"the network returns {tuple(out.shape)} for x_t of shape {tuple(x_t.shape)}; it must predict "
+                         f"{prediction} with the input's shape (a DiT with learn_sigma=True also predicts a variance: "
+                         "build it with learn_sigma=False, as tinyldm.models.loading.backbone_config does)")
     target = training_target(x0, eps, sched, t, prediction)
     per_sample = (out - target).pow(2).flatten(1).mean(dim=1)  # (B,)
     if min_snr_gamma is not None:

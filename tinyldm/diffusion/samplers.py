@@ -37,7 +37,7 @@ def karras_variables(sched, ts: torch.Tensor, name: str) -> tuple[torch.Tensor, 
     if alpha[0] == 0:
         raise ValueError(f"sampler {name!r} works in σ̃ = σ/α and needs α > 0 at its first time, but α = 0 at "
                          f"t = {ts[0].item():g} (zero terminal SNR / flow t = 1); use 'ddim', 'dpmpp_2m' or 'ddpm' "
-                         f"(on a flow schedule also 'euler' and 'heun', which step in t there), or pass timesteps "
+                         f"(on a flow schedule also 'flow_euler' and 'flow_heun', which step in t), or pass timesteps "
                          f"that start below t = {ts[0].item():g}")
     return alpha, sigma / alpha
 
@@ -101,11 +101,9 @@ def ddim(denoiser, x, sched, ts, generator=None, callback=None, eta=0.0):
 def euler(denoiser, x, sched, ts, generator=None, callback=None):
     """Euler on the probability-flow ODE in (x̃, σ̃), Karras et al. 2022, Algorithm 1 without churn.
 
-    On a flow schedule σ̃ = t/(1 − t) is infinite at t = 1, so there it steps in t instead (flow_euler). Both
-    are the same update as DDIM: a first-order step with x̂0 held fixed lands on α_s x̂0 + σ_s ε̂ in any variables.
+    It is the same update as DDIM: a first-order step with x̂0 held fixed lands on α_s x̂0 + σ_s ε̂ in any variables.
+    On a flow schedule σ̃ = t/(1 − t) is infinite at t = 1; from there `flow_euler` steps in t (`sample` switches).
     """
-    if sched.kind == "flow":
-        return flow_euler(denoiser, x, sched, ts, callback=callback)
     alpha, sigma_tilde = karras_variables(sched, ts, "euler")
     x_tilde = x / alpha[0]
     for i in range(len(ts) - 1):
@@ -148,10 +146,8 @@ def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
 def heun(denoiser, x, sched, ts, generator=None, callback=None):
     """Heun's 2nd-order method on the probability-flow ODE, Karras et al. 2022, Algorithm 1 without churn.
 
-    On a flow schedule it integrates in t instead of σ̃ (flow_heun), which also starts at t = 1.
+    On a flow schedule σ̃ is infinite at t = 1; from there `flow_heun` integrates in t (`sample` switches).
     """
-    if sched.kind == "flow":
-        return flow_heun(denoiser, x, sched, ts, callback=callback)
     alpha, sigma_tilde = karras_variables(sched, ts, "heun")
     x_tilde = x / alpha[0]
     for i in range(len(ts) - 1):

@@ -86,7 +86,9 @@ class Schedule:
     alphas_cumprod: torch.Tensor | None = None  # (T,) float64 ᾱ_t, VP only
     shift: float = 1.0  # flow timestep shift (Esser et al. 2024), 1.0 = none
     zero_terminal_snr: bool = False  # VP: ᾱ_{T−1} rescaled to 0 (Lin et al. 2023)
-    beta_schedule: str = ""  # VP: name of the β schedule, for printing
+    beta_schedule: str = ""  # VP: name of the β schedule
+    beta_start: float | None = None  # VP: β_0 and β_{T−1} as given (None for cosine)
+    beta_end: float | None = None
 
     @classmethod
     def vp(cls, beta_schedule: str = "linear", num_train_timesteps: int = 1000, beta_start: float | None = None,
@@ -103,7 +105,10 @@ class Schedule:
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)  # ᾱ_t = ∏ (1 − β_s)
         if zero_terminal_snr:
             alphas_cumprod = rescale_zero_terminal_snr(alphas_cumprod)
-        return cls("vp", num_train_timesteps, alphas_cumprod, 1.0, zero_terminal_snr, beta_schedule)
+        if beta_schedule == "cosine":
+            beta_start = beta_end = None
+        return cls("vp", num_train_timesteps, alphas_cumprod, 1.0, zero_terminal_snr, beta_schedule, beta_start,
+                   beta_end)
 
     @classmethod
     def flow(cls, shift: float = 1.0, num_train_timesteps: int = 1000) -> "Schedule":
@@ -111,6 +116,24 @@ class Schedule:
         if shift <= 0:
             raise ValueError(f"shift must be positive (1.0 = no shift, SD3 uses 3.0), got {shift}")
         return cls("flow", num_train_timesteps, None, float(shift))
+
+    def to_config(self) -> dict:
+        """The few numbers that rebuild this schedule with `Schedule.from_config` (what config.json stores)."""
+        if self.kind == "flow":
+            return {"kind": "flow", "shift": self.shift, "num_train_timesteps": self.num_train_timesteps}
+        return {"kind": "vp", "beta_schedule": self.beta_schedule, "num_train_timesteps": self.num_train_timesteps,
+                "beta_start": self.beta_start, "beta_end": self.beta_end, "zero_terminal_snr": self.zero_terminal_snr}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Schedule":
+        """The inverse of `to_config` (runs saved before β_start/β_end were stored get the schedule's defaults)."""
+        if config.get("kind") == "flow":
+            return cls.flow(shift=config["shift"], num_train_timesteps=config["num_train_timesteps"])
+        if config.get("kind") == "vp":
+            return cls.vp(config["beta_schedule"], num_train_timesteps=config["num_train_timesteps"],
+                          beta_start=config.get("beta_start"), beta_end=config.get("beta_end"),
+                          zero_terminal_snr=config["zero_terminal_snr"])
+        raise ValueError(f"schedule config {config} has kind {config.get('kind')!r}; expected 'vp' or 'flow'")
 
     def __repr__(self) -> str:
         if self.kind == "flow":

@@ -22,6 +22,7 @@ from pathlib import Path
 from tinyldm.data import DataError
 from tinyldm.evaluation.runs import evaluate_folders, evaluate_run
 from tinyldm.evaluation.sweep import GUIDANCE_SCALES, SWEEP_SAMPLERS, SWEEP_STEPS
+from tinyldm.generate import add_sampling_args, sampling_config
 from tinyldm.runs import RunError, resolve_device
 
 
@@ -65,11 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="folder to keep/reuse the classifier in (default RUN/classifier or OUT/classifier)")
     g.add_argument("--retrain-classifier", action="store_true", help="train a new classifier even if one fits")
     g.add_argument("--no-tstr", action="store_true", help="skip TSTR (it trains a second classifier)")
-    g = p.add_argument_group("sampling (--run with a train_ldm.py run)")
+    add_sampling_args(p)  # --run with a train_ldm.py run: the main measurement's settings (and the sweeps' others)
+    g = p.add_argument_group("images (--run with a train_ldm.py run)")
     g.add_argument("--n-per-user", type=int, default=8, help="images per user for the main measurement")
-    g.add_argument("--sampler", default="dpmpp_2m", help="sampler of the main measurement (see sample.py)")
-    g.add_argument("--steps", type=int, default=20, help="sampling steps of the main measurement")
-    g.add_argument("--cfg-scale", type=float, default=4.0, help="guidance w of the main measurement and sampler sweep")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights of the run")
     g = p.add_argument_group("sweep: quality against cost")
     g.add_argument("--sweep", action="store_true", help="also sweep guidance scales and samplers × steps")
@@ -87,11 +86,13 @@ def run(args: argparse.Namespace) -> dict:
     if args.run is not None:
         if args.real is not None or args.generated is not None:
             raise ValueError("give either --run, or --real with --generated, not both")
-        return evaluate_run(args.run, args.out, args.n_per_user, args.sampler, args.steps, args.cfg_scale, args.seed,
-                            not args.no_tstr, args.sweep, parse_list(args.sweep_guidance, float, "--sweep-guidance"),
-                            parse_list(args.sweep_samplers, str, "--sweep-samplers"),
-                            parse_list(args.sweep_steps, int, "--sweep-steps"), args.sweep_n_per_user,
-                            args.classifier, device, args.weights, args.retrain_classifier)
+        return evaluate_run(args.run, args.out, sampling=sampling_config(args), n_per_user=args.n_per_user,
+                            with_tstr=not args.no_tstr, sweep=args.sweep,
+                            guidance_scales=parse_list(args.sweep_guidance, float, "--sweep-guidance"),
+                            samplers=parse_list(args.sweep_samplers, str, "--sweep-samplers"),
+                            steps_list=parse_list(args.sweep_steps, int, "--sweep-steps"),
+                            sweep_n_per_user=args.sweep_n_per_user, classifier_dir=args.classifier, device=device,
+                            weights=args.weights, retrain=args.retrain_classifier)
     if args.real is None or args.generated is None:
         raise ValueError("give --run RUN_DIR, or both --real DIR and --generated DIR")
     if args.sweep:

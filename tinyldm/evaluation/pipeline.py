@@ -168,14 +168,14 @@ def evaluate_images(ref: Reference, x: torch.Tensor, y: torch.Tensor, with_tstr:
 
 
 @torch.no_grad()
-def reconstruction_metrics(vae, model_type: str, ref: Reference, batch_size: int = 64) -> dict:
+def reconstruction_metrics(vae, ref: Reference, batch_size: int = 64) -> dict:
     """An autoencoder on the real validation split: PSNR, SSIM, Fréchet distance and classifier accuracy of the
     reconstructions (KL: decode the posterior mode; VQ: decode the quantised latents)."""
     recons = []
     for start in range(0, len(ref.val_x), batch_size):
         x = ref.val_x[start:start + batch_size].to(ref.device)  # (B, C, H, W)
-        z = vae.encode(x).mode() if model_type == "kl" else vae.encode(x)[0]
-        recons.append(vae.decode(z).clamp(-1, 1).cpu())
+        mean, _ = vae.latent_moments(x)  # (B, c, h, w)
+        recons.append(vae.decode_latent(mean).clamp(-1, 1).cpu())
     x_hat = quantize(torch.cat(recons))  # (N_v, C, H, W), as it would be saved
     feats, logits = embed(ref.model, x_hat)
     acc = condition_accuracy(logits, ref.val_y, len(ref.classes))

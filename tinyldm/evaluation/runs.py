@@ -4,12 +4,13 @@ Each builds the real reference (classifier reused or trained), measures, writes 
 to out_dir, prints the headline lines and returns the report as a dict.
 """
 
+from dataclasses import asdict
 from pathlib import Path
 
 from PIL import Image
 
 from tinyldm.data import DataError
-from tinyldm.diffusion import SAMPLERS, nfe
+from tinyldm.diffusion import SamplingConfig, nfe
 from tinyldm.evaluation.metrics import topk_correct
 from tinyldm.evaluation.pipeline import (
     Reference,
@@ -29,6 +30,7 @@ from tinyldm.evaluation.sweep import (
     sample_users,
     sampler_sweep,
 )
+from tinyldm.generate import DEFAULT_SAMPLING
 from tinyldm.runs import RunError, check_writable, read_config
 from tinyldm.viz import to_uint8
 
@@ -84,14 +86,15 @@ def write_pngs(folder: Path, x, y, classes: list[str], channels: int) -> None:
         Image.fromarray(img if channels == 3 else img[..., 0]).save(folder / classes[k] / f"{i:03d}.png")
 
 
-def evaluate_run(run_dir, out_dir=None, n_per_user: int = 8, sampler: str = "dpmpp_2m", steps: int = 20,
-                 cfg_scale: float = 4.0, seed: int = 0, with_tstr: bool = True, sweep: bool = False,
-                 guidance_scales=GUIDANCE_SCALES, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
-                 sweep_n_per_user: int = 4, classifier_dir=None, device="cpu", weights: str = "ema",
-                 retrain: bool = False, quiet: bool = False) -> dict:
-    """Evaluate a train_ldm.py run (sample n_per_user images of every user, then measure; optionally sweep guidance
-    and samplers × steps) or a train_vae.py run (reconstructions). Writes to out_dir (default RUN/eval), keeps the
-    classifier in classifier_dir (default RUN/classifier), prints the headline lines, returns the report."""
+def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SAMPLING, n_per_user: int = 8,
+                 with_tstr: bool = True, sweep: bool = False, guidance_scales=GUIDANCE_SCALES,
+                 samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS, sweep_n_per_user: int = 4, classifier_dir=None,
+                 device="cpu", weights: str = "ema", retrain: bool = False, quiet: bool = False) -> dict:
+    """Evaluate a train_ldm.py run (sample n_per_user images of every user with `sampling`, then measure;
+    optionally sweep guidance and samplers × steps) or a train_vae.py run (reconstructions). sampling.seed also
+    seeds the classifiers and KID's subsets. Writes to out_dir (default RUN/eval), keeps the classifier in
+    classifier_dir (default RUN/classifier), prints the headline lines, returns the report."""
+    seed = sampling.seed
     from tinyldm.models.loading import load_autoencoder, load_ldm  # the models are only needed for runs
 
     run_dir = Path(run_dir)
@@ -115,28 +118,25 @@ def evaluate_run(run_dir, out_dir=None, n_per_user: int = 8, sampler: str = "dpm
                         f"was trained on {d['classes'][:3]}… ({len(d['classes'])}); evaluate against the run's data")
     report = _header(ref, str(run_dir), cfg["kind"], val_fraction, split_seed)
     vae, _ = load_autoencoder(vae_dir, device)
-    report["autoencoder"] = reconstruction_metrics(vae, vae_cfg["model_type"], ref)
+    report["autoencoder"] = reconstruction_metrics(vae, ref)
     if cfg["kind"] == "autoencoder":
         return _finish(report, out_dir, quiet)
 
     # 2. Sample every user with sample.py's code path, keep the PNGs, measure.
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if n_per_user < 1:
         raise ValueError(f"n_per_user {n_per_user}: at least 1 image per user")
     model, _ = load_ldm(run_dir, device, weights)
-    x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampler, steps, cfg_scale, seed, device,
-                                 progress=not quiet)
+    x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampling, device, progress=not quiet)
     write_pngs(out_dir / "generated", x, y, ref.classes, ref.channels)
-    report["settings"] = {"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "cfg_scale": cfg_scale,
-                          "n_per_user": n_per_user, "seed": seed, "weights": weights, "sample_seconds": seconds,
+    report["settings"] = {**asdict(sampling), "nfe": nfe(sampling.sampler, sampling.steps),
+                          "n_per_user": n_per_user, "weights": weights, "sample_seconds": seconds,
                           "generated": str(out_dir / "generated")}
     report["generated"] = evaluate_images(ref, x, y, with_tstr, seed)
 
     # 3. Quality against cost.
     if sweep:
-        g = guidance_sweep(model, vae, cfg, ref, guidance_scales, sweep_n_per_user, sampler, steps, seed, device)
-        s = sampler_sweep(model, vae, cfg, ref, samplers, steps_list, sweep_n_per_user, cfg_scale, seed, device)
+        g = guidance_sweep(model, vae, cfg, ref, guidance_scales, sweep_n_per_user, sampling, device)
+        s = sampler_sweep(model, vae, cfg, ref, samplers, steps_list, sweep_n_per_user, sampling, device)
         report["sweep"] = {"n_per_user": sweep_n_per_user, "guidance": g, "samplers": s,
                            "best_guidance": best_guidance(g) if g else None}
     return _finish(report, out_dir, quiet)

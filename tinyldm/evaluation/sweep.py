@@ -7,30 +7,30 @@ runs on a batch twice as large (conditional and unconditional together).
 
 import math
 import time
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
-from tinyldm.diffusion import nfe
+from tinyldm.diffusion import SamplingConfig, nfe
 from tinyldm.evaluation.classifier import embed
 from tinyldm.evaluation.metrics import condition_accuracy, frechet_distance, kid, precision_recall
 from tinyldm.evaluation.pipeline import Reference, quantize
-from tinyldm.generate import generate
+from tinyldm.generate import DEFAULT_SAMPLING, generate
 
 GUIDANCE_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 SWEEP_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")
 SWEEP_STEPS = (10, 20, 50)
 
 
-def sample_users(model, vae, run_config: dict, n_per_user: int, sampler: str, steps: int, cfg_scale: float,
-                 seed: int = 0, device="cpu", batch_size: int = 64, progress: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, float]:
+def sample_users(model, vae, run_config: dict, n_per_user: int, sampling: SamplingConfig, device="cpu",
+                 batch_size: int = 64, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
     """n_per_user images of every user with sample.py's code path → (images (U·n, C, H, W) as PNG values,
     user ids (U·n,), seconds spent sampling)."""
     users = list(range(run_config["num_classes"]))
     t0 = time.time()
-    x, _ = generate(model, vae, run_config, users, n_per_user, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
-                    seed=seed, batch_size=batch_size, device=device, progress=progress)  # (U, n, C, H, W)
+    x, _ = generate(model, vae, run_config, users, n_per_user, sampling, batch_size=batch_size, device=device,
+                    progress=progress)  # (U, n, C, H, W)
     seconds = time.time() - t0
     y = torch.arange(len(users)).repeat_interleave(n_per_user)  # (U·n,)
     return quantize(x.flatten(0, 1)), y, seconds
@@ -47,26 +47,33 @@ def measure_point(ref: Reference, x: torch.Tensor, y: torch.Tensor, seed: int = 
 
 
 def guidance_sweep(model, vae, run_config: dict, ref: Reference, scales=GUIDANCE_SCALES, n_per_user: int = 4,
-                   sampler: str = "dpmpp_2m", steps: int = 20, seed: int = 0, device="cpu") -> list[dict]:
-    """One point per guidance scale w at a fixed sampler and step count."""
+                   sampling: SamplingConfig = DEFAULT_SAMPLING, device="cpu") -> list[dict]:
+    """One point per guidance scale w, the other settings as in `sampling`."""
     points = []
     for w in tqdm(scales, desc="guidance sweep", unit="scale"):
-        x, y, seconds = sample_users(model, vae, run_config, n_per_user, sampler, steps, w, seed, device)
-        points.append({"cfg_scale": w, "sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps),
-                       "seconds_per_image": seconds / len(y), **measure_point(ref, x, y, seed)})
+        point = replace(sampling, cfg_scale=w)
+        x, y, seconds = sample_users(model, vae, run_config, n_per_user, point, device)
+        points.append({**_settings(point), "seconds_per_image": seconds / len(y),
+                       **measure_point(ref, x, y, point.seed)})
     return points
 
 
 def sampler_sweep(model, vae, run_config: dict, ref: Reference, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
-                  n_per_user: int = 4, cfg_scale: float = 4.0, seed: int = 0, device="cpu") -> list[dict]:
-    """One point per (sampler, steps) at a fixed guidance scale."""
-    grid = [(s, n) for s in samplers for n in steps_list]
+                  n_per_user: int = 4, sampling: SamplingConfig = DEFAULT_SAMPLING, device="cpu") -> list[dict]:
+    """One point per (sampler, steps), the other settings (guidance w, seed) as in `sampling`."""
+    grid = [replace(sampling, sampler=s, steps=n) for s in samplers for n in steps_list]
     points = []
-    for sampler, steps in tqdm(grid, desc="sampler sweep", unit="setting"):
-        x, y, seconds = sample_users(model, vae, run_config, n_per_user, sampler, steps, cfg_scale, seed, device)
-        points.append({"sampler": sampler, "steps": steps, "nfe": nfe(sampler, steps), "cfg_scale": cfg_scale,
-                       "seconds_per_image": seconds / len(y), **measure_point(ref, x, y, seed)})
+    for point in tqdm(grid, desc="sampler sweep", unit="setting"):
+        x, y, seconds = sample_users(model, vae, run_config, n_per_user, point, device)
+        points.append({**_settings(point), "seconds_per_image": seconds / len(y),
+                       **measure_point(ref, x, y, point.seed)})
     return points
+
+
+def _settings(sampling: SamplingConfig) -> dict:
+    """What a report row says about how its images were sampled."""
+    return {"sampler": sampling.sampler, "steps": sampling.steps, "nfe": nfe(sampling.sampler, sampling.steps),
+            "cfg_scale": sampling.cfg_scale}
 
 
 def best_guidance(points: list[dict]) -> dict:

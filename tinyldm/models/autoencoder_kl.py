@@ -256,6 +256,16 @@ class AutoencoderKL(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))  # (B, out, H, W)
 
+    # The latent-diffusion side, the same two methods as VQModel's: stage 2 and sampling call only these.
+    def latent_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, in, H, W) → (μ, σ) of q(z|x), each (B, c, H/f, W/f); stage 2 trains on z = μ + σ·ε."""
+        posterior = self.encode(x)
+        return posterior.mean, posterior.std
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """A latent (B, c, h, w), e.g. a diffusion sample → image (B, out, h·f, w·f)."""
+        return self.decode(z)
+
     def forward(
         self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, DiagonalGaussian]:

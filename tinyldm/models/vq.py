@@ -265,6 +265,17 @@ class VQModel(nn.Module):
             z = self.quantize.lookup(self.quantize.nearest_code(z))  # (B, D, h, w)
         return self.decoder(self.post_quant_conv(z))
 
+    # The latent-diffusion side, the same two methods as AutoencoderKL's: stage 2 and sampling call only these.
+    def latent_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, in, H, W) → (z, σ = 0), z (B, D, H/f, W/f) the continuous pre-quantisation encoding: the
+        diffusion model works on continuous latents and `decode_latent` quantises (Rombach et al. 2022, Sec. 3)."""
+        z = self.quant_conv(self.encoder(x))  # (B, D, h, w)
+        return z, torch.zeros_like(z)
+
+    def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """A continuous latent (B, D, h, w), e.g. a diffusion sample → image: snapped to its nearest codes, decoded."""
+        return self.decode(z, quantize=True)
+
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """Code indices (B, h, w) → x̂ (B, out, h·f, w·f)."""
         return self.decode(self.quantize.lookup(indices))

@@ -4,7 +4,15 @@ The network contract: model(x_t, t) (or model(x_t, t, cond) with a condition) re
 flow velocity as named by `prediction`, where t is a float tensor of shape (B,) on the network's training time
 scale, `Schedule.model_time` of the schedule time (VP: the index 0 … T−1; flow: t·T). `make_denoiser` turns it
 into the denoiser D(x, t) → x̂0 that every sampler uses.
+
+`SamplingConfig` is the one validated group of sampling settings (sampler, steps, spacing, η, guidance w and its
+rescale φ, seed) that travels by keyword from the command line (sample.py, evaluate.py) through
+`tinyldm.generate.generate` to `sample`; one name per concept: `cfg_scale` is the guidance scale w everywhere.
 """
+
+import math
+import warnings
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -12,7 +20,7 @@ from tqdm.auto import tqdm
 from . import dpm_solver, samplers
 from .guidance import guided_model
 from .objectives import check_prediction, to_x0
-from .schedules import Schedule
+from .schedules import SPACINGS, Schedule
 
 SAMPLERS = {
     "ddpm": samplers.ddpm,
@@ -33,6 +41,46 @@ SAMPLERS = {
 STOCHASTIC = ("ddpm", "euler_ancestral", "dpmpp_2m_sde")  # and "ddim" with eta > 0
 # Network calls per step; the samplers not listed call the network once per step.
 CALLS_PER_STEP = {"heun": 2, "flow_heun": 2, "dpm_solver_2": 2, "dpm_solver_3": 3}
+
+
+# On a flow schedule σ̃ = t/(1 − t) is infinite at t = 1, so Euler and Heun in σ̃ cannot start there; `sample` runs
+# their flow forms in t instead and says so once.
+FLOW_FORMS = {"euler": "flow_euler", "heun": "flow_heun"}
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample from a trained model; validated once, here."""
+
+    sampler: str = "dpmpp_2m"  # one of SAMPLERS (docs/samplers_guide.md: which one?)
+    steps: int = 20  # N: times where the network is asked (network calls: `nfe`)
+    spacing: str = "trailing"  # time grid: leading | trailing | linspace | karras (Schedule.timesteps)
+    eta: float = 0.0  # DDIM's η: 0 deterministic, 1 DDPM-like noise; only for sampler "ddim"
+    cfg_scale: float = 4.0  # classifier-free guidance w: 1 = conditional (no guidance), 0 = unconditional
+    cfg_rescale: float = 0.0  # guidance rescale φ ∈ [0, 1] (Lin et al. 2023; 0.7 tames a large w)
+    seed: int = 0  # same seed, same images (tinyldm.generate.initial_noise)
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler {self.sampler!r} is not supported; choose one of {tuple(SAMPLERS)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer (at least 1 sampling step), got {self.steps!r}")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"spacing {self.spacing!r} is not supported; choose one of {SPACINGS}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM noise), got {self.eta}")
+        if self.eta != 0.0 and self.sampler != "ddim":
+            raise ValueError(f"eta is DDIM's η and sampler {self.sampler!r} does not take it; use sampler='ddim' "
+                             "or eta=0")
+        if not math.isfinite(self.cfg_scale):
+            raise ValueError(f"cfg_scale {self.cfg_scale} must be a finite number (1 = no guidance, 4 is typical)")
+        if not 0.0 <= self.cfg_rescale <= 1.0:
+            raise ValueError(f"cfg_rescale φ {self.cfg_rescale} must be in [0, 1] (0 = off, 0.7 in Lin et al.)")
+
+    @property
+    def guided(self) -> bool:
+        """w = 1 is the conditional model itself: no second (unconditional) forward is needed."""
+        return self.cfg_scale != 1.0
 
 
 def nfe(sampler: str, steps: int, denoise_to_zero: bool = True) -> int:
@@ -66,27 +114,27 @@ def _check_timesteps(timesteps, sched: Schedule) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m", steps: int = 20,
-           spacing: str = "trailing", prediction: str = "eps", eta: float = 0.0, guidance_scale: float | None = None,
-           guidance_rescale: float = 0.0, generator: torch.Generator | None = None, callback=None,
+           spacing: str = "trailing", prediction: str = "eps", eta: float = 0.0, cfg_scale: float | None = None,
+           cfg_rescale: float = 0.0, generator: torch.Generator | None = None, callback=None,
            timesteps=None, denoise_to_zero: bool = True, cond=None, null_cond=None,
            ddpm_variance: str = "fixed_small", progress: bool = False) -> torch.Tensor:
     """Integrate from `noise` (x at the first time, unit variance, (B, ...)) to the data; returns x, same shape.
 
     steps/spacing pick N times with `Schedule.timesteps`; `timesteps` (decreasing schedule times, fractional
     allowed) overrides them. With denoise_to_zero the sampler adds a final first-order step to the data (σ = 0);
-    without it, it stops at the last listed time and returns x there. eta is DDIM's η. With guidance_scale w,
-    model(x, t, cond) is called once per step on the batch [cond, null_cond] and guided (guidance.py).
-    callback(i, t, x, x0_hat) is called after step i with the schedule time t (float) where the network was
-    asked, the new state x and the prediction x̂0; progress=True shows a tqdm bar over the steps.
+    without it, it stops at the last listed time and returns x there. eta is DDIM's η. With cfg_scale w,
+    model(x, t, cond) is called once per step on the batch [cond, null_cond] and guided (guidance.py); None = no
+    guidance. The settings are checked by `SamplingConfig`. callback(i, t, x, x0_hat) is called after step i with
+    the schedule time t (float) where the network was asked, the new state x and the prediction x̂0;
+    progress=True shows a tqdm bar over the steps.
     """
     # 1. Check the request.
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is not supported; choose one of {tuple(SAMPLERS)}")
+    SamplingConfig(sampler, steps, spacing, eta, 1.0 if cfg_scale is None else cfg_scale, cfg_rescale)
     check_prediction(sched, prediction)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM noise), got {eta}")
-    if eta != 0.0 and sampler != "ddim":
-        raise ValueError(f"eta is DDIM's η and sampler {sampler!r} does not take it; use sampler='ddim' or eta=0")
+    if sched.kind == "flow" and sampler in FLOW_FORMS:
+        warnings.warn(f"sampler {sampler!r} on a flow schedule runs {FLOW_FORMS[sampler]!r}: the same method in t, "
+                      "because σ̃ = t/(1 − t) is infinite at t = 1", stacklevel=3)
+        sampler = FLOW_FORMS[sampler]
     # 2. Build the time grid: the listed times, then the data (t_min) if we denoise to zero.
     ts = sched.timesteps(steps, spacing) if timesteps is None else _check_timesteps(timesteps, sched)
     if denoise_to_zero and ts[-1] > sched.t_min:
@@ -97,8 +145,8 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
         raise ValueError(f"prediction='eps' gives no x0 where α = 0 (t = {ts[0].item():g}: zero terminal SNR, or flow "
                          "at t = 1); train with prediction='v' (VP) or 'flow', or start the grid below that time")
     # 3. Wrap the network: guidance on its raw output, then the prediction → x0.
-    if guidance_scale is not None:
-        net = guided_model(model, cond, null_cond, guidance_scale, guidance_rescale)
+    if cfg_scale is not None:
+        net = guided_model(model, cond, null_cond, cfg_scale, cfg_rescale)
     elif cond is not None:
         net = lambda x, t: model(x, t, cond)
     else:
