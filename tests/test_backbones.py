@@ -1,10 +1,14 @@
-"""UNet2DConditionModel and DiT: shapes, published parameter counts, adaLN-Zero, conditioning, overfitting."""
+"""UNet2DConditionModel and DiT: shapes, published parameter counts, adaLN-Zero, conditioning, overfitting;
+the run presets of every backbone."""
+
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from tinyldm.models.conditioning import ConditionEncoder
 from tinyldm.models.dit import DiT, DiTConfig
+from tinyldm.models.loading import BACKBONES, backbone_config, build_backbone
 from tinyldm.models.mmdit import MMDiT
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 
@@ -22,6 +26,10 @@ def tiny(kind, **kw):
     if kind == "mmdit":
         return MMDiT.from_preset("tiny", num_classes=5, **kw)
     return DiT.from_preset("tiny", num_classes=5, **kw)
+
+
+def no_sdpa(*args, **kwargs):
+    raise AssertionError("a model built with reference_attention=True called F.scaled_dot_product_attention")
 
 
 def perturb(model, scale=0.05):
@@ -99,16 +107,41 @@ def test_condition_dropout_rate():
 
 
 @pytest.mark.parametrize("kind", ["unet", "dit"])
-def test_sdpa_and_reference_attention_agree(kind):
+def test_sdpa_and_reference_attention_agree(kind, monkeypatch):
     model = perturb(tiny(kind)).eval().double()
+    reference = tiny(kind, reference_attention=True).eval().double()
+    reference.load_state_dict(model.state_dict())
     x, t, y = torch.randn(2, 4, 16, 16, dtype=torch.float64), torch.tensor([10.0, 900.0]), torch.tensor([1, 2])
     with torch.no_grad():
         fast = model(x, t, y)
-        for m in model.modules():
-            if hasattr(m, "reference"):
-                m.reference = True
-        slow = model(x, t, y)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", no_sdpa)
+        slow = reference(x, t, y)
     assert (fast - slow).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_gradient_checkpointing_changes_nothing(kind):
+    x, t, y = torch.randn(1, 4, 16, 16, dtype=torch.float64), torch.tensor([900.0]), torch.tensor([2])
+    grads = []
+    for ckpt in (False, True):
+        model = perturb(tiny(kind, gradient_checkpointing=ckpt, class_dropout_prob=0.0)).train().double()
+        model(x, t, y).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-10)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_run_preset_builds_and_old_configs_still_load(backbone):
+    with torch.device("meta"):
+        for preset in ("tiny", "small", "seed"):  # train_ldm.py --preset
+            config = backbone_config(backbone, preset, latent_channels=4, latent_size=32, num_classes=31)
+            model = build_backbone(backbone, config)
+            old = {k: v for k, v in config.items() if k != "reference_attention"}  # a config.json from before the field
+            assert asdict(type(model.config)(**old)) == config
+        if backbone == "mmdit":  # the seed MMDiT is matched to the seed DiT (DiT-XL/2) in parameter count
+            dit = build_backbone("dit", backbone_config("dit", "seed", 4, 32, 31))
+            n_mmdit, n_dit = (sum(p.numel() for p in m.parameters()) for m in (model, dit))
+            assert abs(n_mmdit / n_dit - 1) < 0.01
 
 
 @pytest.mark.parametrize("kind", ["unet", "dit"])

@@ -5,9 +5,10 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from test_backbones import perturb
+from test_backbones import no_sdpa, perturb
 
-from tinyldm.models.mmdit import PRESETS, MMDiT, MMDiTConfig, apply_rope, rope_angles
+from tinyldm.layers import apply_rope, rope_angles
+from tinyldm.models.mmdit import PRESETS, MMDiT, MMDiTConfig
 
 
 def tiny(**kw):
@@ -96,15 +97,16 @@ def test_null_id_is_the_unconditional_path():
     assert torch.allclose(dropped, null, atol=1e-6)
 
 
-def test_sdpa_and_reference_attention_agree_and_checkpointing_changes_nothing():
+def test_sdpa_and_reference_attention_agree_and_checkpointing_changes_nothing(monkeypatch):
     model = perturb(tiny()).eval().double()
+    reference = tiny(reference_attention=True).eval().double()
+    reference.load_state_dict(model.state_dict())
     x, t, y = torch.randn(2, 4, 16, 16, dtype=torch.float64), torch.tensor([10.0, 900.0]), torch.tensor([1, 2])
     with torch.no_grad():
         fast = model(x, t, y)
-        for m in model.modules():
-            if hasattr(m, "reference"):
-                m.reference = True
-        slow = model(x, t, y)
+        with monkeypatch.context() as m:
+            m.setattr(torch.nn.functional, "scaled_dot_product_attention", no_sdpa)
+            slow = reference(x, t, y)
     assert (fast - slow).abs().max() < 1e-9
     model.train()
     model.y_embedder.dropout_prob = 0.0

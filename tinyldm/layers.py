@@ -1,7 +1,8 @@
 """Building blocks shared by every tinyldm network, leaves first.
 
-timestep_embedding → TimestepEmbedding → ResnetBlock → Downsample / Upsample → Attention → FeedForward →
-TransformerBlock → SpatialTransformer.
+activation → checkpointed → timestep_embedding → TimestepEmbedding → ResnetBlock → Downsample / Upsample →
+rope_angles → apply_rope → attend → Attention → FeedForward → TransformerBlock → SpatialTransformer → modulate →
+FinalLayer.
 
 Letters in shape comments: B batch, C channels, H/W spatial, T tokens (query), S tokens (context), D width,
 h heads, d head width. Module attribute names follow the diffusers vocabulary (norm1, conv1, to_q, proj_in, …)
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -23,6 +25,12 @@ def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ValueError(f"act_fn {name!r} is not supported; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
+
+
+def checkpointed(module: nn.Module, *args, enabled: bool):
+    """module(*args); when `enabled` (gradient checkpointing), its activations are recomputed in backward
+    instead of stored, trading compute for memory."""
+    return checkpoint(module, *args, use_reentrant=False) if enabled else module(*args)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -140,12 +148,46 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (B, C, 2H, 2W)
 
 
-class Attention(nn.Module):
-    """Multi-head attention, self (context=None) or cross (context (B, S, D_ctx)).
+def rope_angles(positions: torch.Tensor, axes_dim: tuple[int, ...], theta: float) -> torch.Tensor:
+    """positions (T, A) → rotation angles (T, d/2), float64: axis a gets d_a/2 angles pos_a·ω_i with
+    ω_i = θ^(−2i/d_a), i = 0 … d_a/2 − 1 (RoFormer, Su et al. 2021, Eq. 15), concatenated over the axes."""
+    angles = []
+    for a, dim in enumerate(axes_dim):
+        omega = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (d_a/2,)
+        angles.append(positions[:, a].double()[:, None] * omega[None])  # (T, d_a/2)
+    return torch.cat(angles, dim=1)  # (T, d/2)
 
-    out = softmax(Q Kᵀ / √d + mask) V per head (Vaswani et al. 2017, Eq. 1). The core runs through
-    `F.scaled_dot_product_attention`; `reference=True` runs the same formula written out, for tests
-    and for reading. `mask` (B, S) bool: True where a key may be attended to.
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x_2i, x_2i+1) of every head by its angle (RoFormer Eq. 34); x (B, h, T, d), cos (T, d/2)."""
+    x1, x2 = rearrange(x, "b h t (i two) -> two b h t i", two=2)  # (B, h, T, d/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, h, T, d/2, 2)
+    return rearrange(out, "b h t i two -> b h t (i two)")  # (B, h, T, d)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+           cos: torch.Tensor | None = None, sin: torch.Tensor | None = None, reference: bool = False) -> torch.Tensor:
+    """softmax(Q Kᵀ / √d + mask) V per head (Vaswani et al. 2017, Eq. 1): q (B, h, T, d), k, v (B, h, S, d) →
+    (B, h, T, d). `mask` (B, S) bool: True where a key may be attended to. `cos`, `sin` (T, d/2): rotate q and k
+    first (RoPE, self-attention only, S = T). The core runs through `F.scaled_dot_product_attention`;
+    `reference=True` runs the same formula written out, for tests and for reading."""
+    if cos is not None:
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, h, T, d)
+    attn_mask = None if mask is None else mask[:, None, None, :].bool()  # (B, 1, 1, S)
+    if not reference:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, T, d)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, T, S)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v  # (B, h, T, d)
+
+
+class Attention(nn.Module):
+    """Multi-head attention, self (context=None) or cross (context (B, S, D_ctx)): projections around `attend`.
+
+    `reference=True` runs attend's written-out formula instead of SDPA. `mask` (B, S) bool: True where a key may
+    be attended to.
     """
 
     def __init__(
@@ -178,14 +220,7 @@ class Attention(nn.Module):
         q = rearrange(self.to_q(x), "b t (h d) -> b h t d", h=self.heads)  # (B, h, T, d)
         k = rearrange(self.to_k(context), "b s (h d) -> b h s d", h=self.heads)  # (B, h, S, d)
         v = rearrange(self.to_v(context), "b s (h d) -> b h s d", h=self.heads)  # (B, h, S, d)
-        attn_mask = None if mask is None else mask[:, None, None, :].bool()  # (B, 1, 1, S)
-        if self.reference:
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.dim_head)  # (B, h, T, S)
-            if attn_mask is not None:
-                scores = scores.masked_fill(~attn_mask, float("-inf"))
-            out = scores.softmax(dim=-1) @ v  # (B, h, T, d)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, T, d)
+        out = attend(q, k, v, mask=mask, reference=self.reference)  # (B, h, T, d)
         out = rearrange(out, "b h t d -> b t (h d)")  # (B, T, h·d)
         return self.dropout(self.to_out(out))  # (B, T, D)
 
@@ -214,12 +249,14 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: x += SelfAttn(LN x); x += CrossAttn(LN x, context); x += FF(LN x)."""
 
-    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int | None = None, dropout: float = 0.0,
+                 reference_attention: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, dropout=dropout)
+        self.attn1 = Attention(dim, heads=heads, dim_head=dim_head, dropout=dropout, reference=reference_attention)
         self.norm2 = nn.LayerNorm(dim)
-        self.attn2 = Attention(dim, context_dim=context_dim, heads=heads, dim_head=dim_head, dropout=dropout)
+        self.attn2 = Attention(dim, context_dim=context_dim, heads=heads, dim_head=dim_head, dropout=dropout,
+                               reference=reference_attention)
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, dropout=dropout, glu=True)
 
@@ -248,6 +285,7 @@ class SpatialTransformer(nn.Module):
         groups: int = 32,
         use_linear_projection: bool = False,
         dropout: float = 0.0,
+        reference_attention: bool = False,
     ):
         super().__init__()
         if channels % groups:
@@ -260,7 +298,7 @@ class SpatialTransformer(nn.Module):
         else:
             self.proj_in, self.proj_out = nn.Conv2d(channels, inner, 1), nn.Conv2d(inner, channels, 1)
         self.transformer_blocks = nn.ModuleList(
-            TransformerBlock(inner, heads, dim_head, context_dim=context_dim, dropout=dropout) for _ in range(depth)
+            TransformerBlock(inner, heads, dim_head, context_dim, dropout, reference_attention) for _ in range(depth)
         )
 
     def forward(
@@ -279,3 +317,22 @@ class SpatialTransformer(nn.Module):
         else:
             h = self.proj_out(rearrange(h, "b (h w) c -> b c h w", h=H, w=W))
         return x + h
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x·(1 + scale) + shift, per sample, broadcast over tokens."""
+    return x * (1 + scale[:, None]) + shift[:, None]  # (B, T, D)
+
+
+class FinalLayer(nn.Module):
+    """Output layer of the adaLN Transformers (DiT, MMDiT): adaLN (shift, scale) → Linear to p·p·C_out per token."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, T, p·p·C_out)

@@ -135,7 +135,7 @@ def resume_args(saved: dict, cli: argparse.Namespace, defaults: argparse.Namespa
                 where: str) -> argparse.Namespace:
     """The settings of a resumed run: the saved ones, plus the few options in `allowed` that the command line
     sets. Any other option set on the command line to a different value is an error, not a silent change."""
-    merged = {**saved, "stop_after": None}
+    merged = {**vars(defaults), **saved, "stop_after": None}  # an option the run never stored keeps its default
     for key, value in vars(cli).items():
         if key == "resume" or value == getattr(defaults, key):
             continue  # not given on the command line

@@ -5,18 +5,21 @@ t ─sinusoid─► MLP ─┐
 y ─user encoder────┴─► c (B, D) ─► every block: adaLN-Zero (shift, scale, gate for attention and MLP)
 tokens ─N × DiTBlock─► final adaLN + Linear ─unpatchify─► prediction (B, C or 2C, H, W)
 
-T = (H/p)·(W/p) tokens of width D = hidden_size. Leaves first: sincos_2d → modulate → DiTBlock → FinalLayer →
-DiTConfig → PRESETS → DiT. The contract shared by every backbone: `model(x_t, t, y) → prediction`.
+T = (H/p)·(W/p) tokens of width D = hidden_size. Leaves first: sincos_1d → sincos_2d → DiTBlock → DiTConfig →
+PRESETS → DiT (attention, modulate and FinalLayer come from layers.py). The contract shared by every backbone:
+`model(x_t, t, y) → prediction`. The defaults are the original DiT's, learn_sigma=True (2C output channels)
+included; training here wants learn_sigma=False (C channels, the simple ε/v/x0 loss), which
+`loading.backbone_config` sets.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from tinyldm.layers import Attention, FeedForward, TimestepEmbedding
+from tinyldm.layers import Attention, FeedForward, FinalLayer, TimestepEmbedding, checkpointed, modulate
 from tinyldm.models.conditioning import COND_TYPES, ConditionEncoder
 
 
@@ -33,11 +36,6 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     rows, cols = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")  # (h, w) each
     emb = torch.cat([sincos_1d(dim // 2, cols.flatten()), sincos_1d(dim // 2, rows.flatten())], dim=1)
     return emb.float()  # (h·w, dim)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x·(1 + scale) + shift, per sample, broadcast over tokens."""
-    return x * (1 + scale[:, None]) + shift[:, None]  # (B, T, D)
 
 
 class DiTBlock(nn.Module):
@@ -59,20 +57,6 @@ class DiTBlock(nn.Module):
         return x
 
 
-class FinalLayer(nn.Module):
-    """adaLN (shift, scale) → Linear to p·p·C_out values per token."""
-
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, T, p·p·C_out)
-
-
 @dataclass
 class DiTConfig:
     input_size: int = 32  # latent height = width (H)
@@ -84,10 +68,11 @@ class DiTConfig:
     mlp_ratio: float = 4.0  # MLP width / D
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance (training mode only)
     num_classes: int = 1000  # number of users; id num_classes is the null id
-    learn_sigma: bool = True  # also predict the variance: output has 2C channels
+    learn_sigma: bool = True  # also output the variance: 2C channels (DiT); training here wants False (backbone_config)
     cond_type: str = "embedding"  # user encoder: embedding | onehot_mlp | tokens
     num_cond_tokens: int = 4  # K, for cond_type="tokens"
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
+    reference_attention: bool = False  # written-out softmax(QKᵀ/√d)V instead of SDPA (tests, reading); slower
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
@@ -100,28 +85,34 @@ class DiTConfig:
         if self.cond_type not in COND_TYPES:
             raise ValueError(f"cond_type {self.cond_type!r} is not supported; choose one of {COND_TYPES}")
         if (self.hidden_size // self.num_heads) % 2 or self.hidden_size % 4:
-            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of 4 (2-D sin-cos positions)")
+            step = math.lcm(4, 2 * self.num_heads)  # a multiple of 4 whose head width is even
+            raise ValueError(f"hidden_size {self.hidden_size} must be a multiple of 4 (2-D sin-cos positions) and "
+                             f"its head width hidden_size/num_heads = {self.hidden_size // self.num_heads} even; "
+                             f"choose e.g. hidden_size {self.hidden_size // step * step or step}")
 
     @property
     def out_channels(self) -> int:
         return 2 * self.in_channels if self.learn_sigma else self.in_channels
 
 
-PRESETS = {  # the paper's Table 1 sizes (× patch sizes 2, 4, 8), and a tiny one for CPU
+PRESETS = {  # the paper's Table 1 sizes (× patch sizes 2, 4, 8), and the run presets of train_ldm.py --preset
     **{f"DiT-{name}/{p}": dict(depth=d, hidden_size=h, num_heads=n, patch_size=p)
        for name, (d, h, n) in {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
                                "XL": (28, 1152, 16)}.items()
        for p in (2, 4, 8)},
     "tiny": dict(input_size=16, depth=4, hidden_size=128, num_heads=4, patch_size=2, learn_sigma=False,
-                 num_classes=31),
+                 num_classes=31),  # CPU
+    "small": dict(depth=12, hidden_size=384, num_heads=6, patch_size=2),  # one GPU: equal to DiT-S/2
+    "seed": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2),  # the seed's size: equal to DiT-XL/2
 }
 
 
 class DiT(nn.Module):
     """Diffusion Transformer. Build with a config, a preset, or the original keyword names:
-    `DiT(DiTConfig(...))`, `DiT.from_preset("DiT-XL/2", num_classes=31)`, `DiT(input_size=32, patch_size=2, ...)`."""
+    `DiT(DiTConfig(...))`, `DiT.from_preset("DiT-XL/2", num_classes=31)`, `DiT(input_size=32, patch_size=2, ...)`.
+    The output has 2C channels unless learn_sigma=False (what training here wants; see DiTConfig)."""
 
-    def __init__(self, config: DiTConfig | None = None, reference_attention: bool = False, **kwargs):
+    def __init__(self, config: DiTConfig | None = None, **kwargs):
         super().__init__()
         if config is not None and kwargs:
             raise ValueError("pass either a config or keyword arguments, not both")
@@ -132,7 +123,7 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedding(256, c.hidden_size)
         self.y_embedder = ConditionEncoder(c.num_classes, c.hidden_size, c.cond_type, c.num_cond_tokens,
                                            c.class_dropout_prob)
-        self.blocks = nn.ModuleList(DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, reference_attention)
+        self.blocks = nn.ModuleList(DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.reference_attention)
                                     for _ in range(c.depth))
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
         self.initialize_weights()
@@ -174,8 +165,7 @@ class DiT(nn.Module):
         y_vec, _ = self.y_embedder(y)  # (B, D)
         cond = self.t_embedder(t) + y_vec  # (B, D)
         for block in self.blocks:
-            h = checkpoint(block, h, cond, use_reentrant=False) if c.gradient_checkpointing and self.training \
-                else block(h, cond)  # (B, T, D)
+            h = checkpointed(block, h, cond, enabled=c.gradient_checkpointing and self.training)  # (B, T, D)
         h = self.final_layer(h, cond)  # (B, T, p·p·C_out)
         grid = c.input_size // p
         return rearrange(h, "b (h w) (p q c) -> b c (h p) (w q)", h=grid, w=grid, p=p, q=p)  # (B, C_out, H, W)

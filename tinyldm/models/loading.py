@@ -1,7 +1,8 @@
 """Build and load models from a run folder's config.json, with explicit `if`s, no registry.
 
 An autoencoder run's config.json holds {"kind": "autoencoder", "model_type": "kl" | "vq", "model": {...}};
-a latent-diffusion run's {"kind": "ldm", "backbone": "unet" | "dit", "backbone_config": {...}, "vae": ...}.
+a latent-diffusion run's {"kind": "ldm", "backbone": "unet" | "dit" | "mmdit", "backbone_config": {...}, "vae": ...}.
+Sizes come from each model file's `PRESETS` (the run presets tiny / small / seed are entries there).
 """
 
 from dataclasses import asdict
@@ -24,23 +25,6 @@ from tinyldm.runs import RunError, load_weights, read_config
 
 MODEL_TYPES = ("kl", "vq")
 BACKBONES = ("unet", "dit", "mmdit")
-
-# Backbone size for each run preset (tiny: CPU; small: one GPU; seed: the seed's configurations).
-BACKBONE_PRESETS = {
-    "unet": {
-        "tiny": UNET_PRESETS["tiny"],
-        "small": dict(block_out_channels=[128, 256, 256], layers_per_block=2,
-                      down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-                      up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-                      cross_attention_dim=256, num_attention_heads=8),
-        "seed": dict(layers_per_block=2, block_out_channels=[320, 640, 1280, 1280],
-                     down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-                     up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=768,
-                     attention_head_dim=8, num_attention_heads=[5, 10, 20, 20], use_linear_projection=True),
-    },
-    "dit": {"tiny": DIT_PRESETS["tiny"], "small": DIT_PRESETS["DiT-S/2"], "seed": DIT_PRESETS["DiT-XL/2"]},
-    "mmdit": {"tiny": MMDIT_PRESETS["tiny"], "small": MMDIT_PRESETS["small"]},  # the seed names no MMDiT size
-}
 
 
 def autoencoder_config(model_type: str, preset: str, **overrides) -> dict:
@@ -80,26 +64,24 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
 
 def backbone_config(backbone: str, preset: str, latent_channels: int, latent_size: int, num_classes: int,
                     cond_type: str = "embedding") -> dict:
-    """Backbone config for latents (c, h, h) and `num_classes` users, validated, as a plain dict.
+    """`preset` of the backbone's PRESETS for latents (c, h, h) and `num_classes` users, validated, as a plain dict.
 
     Condition dropout is done by train_ldm.py itself (so every rank of a DDP run drops the same ids), hence
     class_dropout_prob = 0 inside the model; DiT's learned variance is off (we train the simple ε/v/x0 loss).
     """
-    if backbone not in BACKBONE_PRESETS:
-        raise ValueError(f"backbone {backbone!r}: choose one of {BACKBONES}")
-    if preset not in BACKBONE_PRESETS[backbone]:
-        choices = sorted(BACKBONE_PRESETS[backbone])
-        raise ValueError(f"unknown preset {preset!r} for {backbone}; choose one of {choices}")
-    base = {**BACKBONE_PRESETS[backbone][preset], "num_classes": num_classes, "cond_type": cond_type,
-            "class_dropout_prob": 0.0}
+    c, h = latent_channels, latent_size
     if backbone == "unet":
-        cfg = UNetConfig(**{**base, "sample_size": latent_size, "in_channels": latent_channels,
-                            "out_channels": latent_channels})
+        presets, config_cls, shape = UNET_PRESETS, UNetConfig, dict(sample_size=h, in_channels=c, out_channels=c)
     elif backbone == "dit":
-        cfg = DiTConfig(**{**base, "input_size": latent_size, "in_channels": latent_channels, "learn_sigma": False})
+        presets, config_cls, shape = DIT_PRESETS, DiTConfig, dict(input_size=h, in_channels=c, learn_sigma=False)
+    elif backbone == "mmdit":
+        presets, config_cls, shape = MMDIT_PRESETS, MMDiTConfig, dict(input_size=h, in_channels=c)
     else:
-        cfg = MMDiTConfig(**{**base, "input_size": latent_size, "in_channels": latent_channels})
-    return asdict(cfg)
+        raise ValueError(f"backbone {backbone!r}: choose one of {BACKBONES}")
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for {backbone}; choose one of {sorted(presets)}")
+    base = {**presets[preset], "num_classes": num_classes, "cond_type": cond_type, "class_dropout_prob": 0.0}
+    return asdict(config_cls(**{**base, **shape}))
 
 
 def build_backbone(backbone: str, config: dict) -> nn.Module:

@@ -8,54 +8,21 @@ img, txt ─M × DoubleStreamBlock─► [txt; img] ─L × SingleStreamBlock─
 
 N = (H/p)·(W/p) image tokens, K condition tokens, width D, h heads of width d = D/h. A double-stream block keeps
 separate weights per stream and attends jointly over [txt; img]; a single-stream block is one sequence with
-attention and MLP computed in parallel from one fused projection. Leaves first: rope_angles → apply_rope →
-attention → QKNorm → StreamAttention → DoubleStreamBlock → SingleStreamBlock → MMDiTConfig → PRESETS → MMDiT.
-The contract shared by every backbone: `model(x_t, t, y) → prediction`, same shape as x_t.
+attention and MLP computed in parallel from one fused projection. Leaves first: QKNorm → StreamAttention →
+DoubleStreamBlock → SingleStreamBlock → MMDiTConfig → PRESETS → MMDiT; attention (with RoPE), modulate and
+FinalLayer come from layers.py. The contract shared by every backbone: `model(x_t, t, y) → prediction`, same
+shape as x_t.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from tinyldm.layers import FeedForward, TimestepEmbedding
+from tinyldm.layers import FeedForward, FinalLayer, TimestepEmbedding, attend, checkpointed, modulate, rope_angles
 from tinyldm.models.conditioning import COND_TYPES, ConditionEncoder
-from tinyldm.models.dit import FinalLayer, modulate
-
-
-def rope_angles(positions: torch.Tensor, axes_dim: tuple[int, ...], theta: float) -> torch.Tensor:
-    """positions (T, A) → rotation angles (T, d/2), float64: axis a gets d_a/2 angles pos_a·ω_i with
-    ω_i = θ^(−2i/d_a), i = 0 … d_a/2 − 1 (RoFormer, Su et al. 2021, Eq. 15), concatenated over the axes."""
-    angles = []
-    for a, dim in enumerate(axes_dim):
-        omega = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (d_a/2,)
-        angles.append(positions[:, a].double()[:, None] * omega[None])  # (T, d_a/2)
-    return torch.cat(angles, dim=1)  # (T, d/2)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (x_2i, x_2i+1) of every head by its angle (RoFormer Eq. 34); x (B, h, T, d), cos (T, d/2)."""
-    x1, x2 = rearrange(x, "b h t (i two) -> two b h t i", two=2)  # (B, h, T, d/2) each
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, h, T, d/2, 2)
-    return rearrange(out, "b h t i two -> b h t (i two)")  # (B, h, T, d)
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-              reference: bool = False) -> torch.Tensor:
-    """softmax(R q (R k)ᵀ / √d) V over all tokens (Vaswani et al. 2017, Eq. 1, with rotary positions R).
-    q, k, v (B, h, T, d) → (B, T, h·d); `reference=True` writes the formula out instead of calling SDPA."""
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, h, T, d)
-    if reference:
-        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, T, T)
-        out = scores.softmax(dim=-1) @ v  # (B, h, T, d)
-    else:
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, T, d)
-    return rearrange(out, "b h t d -> b t (h d)")  # (B, T, D)
 
 
 class QKNorm(nn.Module):
@@ -93,9 +60,9 @@ class DoubleStreamBlock(nn.Module):
     (Esser et al. 2024, Fig. 2b). Per stream: x += gate·Attn(modulate(LN x)); x += gate·MLP(modulate(LN x)).
     Modulation names: i_ for the image stream, c_ for the condition ("txt" in Flux) stream."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, reference: bool = False):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, reference_attention: bool = False):
         super().__init__()
-        self.reference = reference
+        self.reference_attention = reference_attention
         D = hidden_size
         self.img_mod = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # image stream
         self.img_norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
@@ -118,7 +85,8 @@ class DoubleStreamBlock(nn.Module):
         q = torch.cat([txt_q, img_q], dim=2)  # (B, h, K + N, d): the joint sequence [txt; img]
         k = torch.cat([txt_k, img_k], dim=2)  # (B, h, K + N, d)
         v = torch.cat([txt_v, img_v], dim=2)  # (B, h, K + N, d)
-        out = attention(q, k, v, cos, sin, self.reference)  # (B, K + N, D): every token sees both streams
+        out = attend(q, k, v, cos=cos, sin=sin, reference=self.reference_attention)  # (B, h, K + N, d)
+        out = rearrange(out, "b h t d -> b t (h d)")  # (B, K + N, D): every token sees both streams
         txt_out, img_out = out[:, :K], out[:, K:]  # (B, K, D), (B, N, D)
         img = img + i_gate1[:, None] * self.img_attn.proj(img_out)  # (B, N, D)
         img = img + i_gate2[:, None] * self.img_mlp(modulate(self.img_norm2(img), i_shift2, i_scale2))  # (B, N, D)
@@ -132,9 +100,9 @@ class SingleStreamBlock(nn.Module):
     parallel layers as in ViT-22B, Dehghani et al. 2023):
     (q, k, v, m) = W₁ modulate(LN x);  x += gate·W₂[Attn(q, k, v), GELU(m)]."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, reference: bool = False):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, reference_attention: bool = False):
         super().__init__()
-        self.reference = reference
+        self.reference_attention = reference_attention
         self.num_heads = num_heads
         self.mlp_hidden = int(hidden_size * mlp_ratio)
         self.pre_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -149,7 +117,8 @@ class SingleStreamBlock(nn.Module):
         qkv, m = h.split([h.shape[-1] - self.mlp_hidden, self.mlp_hidden], dim=-1)  # (B, T, 3D), (B, T, M)
         q, k, v = rearrange(qkv, "b t (three h d) -> three b h t d", three=3, h=self.num_heads)  # (B, h, T, d)
         q, k = self.norm(q, k)
-        attn = attention(q, k, v, cos, sin, self.reference)  # (B, T, D)
+        attn = attend(q, k, v, cos=cos, sin=sin, reference=self.reference_attention)  # (B, h, T, d)
+        attn = rearrange(attn, "b h t d -> b t (h d)")  # (B, T, D)
         out = self.linear2(torch.cat([attn, F.gelu(m, approximate="tanh")], dim=-1))  # (B, T, D)
         return x + gate[:, None] * out  # (B, T, D)
 
@@ -171,6 +140,7 @@ class MMDiTConfig:
     num_cond_tokens: int = 4  # K, for cond_type="tokens"
     class_dropout_prob: float = 0.1  # condition dropout inside the model (training mode only); train_ldm.py uses 0
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
+    reference_attention: bool = False  # written-out softmax(QKᵀ/√d)V instead of SDPA (tests, reading); slower
 
     def __post_init__(self):
         for name in ("input_size", "patch_size", "in_channels", "hidden_size", "num_heads", "num_cond_tokens"):
@@ -211,6 +181,11 @@ PRESETS = {  # tiny: CPU (per-token cost of DiT "tiny": 4 blocks at width 128); 
                  num_classes=31),
     "small": dict(input_size=32, patch_size=2, hidden_size=384, depth_double=4, depth_single=8, num_heads=6,
                   num_classes=31),
+    # seed: the seed names no MMDiT size, so DiT-XL/2's width and heads. Weights per block: double 36D², single 15D²
+    # (a DiT block 18D²); compute per token ≈ 12D² for all three. M + L = 28 and 36M + 15L = 28·18 give M = 4,
+    # L = 24: DiT-XL/2's per-token compute, and 673,663,120 parameters vs its 673,699,984 (31 users, embedding).
+    "seed": dict(input_size=32, patch_size=2, hidden_size=1152, depth_double=4, depth_single=24, num_heads=16,
+                 num_classes=31),
 }
 
 
@@ -226,7 +201,7 @@ class MMDiT(nn.Module):
     Condition tokens get no rotation (they all sit at position (0, 0), as Flux's text ids are zero).
     """
 
-    def __init__(self, config: MMDiTConfig | None = None, reference_attention: bool = False, **kwargs):
+    def __init__(self, config: MMDiTConfig | None = None, **kwargs):
         super().__init__()
         if config is not None and kwargs:
             raise ValueError("pass either a config or keyword arguments, not both")
@@ -243,9 +218,9 @@ class MMDiT(nn.Module):
         self.register_buffer("rope_cos", angles.cos().float(), persistent=False)  # (K + N, d/2)
         self.register_buffer("rope_sin", angles.sin().float(), persistent=False)  # (K + N, d/2)
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio,
-                                                             reference_attention) for _ in range(c.depth_double))
+                                                             c.reference_attention) for _ in range(c.depth_double))
         self.single_blocks = nn.ModuleList(SingleStreamBlock(c.hidden_size, c.num_heads, c.mlp_ratio,
-                                                             reference_attention) for _ in range(c.depth_single))
+                                                             c.reference_attention) for _ in range(c.depth_single))
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.in_channels)
         self.initialize_weights()
 
@@ -285,20 +260,15 @@ class MMDiT(nn.Module):
         y_vec, txt = self.y_embedder(y)  # (B, D) pooled, (B, K, D) tokens
         vec = self.time_in(t) + y_vec  # (B, D): drives every adaLN
         cos, sin = self.rope_cos, self.rope_sin  # (K + N, d/2)
+        ckpt = c.gradient_checkpointing and self.training
         for block in self.double_blocks:
-            img, txt = self._run(block, img, txt, vec, cos, sin)  # (B, N, D), (B, K, D)
+            img, txt = checkpointed(block, img, txt, vec, cos, sin, enabled=ckpt)  # (B, N, D), (B, K, D)
         h = torch.cat([txt, img], dim=1)  # (B, K + N, D)
         for block in self.single_blocks:
-            h = self._run(block, h, vec, cos, sin)  # (B, K + N, D)
+            h = checkpointed(block, h, vec, cos, sin, enabled=ckpt)  # (B, K + N, D)
         img = self.final_layer(h[:, txt.shape[1]:], vec)  # (B, N, p·p·C)
         grid = c.input_size // p
         return rearrange(img, "b (h w) (p q c) -> b c (h p) (w q)", h=grid, w=grid, p=p, q=p)  # (B, C, H, W)
-
-    def _run(self, block: nn.Module, *args):
-        """block(*args), recomputed in backward instead of stored when gradient checkpointing is on."""
-        if self.config.gradient_checkpointing and self.training:
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
 
     def summary(self) -> str:
         c = self.config

@@ -4,7 +4,8 @@ x_t (B, C, H, W) ─conv_in─► down path (ResnetBlocks [+ SpatialTransformer]
   ─► mid (Resnet → SpatialTransformer → Resnet) ─► up path (concat the matching skip, ResnetBlocks
   [+ SpatialTransformer], Upsample between) ─► GroupNorm → SiLU → conv_out ─► prediction (B, C, H, W).
 t ─sinusoid─► MLP ─► temb (+ the user vector) into every ResnetBlock; the user tokens are the context
-of every cross-attention. Leaves first: heads resolution → DownBlock → MidBlock → UpBlock → config → UNet.
+of every cross-attention. Leaves first: config (with the heads resolution) → PRESETS → spatial_transformer →
+DownBlock → MidBlock → UpBlock → UNet.
 
 Heads: diffusers' `attention_head_dim` is, for Stable Diffusion 1.x, really the number of heads (a legacy
 naming bug), and configs that also give `num_attention_heads` conflict with it. tinyldm resolves it one way:
@@ -18,18 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from tinyldm.layers import Downsample, ResnetBlock, SpatialTransformer, TimestepEmbedding, Upsample
+from tinyldm.layers import Downsample, ResnetBlock, SpatialTransformer, TimestepEmbedding, Upsample, checkpointed
 from tinyldm.models.conditioning import COND_TYPES, ConditionEncoder
 
 DOWN_TYPES = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_TYPES = ("CrossAttnUpBlock2D", "UpBlock2D")
-
-
-def run(module: nn.Module, *args, use_checkpoint: bool = False):
-    """Call a module, recomputing its activations in backward when gradient checkpointing is on."""
-    return checkpoint(module, *args, use_reentrant=False) if use_checkpoint else module(*args)
 
 
 @dataclass
@@ -53,6 +48,7 @@ class UNetConfig:
     num_cond_tokens: int = 4  # K, for cond_type="tokens"
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    reference_attention: bool = False  # written-out softmax(QKᵀ/√d)V instead of SDPA (tests, reading); slower
 
     def __post_init__(self):
         self.block_out_channels = list(self.block_out_channels)
@@ -96,10 +92,27 @@ PRESETS = {
                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
                  cross_attention_dim=128, num_attention_heads=4),
+    # One GPU: the tiny layout, twice as wide, two ResnetBlocks per level.
+    "small": dict(block_out_channels=[128, 256, 256], layers_per_block=2,
+                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                  cross_attention_dim=256, num_attention_heads=8),
+    # The seed's configuration: SD 1.x's layout with 64-wide heads and linear projections (as SD 2.x).
+    "seed": dict(layers_per_block=2, block_out_channels=[320, 640, 1280, 1280],
+                 down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                 up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, cross_attention_dim=768,
+                 attention_head_dim=8, num_attention_heads=[5, 10, 20, 20], use_linear_projection=True),
     # Stable Diffusion 1.x (859,520,964 parameters without the user encoder).
     "sd1": dict(sample_size=64, block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
                 cross_attention_dim=768, attention_head_dim=8),
 }
+
+
+def spatial_transformer(channels: int, heads: tuple[int, int], cfg: UNetConfig) -> SpatialTransformer:
+    """The SpatialTransformer of an attention level: heads = (heads, head width) from `UNetConfig.heads()`."""
+    return SpatialTransformer(channels, heads[0], heads[1], cfg.cross_attention_dim, cfg.transformer_layers_per_block,
+                              cfg.norm_num_groups, cfg.use_linear_projection,
+                              reference_attention=cfg.reference_attention)
 
 
 class DownBlock(nn.Module):
@@ -110,17 +123,16 @@ class DownBlock(nn.Module):
         g = cfg.norm_num_groups
         self.resnets = nn.ModuleList(ResnetBlock(c_in if i == 0 else c_out, c_out, temb, groups=g, eps=1e-5)
                                      for i in range(layers))
-        self.attentions = nn.ModuleList(
-            SpatialTransformer(c_out, heads[0], heads[1], cfg.cross_attention_dim, cfg.transformer_layers_per_block,
-                               g, cfg.use_linear_projection) for _ in range(layers)) if attention else None
+        self.attentions = nn.ModuleList(spatial_transformer(c_out, heads, cfg) for _ in range(layers)) \
+            if attention else None
         self.downsamplers = nn.ModuleList([Downsample(c_out, padding=1)]) if down else None
 
     def forward(self, h, temb, context, ckpt=False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips = []
         for i, resnet in enumerate(self.resnets):
-            h = run(resnet, h, temb, use_checkpoint=ckpt)
+            h = checkpointed(resnet, h, temb, enabled=ckpt)
             if self.attentions is not None:
-                h = run(self.attentions[i], h, context, use_checkpoint=ckpt)
+                h = checkpointed(self.attentions[i], h, context, enabled=ckpt)
             skips.append(h)
         if self.downsamplers is not None:
             h = self.downsamplers[0](h)
@@ -133,14 +145,12 @@ class MidBlock(nn.Module):
         super().__init__()
         g = cfg.norm_num_groups
         self.resnets = nn.ModuleList(ResnetBlock(c, c, temb, groups=g, eps=1e-5) for _ in range(2))
-        self.attentions = nn.ModuleList([SpatialTransformer(c, heads[0], heads[1], cfg.cross_attention_dim,
-                                                            cfg.transformer_layers_per_block, g,
-                                                            cfg.use_linear_projection)])
+        self.attentions = nn.ModuleList([spatial_transformer(c, heads, cfg)])
 
     def forward(self, h, temb, context, ckpt=False):
-        h = run(self.resnets[0], h, temb, use_checkpoint=ckpt)
-        h = run(self.attentions[0], h, context, use_checkpoint=ckpt)
-        return run(self.resnets[1], h, temb, use_checkpoint=ckpt)
+        h = checkpointed(self.resnets[0], h, temb, enabled=ckpt)
+        h = checkpointed(self.attentions[0], h, context, enabled=ckpt)
+        return checkpointed(self.resnets[1], h, temb, enabled=ckpt)
 
 
 class UpBlock(nn.Module):
@@ -152,17 +162,16 @@ class UpBlock(nn.Module):
         ins = [c_in] + [c_out] * (len(skip_channels) - 1)
         self.resnets = nn.ModuleList(ResnetBlock(i + s, c_out, temb, groups=g, eps=1e-5)
                                      for i, s in zip(ins, skip_channels))
-        self.attentions = nn.ModuleList(
-            SpatialTransformer(c_out, heads[0], heads[1], cfg.cross_attention_dim, cfg.transformer_layers_per_block,
-                               g, cfg.use_linear_projection) for _ in skip_channels) if attention else None
+        self.attentions = nn.ModuleList(spatial_transformer(c_out, heads, cfg) for _ in skip_channels) \
+            if attention else None
         self.upsamplers = nn.ModuleList([Upsample(c_out)]) if up else None
 
     def forward(self, h, skips, temb, context, ckpt=False):
         for i, resnet in enumerate(self.resnets):
             h = torch.cat([h, skips.pop()], dim=1)  # (B, C_h + C_skip, H, W)
-            h = run(resnet, h, temb, use_checkpoint=ckpt)
+            h = checkpointed(resnet, h, temb, enabled=ckpt)
             if self.attentions is not None:
-                h = run(self.attentions[i], h, context, use_checkpoint=ckpt)
+                h = checkpointed(self.attentions[i], h, context, enabled=ckpt)
         return h if self.upsamplers is None else self.upsamplers[0](h)
 
 
