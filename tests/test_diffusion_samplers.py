@@ -175,8 +175,11 @@ def test_classifier_free_guidance_identities_and_one_batched_forward():
     unconditional = sample(lambda x, t: model(x, t, null.expand(2, 1)), x, sched, "ddim", timesteps=ts,
                            denoise_to_zero=False)
     batches.clear()
-    torch.testing.assert_close(run(1.0), conditional)
+    torch.testing.assert_close(run(2.0), 2 * conditional - unconditional)  # DDIM is linear in x̂0 at fixed x, t
     assert batches == [4]  # one forward of [cond, null] per step
+    batches.clear()
+    assert torch.equal(run(1.0), conditional) and torch.equal(run(1.0, phi=0.7), conditional)
+    assert batches == [2, 2]  # w = 1 is the conditional model: no unconditional forward
     torch.testing.assert_close(run(0.0), unconditional)
     # w = 3 moves every channel by 3× the conditional difference (DiT issue #41: not just the first three).
     pred_c, pred_u = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
@@ -215,7 +218,6 @@ def test_bad_input_gives_clear_errors():
 
 
 def test_sampling_config_validates_each_setting_once():
-    assert SamplingConfig().guided and not SamplingConfig(cfg_scale=1.0).guided
     for kwargs, message in [({"sampler": "dpm++"}, "choose one of"), ({"steps": 0}, "positive integer"),
                             ({"steps": 2.5}, "positive integer"), ({"spacing": "uniform"}, "choose one of"),
                             ({"eta": 1.5}, r"\[0, 1\]"), ({"sampler": "heun", "eta": 0.5}, "sampler='ddim'"),

@@ -78,9 +78,8 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
         steps_x0 = []
         callback = (lambda i, t, x, x0_hat, acc=steps_x0: acc.append(x0_hat)) if trajectory else None
         z = sample(model, noise, sched, sampler=sampling.sampler, steps=sampling.steps, spacing=sampling.spacing,
-                   prediction=prediction, eta=sampling.eta, cfg_scale=sampling.cfg_scale if sampling.guided else None,
-                   cfg_rescale=sampling.cfg_rescale, cond=y,
-                   null_cond=torch.full_like(y, num_classes) if sampling.guided else None,
+                   prediction=prediction, eta=sampling.eta, cfg_scale=sampling.cfg_scale,
+                   cfg_rescale=sampling.cfg_rescale, cond=y, null_cond=torch.full_like(y, num_classes),
                    generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
         images.append(decode_latents(vae, z, scale).cpu())
         for k, (u, i) in enumerate(batch):

@@ -77,11 +77,6 @@ class SamplingConfig:
         if not 0.0 <= self.cfg_rescale <= 1.0:
             raise ValueError(f"cfg_rescale φ {self.cfg_rescale} must be in [0, 1] (0 = off, 0.7 in Lin et al.)")
 
-    @property
-    def guided(self) -> bool:
-        """w = 1 is the conditional model itself: no second (unconditional) forward is needed."""
-        return self.cfg_scale != 1.0
-
 
 def nfe(sampler: str, steps: int, denoise_to_zero: bool = True) -> int:
     """Network calls `sample` makes: with k calls per step, k(N − 1) + 1 when the last step goes to σ = 0
@@ -123,10 +118,10 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
     steps/spacing pick N times with `Schedule.timesteps`; `timesteps` (decreasing schedule times, fractional
     allowed) overrides them. With denoise_to_zero the sampler adds a final first-order step to the data (σ = 0);
     without it, it stops at the last listed time and returns x there. eta is DDIM's η. With cfg_scale w,
-    model(x, t, cond) is called once per step on the batch [cond, null_cond] and guided (guidance.py); None = no
-    guidance. The settings are checked by `SamplingConfig`. callback(i, t, x, x0_hat) is called after step i with
-    the schedule time t (float) where the network was asked, the new state x and the prediction x̂0;
-    progress=True shows a tqdm bar over the steps.
+    model(x, t, cond) is called once per step on the batch [cond, null_cond] and guided (guidance.py); None or 1
+    = no guidance (one forward on cond). The settings are checked by `SamplingConfig`. callback(i, t, x, x0_hat)
+    is called after step i with the schedule time t (float) where the network was asked, the new state x and the
+    prediction x̂0; progress=True shows a tqdm bar over the steps.
     """
     # 1. Check the request.
     SamplingConfig(sampler, steps, spacing, eta, 1.0 if cfg_scale is None else cfg_scale, cfg_rescale)
@@ -144,8 +139,9 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
     if prediction == "eps" and sched.alpha(ts[0]) == 0:
         raise ValueError(f"prediction='eps' gives no x0 where α = 0 (t = {ts[0].item():g}: zero terminal SNR, or flow "
                          "at t = 1); train with prediction='v' (VP) or 'flow', or start the grid below that time")
-    # 3. Wrap the network: guidance on its raw output, then the prediction → x0.
-    if cfg_scale is not None:
+    # 3. Wrap the network: guidance on its raw output, then the prediction → x0. w = 1 is the conditional
+    #    output itself (for any φ), so it needs no second, unconditional forward.
+    if cfg_scale is not None and cfg_scale != 1.0:
         net = guided_model(model, cond, null_cond, cfg_scale, cfg_rescale)
     elif cond is not None:
         net = lambda x, t: model(x, t, cond)

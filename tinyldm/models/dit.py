@@ -143,7 +143,7 @@ class DiT(nn.Module):
         w = self.x_embedder.weight  # the patch embedding is a linear map of a flattened patch
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.bias)
-        for p in self.y_embedder.parameters():  # user encoder and timestep MLP: N(0, 0.02²)
+        for p in self.y_embedder.parameters():  # user encoder: N(0, 0.02²), and the timestep MLP's weights below
             if p.dim() > 1:
                 nn.init.normal_(p, std=0.02)
         nn.init.normal_(self.t_embedder.linear_1.weight, std=0.02)

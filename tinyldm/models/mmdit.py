@@ -238,7 +238,7 @@ class MMDiT(nn.Module):
                 nn.init.zeros_(m.bias)
             if isinstance(m, nn.RMSNorm):  # QK-RMSNorm scales start at 1 (plain RMS normalisation)
                 nn.init.ones_(m.weight)
-        for p in self.y_embedder.parameters():  # user encoder and timestep MLP: N(0, 0.02²)
+        for p in self.y_embedder.parameters():  # user encoder: N(0, 0.02²), and the timestep MLP's weights below
             if p.dim() > 1:
                 nn.init.normal_(p, std=0.02)
         nn.init.normal_(self.time_in.linear_1.weight, std=0.02)
