@@ -20,7 +20,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from tinyldm.data import DataError, UserImageFolder
@@ -29,14 +28,18 @@ from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_t
 from tinyldm.generate import generate
 from tinyldm.models.conditioning import drop_ids
 from tinyldm.models.loading import backbone_config, build_backbone, load_autoencoder
-from tinyldm.runs import RunError, append_log, read_log, run_cli
+from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name, finite
+from tinyldm.runs import RunError, append_log, check_out_not_in_data, read_log, run_cli, unlock_run
 from tinyldm.train import (
+    StopRequest,
     args_record,
     batch_indices,
+    check_finite_step,
     ema_decay_at,
     ema_update,
     init_distributed,
     lr_at,
+    restore,
     resume_run,
     rng_state,
     save_checkpoint,
@@ -57,6 +60,28 @@ STORED_ELSEWHERE = {"backbone": ("backbone",), "vae": ("vae",), "data": ("data",
                     "zero_snr": ("schedule", "zero_terminal_snr"), "flow_shift": ("schedule", "shift"),
                     "grid_cfg": ("grid", "sampling", "cfg_scale")}
 GRID_SEED = 1234  # progress grids: the same noise at every step, so the rows show training, not sampling luck
+
+# What each numeric option allows (tinyldm.options), checked once at start-up; None (not given) is not checked.
+OPTION_RANGES = {
+    "num_train_timesteps": at_least(2),
+    "min_snr_gamma": above(0),
+    "cond_dropout": between(0, 1, "0 = no classifier-free guidance", high_open=True),
+    "flow_shift": above(0, "1 = none"),
+    "epochs": at_least(1),
+    "max_steps": at_least(1),
+    "max_minutes": above(0),
+    "batch_size": at_least(1),
+    "grad_accum": at_least(1),
+    "lr": above(0),
+    "warmup": at_least(0, "0 = no warmup"),
+    "grad_clip": at_least(0, "0 = off"),
+    "ema_decay": between(0, 1),
+    "ckpt_every": at_least(1),
+    "sample_every": at_least(1),
+    "grid_cfg": finite("1 = no guidance"),
+    "stop_after": at_least(1),
+    "seed": SEED_RANGE,
+}
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
@@ -109,8 +134,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--grid-cfg", type=float, default=4.0, help="guidance scale of the progress grids")
     g.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after N steps (resume later)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: one GPU per process)")
-    return p.parse_args(argv), p.parse_args([])
+    g.add_argument("--device", type=device_name, default="auto",
+                   help="auto, cpu, cuda, cuda:1 … or mps (under torchrun: one GPU per process)")
+    args = p.parse_args(argv)
+    check_ranges(p, args, OPTION_RANGES)
+    return args, p.parse_args([])
 
 
 def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
@@ -156,43 +184,51 @@ def default_vae(preset: str) -> Path:
                    f"`python train_vae.py --preset {preset}` (or `make demo`), or pass --vae RUN_DIR")
 
 
-def check_data_matches(data: UserImageFolder, vae_dir: Path, size: int, channels: int) -> None:
-    """The autoencoder only understands images like the ones it was trained on."""
-    path = data.samples[0][0]
-    with Image.open(path) as img:
-        w, h = img.size
-        c = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
-    if (w, h) != (size, size) or c != channels:
-        raise DataError(f"{path} is {w}×{h}×{c} but the autoencoder {vae_dir} was trained on {size}×{size}×{channels} "
-                        "images; train an autoencoder on this data (train_vae.py --data ...) or pass matching --data")
-
-
 def load_latents(args: argparse.Namespace, device, main_rank: bool):
-    """The frozen autoencoder and its data's cached latents → (vae, its run config, train split, latents)."""
+    """The frozen autoencoder and its data's cached latents → (vae, its run config, train split, latents, scale).
+
+    The data goes through the same `UserImageFolder` conversions (size, channels, split) as in train_vae.py, so
+    both stages accept the same folders. The latent scale is the one train_vae.py measured at its end; for an
+    autoencoder run that never finished it is measured here, 1/std(z) over the cached latents, and said so.
+    """
     vae_dir = args.vae = Path(args.vae) if args.vae is not None else default_vae(args.preset)
     vae, vae_run = load_autoencoder(vae_dir, device)
     vae.requires_grad_(False)
-    d = vae_run["data"]
+    d, vae_args = vae_run["data"], vae_run["args"]
     args.data = Path(args.data) if args.data is not None else Path(d["root"])
-    split = {"image_size": d["image_size"], "channels": d["channels"],
-             "val_fraction": vae_run["args"]["val_fraction"], "seed": vae_run["args"]["seed"]}
-    train_ds = UserImageFolder(args.data, split="train", **split)
-    check_data_matches(train_ds, vae_dir, d["image_size"], d["channels"])
+    split = {"image_size": d["image_size"], "channels": d["channels"], "val_fraction": vae_args["val_fraction"],
+             "seed": vae_args["seed"]}
+    train_ds = UserImageFolder(args.data, split="train", strict_size=vae_args.get("strict_size", False), **split)
     latents, cache_path, built = cached_latents(vae, vae_dir, train_ds, split, device)
+    if "latent_std" in vae_run.get("results", {}):
+        scale, how = float(vae_run["model"]["scaling_factor"]), "measured by train_vae.py"
+    else:
+        z = latents["mean"] + latents["std"] * torch.randn(latents["mean"].shape, generator=torch.Generator()
+                                                          .manual_seed(0))  # (N, c, h, w) posterior samples
+        scale, how = 1.0 / z.double().std().item(), f"measured here: {vae_dir} did not finish, so it has none"
     if main_rank:
-        print(f"latents: {'encoded' if built else 'reused'} {cache_path}")
-    return vae, vae_run, train_ds, latents
+        print(f"latents: {'encoded' if built else 'reused'} {cache_path}; scaling_factor {scale:.4f} ({how})")
+    return vae, vae_run, train_ds, latents, scale
 
 
-def run_config(args, bb_config: dict, sched: Schedule, vae_run: dict, classes: list[str], latent_shape, world: int
-               ) -> dict:
+def count_steps(args: argparse.Namespace, n: int) -> tuple[int, int]:
+    """→ (global batch, optimizer steps in all) for n training latents."""
+    global_batch = args.batch_size * args.grad_accum
+    if n < global_batch:
+        raise DataError(f"{args.data}: {n} training images but a global batch of {global_batch} "
+                        f"(--batch-size × --grad-accum); lower them or add data")
+    return global_batch, args.max_steps if args.max_steps is not None else args.epochs * (n // global_batch)
+
+
+def run_config(args, bb_config: dict, sched: Schedule, vae_run: dict, classes: list[str], latent_shape, scale: float,
+               world: int) -> dict:
     """config.json: everything sample.py needs to rebuild the model and sample, each setting once."""
     num_classes = len(classes)
     grid_users = sorted({round(k * (num_classes - 1) / 7) for k in range(8)}) if num_classes > 8 \
         else list(range(num_classes))
     grid_sampling = SamplingConfig(cfg_scale=args.grid_cfg, seed=GRID_SEED)
     return {"kind": "ldm", "backbone": args.backbone, "backbone_config": bb_config, "vae": str(args.vae),
-            "scaling_factor": float(vae_run["model"]["scaling_factor"]), "latent_shape": list(latent_shape),
+            "scaling_factor": scale, "latent_shape": list(latent_shape),
             "num_classes": num_classes, "classes": classes, "image_size": vae_run["data"]["image_size"],
             "channels": vae_run["data"]["channels"], "data": str(args.data), "schedule": sched.to_config(),
             "prediction": args.prediction, "grid": {"users": grid_users, "sampling": vars(grid_sampling)},
@@ -224,9 +260,9 @@ def build_training(args, bb_config: dict, world: int, device, weights: dict | No
     gen = torch.Generator().manual_seed(args.seed)  # every per-step random draw, identical on all ranks
     step, train_seconds = 0, 0.0
     if train_state is not None:
-        model.load_state_dict(weights["model"])
-        ema.load_state_dict(weights["ema"])
-        opt.load_state_dict(train_state["optimizer"])
+        restore(model, weights["model"], "model")
+        restore(ema, weights.get("ema", {}), "EMA")
+        restore(opt, train_state["optimizer"], "optimizer state")
         set_rng_state(train_state["rng"])
         gen.set_state(train_state["generator"])
         step, train_seconds = train_state["step"], train_state.get("train_seconds", 0.0)
@@ -278,16 +314,28 @@ def accumulate_gradients(train_model, latents: dict, draw: dict, sched: Schedule
     return loss_sum
 
 
-def out_of_time(train_seconds: float, max_minutes: float | None, world: int, device) -> bool:
-    """--max-minutes spent? Rank 0's clock decides for every rank."""
-    if max_minutes is None:
-        return False
-    spent = train_seconds >= 60 * max_minutes
+def spent(train_seconds: float, max_minutes: float | None) -> bool:
+    """Is the --max-minutes training budget spent?"""
+    return max_minutes is not None and train_seconds >= 60 * max_minutes
+
+
+def rank0_decides(flags: list[bool], world: int, device) -> list[bool]:
+    """Stop flags (budget spent, Ctrl-C) as rank 0 sees them, for every rank, so all stop at the same step."""
     if world == 1:
-        return spent
-    flag = torch.tensor([float(spent)], device=device)
-    torch.distributed.broadcast(flag, src=0)
-    return bool(flag.item())
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
+    torch.distributed.broadcast(t, src=0)
+    return [bool(v) for v in t.tolist()]
+
+
+def print_start(run_dir: Path, model, step: int, total_steps: int, n: int, latent_shape, num_classes: int, args,
+                world: int, device, sched: Schedule) -> None:
+    if step:
+        print(f"resumed {run_dir} at step {step}/{total_steps}")
+    print(model.summary())
+    print(f"{n} latents {'×'.join(map(str, latent_shape))} of {num_classes} users, global batch "
+          f"{args.batch_size * args.grad_accum} ({args.batch_size} × {args.grad_accum} accumulation, {world} "
+          f"process(es)), {total_steps} steps on {device}; schedule {sched}, prediction {args.prediction}")
 
 
 def done_message(run_dir: Path, step: int, train_seconds: float, spent_minutes: float | None) -> str:
@@ -302,19 +350,15 @@ def main(argv=None) -> int:
     return run_cli("train_ldm.py", train, args, defaults)
 
 
-def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
+def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     # Set up DDP, the settings (a resumed run keeps its own) and the seeds.
     args, rank, world, device, weights, train_state = set_up(args, defaults)
     main_rank = rank == 0
 
     # Load the frozen autoencoder and the latents of its data (encoded once, cached beside it).
-    vae, vae_run, train_ds, latents = load_latents(args, device, main_rank)
+    vae, vae_run, train_ds, latents, scale = load_latents(args, device, main_rank)
     n, latent_shape, classes = len(latents["y"]), tuple(latents["mean"].shape[1:]), train_ds.classes
-    global_batch = args.batch_size * args.grad_accum
-    if n < global_batch:
-        raise DataError(f"{args.data}: {n} training images but a global batch of {global_batch} "
-                        f"(--batch-size × --grad-accum); lower them or add data")
-    total_steps = args.max_steps if args.max_steps is not None else args.epochs * (n // global_batch)
+    global_batch, total_steps = count_steps(args, n)
 
     # Build the backbone, its EMA, the schedule and the optimizer; load the checkpoint when resuming.
     c, h, _ = latent_shape
@@ -323,56 +367,54 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, weights,
                                                                             train_state)
 
-    # Run folder and config.json.
+    # Run folder (locked: one writer) and config.json.
     run_dir = Path(args.resume or args.out or Path("runs") / f"ldm-{args.backbone}-{args.preset}")
-    config = run_config(args, bb_config, sched, vae_run, classes, latent_shape, world)
+    check_out_not_in_data(run_dir, args.data)
+    config = run_config(args, bb_config, sched, vae_run, classes, latent_shape, scale, world)
     if main_rank:
-        start_run_folder(run_dir, config, step)
-        if step:
-            print(f"resumed {run_dir} at step {step}/{total_steps}")
-        print(model.summary())
-        print(f"{n} latents {'×'.join(map(str, latent_shape))} of {len(classes)} users, global batch {global_batch} "
-              f"({args.batch_size} × {args.grad_accum} accumulation, {world} process(es)), {total_steps} steps on "
-              f"{device}; schedule {sched}, prediction {args.prediction}")
+        start_run_folder(run_dir, config, step, "train_ldm.py")
+        print_start(run_dir, model, step, total_steps, n, latent_shape, len(classes), args, world, device, sched)
 
-    # Train.
+    # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130.
     bar = tqdm(total=total_steps, initial=step, desc=f"train_ldm {args.backbone}", unit="step", disable=not main_rank,
                dynamic_ncols=True)
     model.train()
-    timed_out = out_of_time(train_seconds, args.max_minutes, world, device)
-    while step < total_steps and not timed_out:
-        t0 = time.time()
-        # 1. Draw the step's batch, noise, times and dropped ids.
-        draw = draw_step(step, latents["y"], len(classes), latent_shape, sched, args, gen)
-        # 2. Gradients over the micro-batches, then one clipped AdamW step and the EMA.
-        set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
-        loss = accumulate_gradients(train_model, latents, draw, sched, config["scaling_factor"], args, rank, world,
-                                    device)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema_update(ema, model, ema_decay_at(step, args.ema_decay))
-        step += 1
-        train_seconds += time.time() - t0
-        timed_out = out_of_time(train_seconds, args.max_minutes, world, device)
-        finished = step == total_steps or timed_out
-        stopping = args.stop_after is not None and args.stop_after <= step and not finished
-        # 3. Log; every --sample-every steps a grid and the loss curves; every --ckpt-every steps a checkpoint.
-        if main_rank:
-            record = {"step": step, "epoch": (step - 1) // (n // global_batch), "loss": loss,
-                      "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
-                      "images_per_s": global_batch / (time.time() - t0), "train_s": round(train_seconds, 3)}
-            log_step(run_dir, bar, record, args.max_minutes)
-            if step % args.sample_every == 0 or finished:
-                path = save_grid(run_dir, ema, vae, config, step, device)
-                save_loss_curves(run_dir, args.prediction)
-                bar.write(f"step {step}: loss {loss:.4f}; grid {path}")
-            if step % args.ckpt_every == 0 or finished or stopping:
-                state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "generator": gen.get_state(),
-                         "total_steps": total_steps, "train_seconds": train_seconds}
-                save_checkpoint(run_dir, step, {"model": model.state_dict(), "ema": ema.state_dict()}, state)
-        if stopping:
-            break
+    timed_out, interrupted = rank0_decides([spent(train_seconds, args.max_minutes), False], world, device)
+    with StopRequest() as stop:
+        while step < total_steps and not (timed_out or interrupted):
+            t0 = time.time()
+            # 1. Draw the step's batch, noise, times and dropped ids.
+            draw = draw_step(step, latents["y"], len(classes), latent_shape, sched, args, gen)
+            # 2. Gradients over the micro-batches (stop if one is not finite), one clipped AdamW step, the EMA.
+            set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
+            loss = accumulate_gradients(train_model, latents, draw, sched, scale, args, rank, world, device)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
+            check_finite_step(loss, grad_norm, step, run_dir, opt.param_groups[0]["lr"])
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema_update(ema, model, ema_decay_at(step, args.ema_decay))
+            step += 1
+            train_seconds += time.time() - t0
+            timed_out, interrupted = rank0_decides([spent(train_seconds, args.max_minutes), stop.requested], world,
+                                                   device)
+            finished = step == total_steps or timed_out
+            stopping = interrupted or (args.stop_after is not None and args.stop_after <= step and not finished)
+            # 3. Log; every --sample-every steps a grid and the loss curves; every --ckpt-every steps a checkpoint.
+            if main_rank:
+                record = {"step": step, "epoch": (step - 1) // (n // global_batch), "loss": loss,
+                          "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
+                          "images_per_s": global_batch / (time.time() - t0), "train_s": round(train_seconds, 3)}
+                log_step(run_dir, bar, record, args.max_minutes)
+                if step % args.sample_every == 0 or finished:
+                    path = save_grid(run_dir, ema, vae, config, step, device)
+                    save_loss_curves(run_dir, args.prediction)
+                    bar.write(f"step {step}: loss {loss:.4f}; grid {path}")
+                if step % args.ckpt_every == 0 or finished or stopping:
+                    state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(),
+                             "generator": gen.get_state(), "total_steps": total_steps, "train_seconds": train_seconds}
+                    save_checkpoint(run_dir, step, {"model": model.state_dict(), "ema": ema.state_dict()}, state)
+            if stopping:
+                break
     bar.close()
 
     # Finish.
@@ -380,8 +422,11 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     if main_rank:
-        print(stopped_message("train_ldm.py", step, run_dir) if step < total_steps and not timed_out else
+        unlock_run(run_dir)
+        print(stop.message("train_ldm.py", step, run_dir) if interrupted else
+              stopped_message("train_ldm.py", step, run_dir) if step < total_steps and not timed_out else
               done_message(run_dir, step, train_seconds, args.max_minutes if timed_out else None))
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

@@ -23,11 +23,23 @@ from tinyldm.data import DataError, UserImageFolder, default_data_dir
 from tinyldm.evaluation.image_metrics import psnr, ssim
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss, load_perceptual_loss
 from tinyldm.models.loading import autoencoder_config, build_autoencoder
-from tinyldm.runs import append_log, atomic_write_json, read_log, resolve_device, run_cli
+from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name
+from tinyldm.runs import (
+    append_log,
+    atomic_write_json,
+    check_out_not_in_data,
+    read_log,
+    resolve_device,
+    run_cli,
+    unlock_run,
+)
 from tinyldm.train import (
+    StopRequest,
     args_record,
     batch_indices,
+    check_finite_step,
     lr_at,
+    restore,
     resume_run,
     rng_state,
     save_checkpoint,
@@ -48,8 +60,28 @@ STORED_ELSEWHERE = {"model": ("model_type",), "data": ("data", "root"), "image_s
                     "rec_loss": ("loss", "rec_kind"), "freq_loss": ("loss", "freq_kind"),
                     "freq_norm": ("loss", "freq_norm")}
 
+# What each numeric option allows (tinyldm.options), checked once at start-up; None (not given) is not checked.
+OPTION_RANGES = {
+    "image_size": at_least(1),  # the autoencoder's config checks it is divisible by its downsampling factor
+    "val_fraction": between(0, 1, "0 = no validation split", high_open=True),
+    "epochs": at_least(1),
+    "max_steps": at_least(1),
+    "batch_size": at_least(1),
+    "lr": above(0),
+    "weight_decay": at_least(0),
+    "warmup": at_least(0, "0 = no warmup"),
+    "grad_clip": at_least(0, "0 = off"),
+    "kl_weight": at_least(0),
+    "perceptual_weight": at_least(0, "0 = off"),
+    "freq_weight": at_least(0, "0 = off"),
+    "ckpt_every": at_least(1),
+    "stop_after": at_least(1),
+    "seed": SEED_RANGE,
+    "num_workers": at_least(0, "0 = load in the main process"),
+}
 
-def parse_args(argv=None) -> argparse.Namespace:
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=["kl", "vq"], default="kl",
@@ -90,9 +122,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--stop-after", type=int, default=None,
                    help="checkpoint and stop once this many steps are done (as if interrupted; resume later)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    g.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 … or mps")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 = load in the main process)")
-    return p.parse_args(argv), p.parse_args([])
+    args = p.parse_args(argv)
+    check_ranges(p, args, OPTION_RANGES)
+    return args, p.parse_args([])
 
 
 def load_images(ds: UserImageFolder) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,8 +212,8 @@ def build_training(args, model_cfg: dict, device, weights: dict | None, train_st
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if train_state is None:
         return model, opt, 0
-    model.load_state_dict(weights["model"])
-    opt.load_state_dict(train_state["optimizer"])
+    restore(model, weights["model"], "model")
+    restore(opt, train_state["optimizer"], "optimizer state")
     set_rng_state(train_state["rng"])
     return model, opt, train_state["step"]
 
@@ -223,8 +257,9 @@ def main(argv=None) -> int:
     return run_cli("train_vae.py", train, args, defaults)
 
 
-def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
-    # Set up: a resumed run keeps its own settings, except the few that may change between sessions.
+def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
+    """→ (settings, device, checkpoint weights, training state); a resumed run keeps its own settings, except the
+    few that may change between sessions (RESUMABLE_OVERRIDES)."""
     weights, train_state = None, None
     if args.resume is not None:
         args, weights, train_state = resume_run(args.resume, "autoencoder", "train_vae.py", args, defaults,
@@ -234,6 +269,14 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     args.data = Path(args.data) if args.data is not None else default_data_dir(args.preset)
     device = resolve_device(args.device)
     seed_everything(args.seed)
+    return args, device, weights, train_state
+
+
+def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
+    # Set up the settings, the device and the seeds.
+    args, device, weights, train_state = set_up(args, defaults)
+    run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
+    check_out_not_in_data(run_dir, args.data)
 
     # Load the data into memory.
     model_cfg = autoencoder_config(args.model, args.preset, in_channels=args.channels, out_channels=args.channels,
@@ -250,59 +293,61 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> None:
     steps_per_epoch = len(x_train) // args.batch_size
     total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
 
-    # Run folder and config.json (everything needed to rebuild the model and repeat the run).
-    run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
+    # Run folder (locked: one writer) and config.json (everything needed to rebuild the model and repeat the run).
     run_config = {"kind": "autoencoder", "model_type": args.model, "model": model_cfg,
                   "loss": asdict(loss_weights), "perceptual_active": perceptual is not None,
                   "data": {"root": str(args.data), "image_size": size, "channels": args.channels,
                            "classes": train_ds.classes, "n_train": len(train_ds), "n_val": len(x_val)},
                   "args": args_record(args, STORED_ELSEWHERE)}
-    start_run_folder(run_dir, run_config, step)
-    if step:
-        print(f"resumed {run_dir} at step {step}/{total_steps}")
-    print(f"{model.summary()}\n{len(train_ds)} train / {len(x_val)} val images of {len(train_ds.classes)} users at "
-          f"{size}×{size}; {total_steps} steps on {device}")
+    start_run_folder(run_dir, run_config, step, "train_vae.py")
+    print((f"resumed {run_dir} at step {step}/{total_steps}\n" if step else "") + f"{model.summary()}\n"
+          f"{len(train_ds)} train / {len(x_val)} val images of {len(train_ds.classes)} users at {size}×{size}; "
+          f"{total_steps} steps on {device}")
 
-    # Train.
+    # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130.
     bar = tqdm(total=total_steps, initial=step, desc="train_vae", unit="step", dynamic_ncols=True)
     t_start = time.time()
     model.train()
-    while step < total_steps:
-        # 1. The step's batch, in [−1, 1].
-        epoch = step // steps_per_epoch
-        x = to_float(x_train[batch_indices(step, len(x_train), args.batch_size, args.seed)], device)  # (B, C, H, W)
-        # 2. Loss, gradient, one clipped AdamW step (bf16 autocast on GPU).
-        set_lr(opt, lr_at(step, args.lr, args.warmup))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss, terms = compute_loss(model, args.model, x, loss_weights, perceptual)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
-        opt.step()
-        step += 1
-        # 3. Log; at the end of an epoch validate and draw; every --ckpt-every steps a checkpoint.
-        record = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
-                  **{k: float(v) for k, v in terms.items()}}
-        append_log(run_dir, record)
-        bar.update(1)
-        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("total", "rec", "kl", "freq", "vq") if k in record})
-        if step % steps_per_epoch == 0 or step == total_steps:
-            end_of_epoch(run_dir, model, x_val, x_show, device, args.batch_size, step, epoch, bar)
-        stopping = args.stop_after is not None and args.stop_after <= step < total_steps
-        if step % args.ckpt_every == 0 or step == total_steps or stopping:
-            state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "total_steps": total_steps}
-            save_checkpoint(run_dir, step, {"model": model.state_dict()}, state)
-        if stopping:
-            bar.close()
-            print(stopped_message("train_vae.py", step, run_dir))
-            return
+    with StopRequest() as stop:
+        while step < total_steps:
+            # 1. The step's batch, in [−1, 1].
+            epoch = step // steps_per_epoch
+            x = to_float(x_train[batch_indices(step, len(x_train), args.batch_size, args.seed)], device)  # (B, C, H, W)
+            # 2. Loss, gradient (stop if either is not finite), one clipped AdamW step (bf16 autocast on GPU).
+            set_lr(opt, lr_at(step, args.lr, args.warmup))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss, terms = compute_loss(model, args.model, x, loss_weights, perceptual)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
+            check_finite_step(loss.item(), grad_norm, step, run_dir, opt.param_groups[0]["lr"])
+            opt.step()
+            step += 1
+            # 3. Log; at the end of an epoch validate and draw; every --ckpt-every steps a checkpoint.
+            record = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
+                      **{k: float(v) for k, v in terms.items()}}
+            append_log(run_dir, record)
+            bar.update(1)
+            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("total", "rec", "kl", "freq", "vq") if k in record})
+            if step % steps_per_epoch == 0 or step == total_steps:
+                end_of_epoch(run_dir, model, x_val, x_show, device, args.batch_size, step, epoch, bar)
+            stopping = stop.requested or (args.stop_after is not None and args.stop_after <= step < total_steps)
+            if step % args.ckpt_every == 0 or step == total_steps or stopping:
+                state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "total_steps": total_steps}
+                save_checkpoint(run_dir, step, {"model": model.state_dict()}, state)
+            if stopping:
+                break
     bar.close()
 
-    # Finish: the latent scale for stage 2, the final scores.
+    # Finish: the latent scale for stage 2 and the final scores, unless stopped early.
+    unlock_run(run_dir)
+    if step < total_steps:
+        print(stop.message("train_vae.py", step, run_dir) if stop.requested else
+              stopped_message("train_vae.py", step, run_dir))
+        return 130 if stop.requested else 0
     finish(run_dir, model, run_config, x_train, x_val, device, args.batch_size,
            {"steps": step, "train_seconds": time.time() - t_start})
+    return 0
 
 
 if __name__ == "__main__":

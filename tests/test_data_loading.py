@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from tinyldm.data import DataError, UserImageFolder, to_tensor, to_uint8
+from tinyldm.data.datasets import stratified_split
 
 
 def save(path, array, **kwargs):
@@ -190,3 +191,115 @@ def test_csv_missing_or_empty(tmp_path):
 def test_to_tensor_matches_the_seed_normalisation():
     x = to_tensor(np.array([[[0, 51, 255]]], np.uint8))  # (1, 1, 3) -> (3, 1, 1)
     torch.testing.assert_close(x.flatten(), torch.tensor([-1.0, 51 / 127.5 - 1, 1.0]))
+
+
+# Data set traps: each one is a one-line DataError or notice, and no image is ever in both splits.
+
+
+def write_csv(path, rows, **kwargs):
+    path.write_text("\n".join(rows) + "\n", **kwargs)
+    return path
+
+
+def resolved(ds):
+    return {p.resolve() for p, _ in ds.samples}
+
+
+def test_csv_duplicate_rows_are_dropped_with_a_notice_and_the_split_does_not_leak(tmp_path, capsys):
+    make_folder(tmp_path / "imgs", users=("a", "b"), n=4)
+    rows = [f"imgs/{u}/{i:03d}.png,{k}" for k, u in enumerate("ab") for i in range(4)]
+    csv_path = write_csv(tmp_path / "list.csv", ["path,user", *rows, rows[0], f"./{rows[5]}", rows[0]])
+    train = UserImageFolder(csv_path, 16, split="train", val_fraction=0.5)
+    val = UserImageFolder(csv_path, 16, split="val", val_fraction=0.5)
+    notice_line = (f"notice: dropped 3 duplicate images in {csv_path} (e.g. row 10 repeats row 2); "
+                   "each image is used once")
+    assert capsys.readouterr().out.strip().splitlines() == [notice_line, notice_line]
+    assert not resolved(train) & resolved(val) and len(resolved(train) | resolved(val)) == 8
+    assert val.counts() == {"0": 2, "1": 2}
+
+
+def test_csv_image_under_two_users(tmp_path):
+    make_folder(tmp_path / "imgs", users=("a",), n=2)
+    write_csv(tmp_path / "list.csv", ["imgs/a/000.png,1", "imgs/a/001.png,1", "./imgs/a/000.png,2"])
+    with pytest.raises(DataError) as e:
+        UserImageFolder(tmp_path / "list.csv", 16)
+    one_line_error(e, tmp_path / "list.csv", "000.png", "user 1 (row 1)", "user 2 (row 3)", "one user")
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_csv_with_a_utf8_bom_is_read(tmp_path, header):
+    make_folder(tmp_path / "imgs", users=("a",), n=2)
+    rows = ["imgs/a/000.png,1", "imgs/a/001.png,1"]
+    write_csv(tmp_path / "list.csv", ["path,user"] * header + rows, encoding="utf-8-sig")  # Excel's "CSV UTF-8"
+    assert (tmp_path / "list.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+    ds = UserImageFolder(tmp_path / "list.csv", 16, split="all")
+    assert ds.classes == ["1"] and [p.name for p, _ in ds.samples] == ["000.png", "001.png"]
+
+
+def test_csv_not_utf8_or_with_negative_users(tmp_path):
+    make_folder(tmp_path / "imgs", users=("a",), n=1)
+    (tmp_path / "latin1.csv").write_bytes("imgs/a/caf\xe9.png,1\n".encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        UserImageFolder(tmp_path / "latin1.csv", 16)
+    one_line_error(e, "latin1.csv", "not UTF-8", "save it as UTF-8")
+    write_csv(tmp_path / "neg.csv", ["imgs/a/000.png,-1"])  # "-1" sorts before "-10" as text, after it by value
+    with pytest.raises(DataError) as e:
+        UserImageFolder(tmp_path / "neg.csv", 16)
+    one_line_error(e, "neg.csv row 1", "user -1 is negative")
+
+
+def test_numeric_user_ids_csv_by_value_folders_as_text_with_a_notice(tmp_path, capsys):
+    make_folder(tmp_path / "csv", users=("a", "b", "c"), n=1)
+    write_csv(tmp_path / "list.csv", ["csv/a/000.png,10", "csv/b/000.png,2", "csv/c/000.png,100"])
+    assert UserImageFolder(tmp_path / "list.csv", 16, split="all").classes == ["002", "010", "100"]
+    make_folder(tmp_path / "dirs", users=("2", "10"), n=1)
+    assert UserImageFolder(tmp_path / "dirs", 16, split="all").classes == ["10", "2"]  # text order, documented
+    assert capsys.readouterr().out.strip() == (
+        f"notice: user folders in {tmp_path / 'dirs'} are numbers of different widths (e.g. 2 and 10); they are "
+        f"sorted as text, not by value: zero-pad the names (e.g. 02) for numeric order")
+    make_folder(tmp_path / "padded", users=("02", "10"), n=1)
+    assert UserImageFolder(tmp_path / "padded", 16, split="all").classes == ["02", "10"]
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("target", ["root", "ancestor", "other user"])
+def test_user_folder_linked_to_the_root_or_another_user(tmp_path, target):
+    root = make_folder(tmp_path / "data", n=2)
+    link = root / "zoe"
+    link.symlink_to({"root": root, "ancestor": tmp_path, "other user": root / "bob"}[target])
+    with pytest.raises(DataError) as e:
+        UserImageFolder(root, 16)
+    if target == "other user":
+        one_line_error(e, root / "bob", link, "same folder", "remove the link")
+    else:
+        one_line_error(e, link, "contains the data folder", "replace the link")
+
+
+def test_linked_image_files_under_two_users_or_twice_under_one(tmp_path, capsys):
+    make_folder(tmp_path, n=2)
+    (tmp_path / "alice" / "again.png").symlink_to(tmp_path / "alice" / "000.png")
+    assert len(UserImageFolder(tmp_path, 16, split="all")) == 6
+    assert capsys.readouterr().out.strip() == (f"notice: dropped 1 duplicate images in {tmp_path} "
+                                               f"(e.g. alice/again.png repeats alice/000.png); each image is used once")
+    (tmp_path / "bob" / "stolen.png").symlink_to(tmp_path / "alice" / "001.png")
+    with pytest.raises(DataError) as e:
+        UserImageFolder(tmp_path, 16)
+    one_line_error(e, "stolen.png", "user alice (alice/001.png)", "user bob (bob/stolen.png)", "one user")
+
+
+def test_images_beside_user_folders_are_ignored_with_a_notice(tmp_path, capsys):
+    make_folder(tmp_path, n=2)
+    save(tmp_path / "stray_b.png", np.zeros((16, 16, 3), np.uint8))
+    save(tmp_path / "stray_a.jpg", np.zeros((16, 16, 3), np.uint8))
+    assert len(UserImageFolder(tmp_path, 16, split="all")) == 6
+    assert capsys.readouterr().out.strip() == (
+        f"notice: ignored 2 images lying directly in {tmp_path} (e.g. stray_a.jpg); only images in user folders "
+        f"are used: move them into their user's folder")
+
+
+def test_the_split_refuses_an_image_in_both_train_and_val(tmp_path):
+    make_folder(tmp_path, users=("alice",), n=1)
+    same = tmp_path / "alice" / "000.png"
+    with pytest.raises(DataError) as e:
+        stratified_split({"alice": [same, tmp_path / "alice" / ".." / "alice" / "000.png"]}, "train", 0.5, seed=0)
+    one_line_error(e, "000.png", "both the train and the val split")

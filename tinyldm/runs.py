@@ -16,6 +16,7 @@ Bad input is a `RunError` (a ValueError), which `run_cli` turns into one line on
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -28,14 +29,15 @@ class RunError(ValueError):
 
 
 def run_cli(script: str, body, *args) -> int:
-    """Run a script's body; bad input (ValueError, which DataError and RunError are) becomes one line on stderr
-    and exit code 2, never a traceback. Bugs (any other exception) still show their traceback."""
+    """Run a script's body → the exit code: an int the body returns (130 after Ctrl-C), else 0. Bad input
+    (ValueError, which DataError and RunError are) becomes one line on stderr and exit code 2, never a traceback.
+    Bugs (any other exception) still show their traceback."""
     try:
-        body(*args)
+        rc = body(*args)
+        return rc if isinstance(rc, int) else 0
     except ValueError as e:
         print(f"{script}: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -43,7 +45,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 # ---- atomic files and weights ---------------------------------------------------------------------------------------
@@ -71,10 +76,23 @@ def atomic_save_weights(path: Path, state_dict: dict, metadata: dict | None = No
 
 
 def load_weights(path: Path, device: str | torch.device = "cpu") -> dict:
+    """A safetensors file → state dict; a missing, cut-short or damaged file is a RunError naming it."""
     path = Path(path)
     if not path.is_file():
         raise RunError(f"{path} does not exist; is this a finished tinyldm run folder?")
-    return load_file(str(path), device=str(device))
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for a bad header, size or dtype
+        raise RunError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:80]}): it was cut "
+                       "short or damaged; resume from a checkpoint or retrain") from None
+
+
+def check_finite(state: dict, path: Path) -> None:
+    """Weights with NaN or ±inf come from a diverged run; they would only give black images."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise RunError(f"{path} holds non-finite weights (NaN/inf in {len(bad)} tensors, e.g. {bad[0]}): the run "
+                       "diverged; resume an earlier checkpoint with a lower --lr, or retrain")
 
 
 def check_writable(run_dir: Path) -> None:
@@ -88,6 +106,67 @@ def check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise RunError(f"run folder {run_dir} is not writable ({e.strerror}); choose another --out") from None
+
+
+# ---- one writer per run folder ---------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lock_run(run_dir: Path, script: str) -> None:
+    """Take run_dir/.lock (pid, host, script) or refuse: two writers would mix one run's config with another's
+    weights. A lock left by a dead process on this host (a kill, a crash) is replaced with a notice; this process's
+    own lock (an earlier run in the same Python session) is simply taken over."""
+    path = Path(run_dir) / ".lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "script": script}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                owner = {}
+            pid, host = owner.get("pid"), owner.get("host")
+            ours = host == me["host"] and pid == me["pid"]
+            if host == me["host"] and isinstance(pid, int) and (ours or not _alive(pid)):
+                if not ours:
+                    print(f"notice: {path} was left by process {pid} ({owner.get('script')}), which is gone; "
+                          "taking it over", flush=True)
+                path.unlink(missing_ok=True)
+                continue
+            raise RunError(f"run folder {run_dir} is in use by {owner.get('script', 'another process')} (pid {pid} "
+                           f"on {host}); wait for it to finish or choose another --out (if you are sure nothing "
+                           f"writes there, delete {path})") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return
+    raise RunError(f"could not take the lock {path}; delete it if no run writes to {run_dir}")
+
+
+def unlock_run(run_dir: Path) -> None:
+    """Release this process's lock on run_dir (a lock of another process is left alone)."""
+    path = Path(run_dir) / ".lock"
+    try:
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, json.JSONDecodeError):
+        pass
+
+
+def check_out_not_in_data(run_dir: Path, data: Path) -> None:
+    """A run folder inside the data folder would be scanned as a user's images by the next run."""
+    out, root = Path(run_dir).resolve(), Path(data).resolve()
+    root = root.parent if root.is_file() else root  # a CSV: its folder
+    if out == root or root in out.parents:
+        raise RunError(f"--out {run_dir} is inside the data folder {data}; choose a run folder outside the data")
 
 
 # ---- config.json ---------------------------------------------------------------------------------------

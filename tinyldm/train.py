@@ -13,19 +13,22 @@ import argparse
 import json
 import math
 import os
+import pickle
 import random
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from tinyldm.runs import (
     RunError,
     atomic_save_weights,
     atomic_write_json,
     check_writable,
+    load_weights,
+    lock_run,
     read_config,
     read_log,
     resolve_device,
@@ -176,14 +179,19 @@ def resume_run(run_dir: Path, kind: str, script: str, args: argparse.Namespace, 
     saved = read_config(run_dir)
     if saved.get("kind") != kind:
         raise RunError(f"--resume {run_dir}: a {saved.get('kind')!r} run, not a {script} run")
+    missing = {"optimizer", "rng"} - train_state.keys()
+    if missing:
+        raise RunError(f"--resume {run_dir}: its checkpoint's train_state.pt lacks {sorted(missing)}; it is not a "
+                       f"{script} training state")
     args = resume_args(saved_args(saved, stored_elsewhere), args, defaults, allowed, f"--resume {run_dir}")
     return args, weights, train_state
 
 
-def start_run_folder(run_dir: Path, config: dict, step: int) -> None:
-    """Make the run folder and write config.json; a new run starts a new log, a resumed one forgets the lines
-    written after its checkpoint (they will be written again)."""
+def start_run_folder(run_dir: Path, config: dict, step: int, script: str) -> None:
+    """Make the run folder, take its lock (one writer) and write config.json; a new run starts a new log, a
+    resumed one forgets the lines written after its checkpoint (they will be written again)."""
     check_writable(run_dir)
+    lock_run(run_dir, script)
     if step == 0:
         (Path(run_dir) / "log.jsonl").unlink(missing_ok=True)
     else:
@@ -233,19 +241,101 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def _read_checkpoint(ckpt: Path) -> tuple[dict[str, dict], dict]:
+    """One checkpoint folder → (weights, train_state); anything missing or damaged is a RunError naming the file."""
+    state_path = ckpt / "train_state.pt"
+    if not (ckpt / "model.safetensors").is_file() or not state_path.is_file():
+        raise RunError(f"{ckpt} is incomplete (needs model.safetensors and train_state.pt)")
+    weights = {p.stem: load_weights(p) for p in sorted(ckpt.glob("*.safetensors"))}
+    try:
+        train_state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise RunError(f"{state_path} is not a tinyldm training state; it was not loaded") from None
+    except (EOFError, RuntimeError, OSError) as e:
+        raise RunError(f"{state_path} cannot be read ({str(e).splitlines()[0][:80]}): it was cut short or damaged"
+                       ) from None
+    if not isinstance(train_state, dict) or "step" not in train_state:
+        raise RunError(f"{state_path} is not a tinyldm training state (no step); it was not used")
+    return weights, train_state
+
+
 def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict], dict]:
-    """→ ({"model": state_dict, ...}, train_state) of the newest complete checkpoint of a run."""
+    """→ ({"model": state_dict, ...}, train_state) of the newest complete checkpoint of a run; a newer folder that
+    is incomplete or damaged is passed over, with a notice, for the one before it."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"--resume {run_dir}: no such folder")
     if not (run_dir / "config.json").is_file():
         raise RunError(f"--resume {run_dir}: not a tinyldm run (no config.json); pass the folder a training run wrote")
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step_*"), reverse=True)
+    if not ckpts:
         raise RunError(f"--resume {run_dir}: the run has no checkpoint yet (checkpoints/step_*); start it afresh")
-    weights = {p.stem: load_file(str(p)) for p in sorted(ckpt.glob("*.safetensors"))}
-    train_state = torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=True)
-    return weights, train_state
+    for i, ckpt in enumerate(ckpts):
+        try:
+            loaded = _read_checkpoint(ckpt)
+        except RunError as e:
+            if i == len(ckpts) - 1:
+                raise
+            print(f"notice: {e}; resuming from the checkpoint before it, {ckpts[i + 1].name}", flush=True)
+            continue
+        return loaded
+
+
+def restore(module, state: dict, what: str) -> None:
+    """module.load_state_dict(state) for a model or an optimizer; a checkpoint that does not fit is one line."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise RunError(f"the checkpoint's {what} does not fit this run ({str(e).splitlines()[0][:100]}); was the "
+                       "checkpoint folder damaged or mixed with another run?") from None
+
+
+def check_finite_step(loss: float, grad_norm: torch.Tensor, step: int, run_dir: Path, lr: float) -> None:
+    """Stop at the first non-finite loss or gradient, before the optimizer step: the weights, and the checkpoints
+    on disk, stay finite. Training on would only write NaN weights and black samples."""
+    if math.isfinite(loss) and torch.isfinite(grad_norm):
+        return
+    what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm.item()}"
+    ckpt = latest_checkpoint(run_dir)
+    keep = f"the last finite checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
+    raise RunError(f"training diverged at step {step + 1}: {what} (learning rate {lr:g}); {keep}. Lower --lr "
+                   "(and resume, or start again), or check the data")
+
+
+class StopRequest:
+    """`with StopRequest() as stop:` around a training loop: Ctrl-C (SIGINT) or SIGTERM (what cluster schedulers
+    send) sets `stop.requested`, so the loop can finish its step, write a checkpoint and exit 130 instead of dying
+    mid-step. A second signal stops at once (checkpoints stay atomic). The handlers are restored on exit."""
+
+    def __enter__(self) -> "StopRequest":
+        self.signal = None
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler, the default behaviour stays
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        self.restore()  # a second Ctrl-C falls through to the default handler
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def message(self, script: str, step: int, run_dir: Path) -> str:
+        return (f"{self.signal}: stopped after step {step} and wrote a checkpoint; continue with: "
+                f"python {script} --resume {run_dir}")
 
 
 def truncate_log(run_dir: Path, up_to_step: int) -> None:

@@ -5,6 +5,8 @@
       bob/   000.png ...              ->  user id 1
 
 `UserImageFolder(root)[i]` returns `(x, user_id)` with x a float tensor (C, H, W) in [-1, 1] (x/127.5 - 1).
+User folders are sorted by name as text ("user_10" before "user_2": zero-pad numbers); CSV user ids by value.
+An image file (compared by resolved path, so links count) belongs to one user and to one split.
 Everything is checked when the dataset is built, so a bad file stops the run at start-up with one line
 (`DataError`) naming the file and what to do, never halfway through training with a deep traceback.
 """
@@ -78,16 +80,26 @@ def stratified_split(files_by_user, split, val_fraction, seed):
     """Per user, a seeded shuffle puts round(val_fraction * n) images (at least one if n >= 2) into val.
 
     The shuffle is seeded with (seed, crc32(user name)), so adding or removing one user leaves every other
-    user's split unchanged.
+    user's split unchanged. Both splits are built and checked disjoint, whichever one is asked for.
     """
-    out = {}
+    out = {"train": {}, "val": {}, "all": {name: list(files) for name, files in files_by_user.items()}}
     for name, files in files_by_user.items():
         n = len(files)
         n_val = 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, round(val_fraction * n)))
         order = np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(n)
-        keep = {"train": order[n_val:], "val": order[:n_val], "all": order}[split]
-        out[name] = [files[i] for i in sorted(keep)]
-    return out
+        out["train"][name] = [files[i] for i in sorted(order[n_val:])]
+        out["val"][name] = [files[i] for i in sorted(order[:n_val])]
+    check_no_leak(out["train"], out["val"])
+    return out[split]
+
+
+def check_no_leak(train, val):
+    """No image file may be in both splits; files are compared by resolved path, so links and './' count."""
+    in_train = {p.resolve(): p for files in train.values() for p in files}
+    for p in (p for files in val.values() for p in files):
+        if p.resolve() in in_train:
+            raise DataError(f"image {p} would be in both the train and the val split (also as "
+                            f"{in_train[p.resolve()]}); list each image once, under one user")
 
 
 class UserImageFolder(torch.utils.data.Dataset):
@@ -102,7 +114,9 @@ class UserImageFolder(torch.utils.data.Dataset):
     transform:    optional callable on the tensor x (C, H, W), e.g. `transforms.SpectrogramAugment()`
 
     `classes` are the sorted user names (id = index), `class_to_idx` maps them back; save it with the run.
-    Non-image files are skipped and counted in one notice; empty, corrupt or truncated images raise DataError.
+    Folder names sort as text, so "user_10" comes before "user_2" (zero-pad: "user_02"); CSV ids sort by value.
+    Non-image files are skipped and counted in one notice; empty, corrupt or truncated images raise DataError,
+    and so does one image file under two users (a copied row, a linked folder).
     """
 
     def __init__(self, root, image_size=64, channels=3, split="train", val_fraction=0.1, seed=0,
@@ -189,61 +203,131 @@ class UserImageFolder(torch.utils.data.Dataset):
                 "num_images": len(self), "class_to_idx": self.class_to_idx}
 
 
+def is_image(path):
+    return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
+
+
 def scan_folder(root):
-    """{user name: sorted image paths} for a folder of user folders; skipped non-image files get one notice."""
+    """{user name: sorted image paths} for a folder of user folders (sorted as text: "user_10" before "user_2")."""
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass --data DIR with one sub-folder per user")
     if not root.is_dir():
         raise DataError(f"data path {root} is a file, not a folder; pass a folder of user folders or a .csv")
     user_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = sorted(p for p in root.iterdir() if p.is_file() and is_image(p))
     if not user_dirs:
-        loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTS]
         hint = f" ({len(loose)} images lie directly in it: move each user's images into its own sub-folder)" \
             if loose else " (it is empty)"
         raise DataError(f"no user folders in {root}{hint}; expected root/<user>/<image>.png")
-    files_by_user, skipped = {}, []
+    if loose:
+        notice(f"ignored {len(loose)} images lying directly in {root} (e.g. {loose[0].name}); only images in "
+               f"user folders are used: move them into their user's folder")
+    check_user_dirs(root, user_dirs)
+    entries, skipped = [], []  # entries: (image path, user name, where it was found)
     for d in user_dirs:
         files = sorted(p for p in d.rglob("*") if p.is_file())
-        is_image = [p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") for p in files]
-        images = [p for p, ok in zip(files, is_image) if ok]
-        skipped += [p for p, ok in zip(files, is_image) if not ok]
+        images = [p for p in files if is_image(p)]
+        skipped += [p for p in files if not is_image(p)]
         if not images:
             raise DataError(f"user folder {d} has no images (PNG/JPEG/BMP/TIFF); add images or remove the folder")
-        files_by_user[d.name] = images
+        entries += [(p, d.name, p.relative_to(root)) for p in images]
     if skipped:
         notice(f"skipped {len(skipped)} non-image files in {root} (e.g. {skipped[0].relative_to(root)})")
-    return files_by_user
+    return one_user_per_image(entries, root)
+
+
+def check_user_dirs(root, user_dirs):
+    """A user folder linked to the root (or above it) or to another user's folder would take others' images."""
+    real_root, real_dirs = root.resolve(), {}
+    for d in user_dirs:
+        real = d.resolve()
+        if real == real_root or real in real_root.parents:
+            raise DataError(f"user folder {d} links to {real}, which contains the data folder {root} and so every "
+                            f"user's images; replace the link with a folder of this user's images")
+        if real in real_dirs:
+            raise DataError(f"user folders {real_dirs[real]} and {d} are the same folder {real}; an image belongs "
+                            f"to one user: remove the link")
+        real_dirs[real] = d
+    names = [d.name for d in user_dirs]
+    if all(n.isascii() and n.isdigit() for n in names) and len({len(n) for n in names}) > 1:
+        short, long = min(names, key=len), max(names, key=len)
+        notice(f"user folders in {root} are numbers of different widths (e.g. {short} and {long}); they are sorted "
+               f"as text, not by value: zero-pad the names (e.g. {short.zfill(len(long))}) for numeric order")
+
+
+def one_user_per_image(entries, source):
+    """{user: paths} from (path, user, where) entries; a repeat under one user is dropped, under two users raises.
+
+    Images are compared by resolved path, so a link, a copied row or an './' prefix is the same image.
+    """
+    by_user, first, repeats = {}, {}, []  # first: resolved path -> (user, where)
+    for path, user, where in entries:
+        real = path.resolve()
+        if real not in first:
+            first[real] = (user, where)
+            by_user.setdefault(user, []).append(path)
+        elif first[real][0] == user:
+            repeats.append(f"{where} repeats {first[real][1]}")
+        else:
+            raise DataError(f"{source}: image {path} is under user {first[real][0]} ({first[real][1]}) and user "
+                            f"{user} ({where}); an image belongs to one user: remove one of them")
+    if repeats:
+        notice(f"dropped {len(repeats)} duplicate images in {source} (e.g. {repeats[0]}); each image is used once")
+    return by_user
+
+
+CSV_HEADERS = ("path", "file", "filename", "image")  # a first row starting with one of these is a header
 
 
 def read_csv(csv_path):
-    """{user value as text: paths} from rows `path,user`; a header row is recognised and skipped."""
+    """{user value as text: paths} from rows `path,user`; a header row is recognised and skipped.
+
+    Ids are zero-padded ("02", "10") so that the dataset's text sort is numeric order. A row repeating a
+    (path, user) is dropped with a notice; the same image under two users is a DataError.
+    """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"CSV file {csv_path} does not exist; pass a CSV with rows 'path,user'")
-    with open(csv_path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
-        rows = rows[1:]
+    rows = csv_rows(csv_path)
     if not rows:
         raise DataError(f"CSV file {csv_path} has no rows; expected lines 'path,user' (user an integer)")
-    by_user = {}
-    for line, row in enumerate(rows, start=1):
-        if len(row) < 2:
-            raise DataError(f"{csv_path} row {line} {row!r} needs two columns 'path,user'")
-        path, user = Path(row[0].strip()), row[1].strip()
-        try:
-            user_id = int(user)
-        except ValueError:
-            raise DataError(f"{csv_path} row {line}: user {user!r} is not an integer; use integer user ids") from None
-        path = path if path.is_absolute() else csv_path.parent / path
-        if not path.is_file():
-            raise DataError(f"{csv_path} row {line}: image {path} does not exist; fix the path or drop the row")
-        if path.suffix.lower() not in IMAGE_EXTS:
-            raise DataError(f"{csv_path} row {line}: {path} is not a PNG/JPEG/BMP/TIFF image; drop the row")
-        by_user.setdefault(user_id, []).append(path)
-    # Sorting by the integer value (not the text) keeps ids in numeric order: 2 before 10.
+    by_user = one_user_per_image([(*csv_entry(csv_path, line, row), f"row {line}") for line, row in rows], csv_path)
     width = len(str(max(by_user)))
-    return {str(k).zfill(width) if k >= 0 else str(k): sorted(v) for k, v in sorted(by_user.items())}
+    return {str(k).zfill(width): sorted(v) for k, v in sorted(by_user.items())}
+
+
+def csv_rows(csv_path):
+    """[(line number in the file, row)] of the non-blank rows, header dropped. A UTF-8 BOM (Excel) is accepted."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"CSV file {csv_path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 "
+                        f"(Excel: 'CSV UTF-8')") from None
+    if rows and rows[0][1][0].strip().lower() in CSV_HEADERS:
+        rows = rows[1:]
+    return rows
+
+
+def csv_entry(csv_path, line, row):
+    """(image path, user id) of one CSV row, checked; relative paths are relative to the CSV's folder."""
+    if len(row) < 2:
+        raise DataError(f"{csv_path} row {line} {row!r} needs two columns 'path,user'")
+    path, user = Path(row[0].strip()), row[1].strip()
+    try:
+        user_id = int(user)
+    except ValueError:
+        raise DataError(f"{csv_path} row {line}: user {user!r} is not an integer; use integer user ids") from None
+    if user_id < 0:
+        raise DataError(f"{csv_path} row {line}: user {user_id} is negative (negative ids do not sort by value as "
+                        f"text); use user ids 0, 1, 2, ...")
+    path = path if path.is_absolute() else csv_path.parent / path
+    if not path.is_file():
+        raise DataError(f"{csv_path} row {line}: image {path} does not exist; fix the path or drop the row")
+    if path.suffix.lower() not in IMAGE_EXTS:
+        raise DataError(f"{csv_path} row {line}: {path} is not a PNG/JPEG/BMP/TIFF image; drop the row")
+    return path, user_id
 
 
 PRESETS = {  # name: (users, images per user, image size); what default_data_dir generates for a preset

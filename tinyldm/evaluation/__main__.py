@@ -23,6 +23,7 @@ from tinyldm.data import DataError
 from tinyldm.evaluation.runs import evaluate_folders, evaluate_run
 from tinyldm.evaluation.sweep import GUIDANCE_SCALES, SWEEP_SAMPLERS, SWEEP_STEPS
 from tinyldm.generate import add_sampling_args, sampling_config
+from tinyldm.options import SEED_RANGE, at_least, between, check_ranges, device_name
 from tinyldm.runs import RunError, resolve_device
 
 
@@ -42,6 +43,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action):
         return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
+# What each numeric option allows (tinyldm.options), checked once at start-up; None (not given) is not checked. The
+# sampling options and the --sweep-* lists are checked by SamplingConfig, where run() and the sweeps build one.
+OPTION_RANGES = {
+    "image_size": at_least(1),
+    "val_fraction": between(0, 1, "the classifier is early-stopped on the validation images", low_open=True,
+                            high_open=True),
+    "split_seed": SEED_RANGE,
+    "n_per_user": at_least(1),
+    "sweep_n_per_user": at_least(1),
+    "seed": SEED_RANGE,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,8 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--sweep-steps", default=",".join(map(str, SWEEP_STEPS)), help="step counts")
     g.add_argument("--sweep-n-per-user", type=int, default=4, help="images per user at each sweep point")
     p.add_argument("--seed", type=int, default=0, help="seeds sampling, the classifiers and KID's subsets")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    return p.parse_args(argv)
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 … or mps")
+    args = p.parse_args(argv)
+    check_ranges(p, args, OPTION_RANGES)
+    return args
 
 
 def run(args: argparse.Namespace) -> dict:

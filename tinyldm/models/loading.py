@@ -21,7 +21,7 @@ from tinyldm.models.unet import PRESETS as UNET_PRESETS
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 from tinyldm.models.vq import PRESETS as VQ_PRESETS
 from tinyldm.models.vq import VQModel, VQModelConfig
-from tinyldm.runs import RunError, load_weights, read_config
+from tinyldm.runs import RunError, check_finite, load_weights, read_config
 
 MODEL_TYPES = ("kl", "vq")
 BACKBONES = ("unet", "dit", "mmdit")
@@ -48,17 +48,52 @@ def build_autoencoder(model_type: str, config: dict) -> nn.Module:
     raise ValueError(f"model type {model_type!r}: choose one of {MODEL_TYPES}")
 
 
+# What the code that reads a run needs from its config.json, by kind of run.
+REQUIRED_KEYS = {"autoencoder": ("model_type", "model", "data", "args"),
+                 "ldm": ("backbone", "backbone_config", "vae", "latent_shape", "num_classes", "classes",
+                         "scaling_factor", "schedule", "prediction", "channels")}
+
+
+def read_run(run_dir: str | Path, kind: str, script: str) -> dict:
+    """config.json of a `kind` run, checked for the keys the loaders and samplers read."""
+    run = read_config(run_dir)
+    if run.get("kind") != kind:
+        raise RunError(f"{run_dir} is a {run.get('kind', 'unknown')!r} run, not a {script} run")
+    missing = [k for k in REQUIRED_KEYS[kind] if k not in run]
+    if missing:
+        raise RunError(f"{run_dir}/config.json lacks {missing}; was it edited by hand? Restore it or retrain")
+    return run
+
+
+def load_into(model: nn.Module, path: Path, what: str) -> nn.Module:
+    """Weights file → model, all-or-nothing: a missing, damaged, mismatched or non-finite file is a RunError."""
+    state = load_weights(path)
+    check_finite(state, path)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:120])
+        raise RunError(f"{path} does not fit {what} ({detail}); was the folder mixed with another run?") from None
+    if missing or unexpected:
+        raise RunError(f"{path} does not fit {what} (missing {missing[:3]}, unexpected {unexpected[:3]}); was the "
+                       "folder mixed with another run?")
+    return model
+
+
+def build_from(run_dir, build, *args) -> nn.Module:
+    """build(*args), with a config.json value of the wrong kind or name turned into one line naming the file."""
+    try:
+        return build(*args)
+    except (TypeError, KeyError) as e:
+        raise RunError(f"{run_dir}/config.json has a model setting tinyldm cannot use ({e}); restore it or retrain"
+                       ) from None
+
+
 def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """A finished (or checkpointed) train_vae.py run → (model in eval mode with its weights, the run's config)."""
-    run = read_config(run_dir)
-    if run.get("kind") != "autoencoder":
-        raise RunError(f"{run_dir} is a {run.get('kind', 'unknown')!r} run, not an autoencoder run from train_vae.py")
-    model = build_autoencoder(run["model_type"], run["model"])
-    state = load_weights(Path(run_dir) / "model.safetensors")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RunError(f"{run_dir}/model.safetensors does not match its config.json "
-                       f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    run = read_run(run_dir, "autoencoder", "train_vae.py")
+    model = build_from(run_dir, build_autoencoder, run["model_type"], run["model"])
+    load_into(model, Path(run_dir) / "model.safetensors", "its config.json")
     return model.to(device).eval(), run
 
 
@@ -97,13 +132,7 @@ def build_backbone(backbone: str, config: dict) -> nn.Module:
 def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "ema"
              ) -> tuple[nn.Module, dict]:
     """A train_ldm.py run → (backbone in eval mode with its EMA (or raw) weights, the run's config)."""
-    run = read_config(run_dir)
-    if run.get("kind") != "ldm":
-        raise RunError(f"{run_dir} is a {run.get('kind', 'unknown')!r} run, not a train_ldm.py run")
-    model = build_backbone(run["backbone"], run["backbone_config"])
-    state = load_weights(Path(run_dir) / f"{weights}.safetensors")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise RunError(f"{run_dir}/{weights}.safetensors does not fit a {run['backbone']} with its config.json "
-                       f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was the folder mixed with another run?")
+    run = read_run(run_dir, "ldm", "train_ldm.py")
+    model = build_from(run_dir, build_backbone, run["backbone"], run["backbone_config"])
+    load_into(model, Path(run_dir) / f"{weights}.safetensors", f"a {run['backbone']} with its config.json")
     return model.to(device).eval(), run
