@@ -86,6 +86,19 @@ def test_a_signal_finishes_the_step_checkpoints_and_exits_130(vae_run, tmp_path,
     run = tmp_path / "ldm"
     args = [sys.executable, "train_ldm.py", "--vae", str(vae_run), "--out", str(run), "--max-steps", "100000",
             "--ckpt-every", "100000", *LDM]
+    check_signal_stop(args, run, sig, ["train_ldm.py", "--resume", str(run)])
+
+
+def test_ctrl_c_in_the_autoencoder_checkpoints_and_exits_130(tmp_path):
+    data = make_folder(tmp_path / "data", users=2, per_user=4, size=32)
+    run = tmp_path / "vae"
+    args = [sys.executable, "train_vae.py", "--data", str(data), "--out", str(run), "--image-size", "32",
+            "--batch-size", "4", "--val-fraction", "0", "--max-steps", "100000", "--ckpt-every", "100000"]
+    check_signal_stop(args, run, signal.SIGINT, ["train_vae.py", "--resume", str(run)])
+
+
+def check_signal_stop(args, run, sig, resume):
+    """Start a training run, signal it once its log has a line, check it kept every step and can resume."""
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not (run / "log.jsonl").is_file():
@@ -94,10 +107,10 @@ def test_a_signal_finishes_the_step_checkpoints_and_exits_130(vae_run, tmp_path,
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
-    steps = len((run / "log.jsonl").read_text().splitlines())
+    steps = max(json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines())
     assert (run / "checkpoints" / f"step_{steps:08d}" / "train_state.pt").is_file()  # no step lost
     assert f"--resume {run}" in out and not (run / ".lock").exists()
-    resumed = run_script(["train_ldm.py", "--resume", str(run), "--max-steps", str(steps + 1)])
+    resumed = run_script([*resume, "--max-steps", str(steps + 1)])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 

@@ -14,6 +14,7 @@ Writes never leave a half-written file behind: each file is written under a temp
 Bad input is a `RunError` (a ValueError), which `run_cli` turns into one line on stderr and exit code 2.
 """
 
+import atexit
 import json
 import os
 import socket
@@ -147,6 +148,7 @@ def lock_run(run_dir: Path, script: str) -> None:
                            f"writes there, delete {path})") from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
+        atexit.register(unlock_run, run_dir)  # also when the run ends in an error; a killed process leaves it stale
         return
     raise RunError(f"could not take the lock {path}; delete it if no run writes to {run_dir}")
 
