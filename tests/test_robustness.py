@@ -2,9 +2,9 @@
 locked run folders, and damaged run-folder files — each a one-line message and a non-zero exit, never a traceback."""
 
 import json
-import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -151,7 +151,7 @@ def test_a_second_writer_is_refused_and_a_stale_lock_replaced(vae_run, tmp_path,
     run.mkdir()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        lock = {"pid": other.pid, "host": os.uname().nodename, "script": "train_ldm.py"}
+        lock = {"pid": other.pid, "host": socket.gethostname(), "script": "train_ldm.py"}
         (run / ".lock").write_text(json.dumps(lock))
         msg = error_of(train_ldm.main, ["--vae", str(vae_run), "--out", str(run), "--max-steps", "1", *LDM], capsys)
         assert "in use by train_ldm.py" in msg and str(other.pid) in msg
