@@ -35,6 +35,7 @@ from tinyldm.train import (
     args_record,
     batch_indices,
     check_finite_step,
+    claim_run_folder,
     ema_decay_at,
     ema_update,
     init_distributed,
@@ -354,6 +355,9 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     # Set up DDP, the settings (a resumed run keeps its own) and the seeds.
     args, rank, world, device, weights, train_state = set_up(args, defaults)
     main_rank = rank == 0
+    run_dir = Path(args.resume or args.out or Path("runs") / f"ldm-{args.backbone}-{args.preset}")
+    if main_rank:
+        claim_run_folder(run_dir, "train_ldm.py")  # one writer: a second one is refused before any work
 
     # Load the frozen autoencoder and the latents of its data (encoded once, cached beside it).
     vae, vae_run, train_ds, latents, scale = load_latents(args, device, main_rank)
@@ -367,12 +371,11 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, weights,
                                                                             train_state)
 
-    # Run folder (locked: one writer) and config.json.
-    run_dir = Path(args.resume or args.out or Path("runs") / f"ldm-{args.backbone}-{args.preset}")
+    # config.json in the run folder.
     check_out_not_in_data(run_dir, args.data)
     config = run_config(args, bb_config, sched, vae_run, classes, latent_shape, scale, world)
     if main_rank:
-        start_run_folder(run_dir, config, step, "train_ldm.py")
+        start_run_folder(run_dir, config, step)
         print_start(run_dir, model, step, total_steps, n, latent_shape, len(classes), args, world, device, sched)
 
     # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130.

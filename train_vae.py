@@ -38,6 +38,7 @@ from tinyldm.train import (
     args_record,
     batch_indices,
     check_finite_step,
+    claim_run_folder,
     lr_at,
     restore,
     resume_run,
@@ -277,6 +278,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     args, device, weights, train_state = set_up(args, defaults)
     run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
     check_out_not_in_data(run_dir, args.data)
+    claim_run_folder(run_dir, "train_vae.py")  # one writer: a second one is refused before any work
 
     # Load the data into memory.
     model_cfg = autoencoder_config(args.model, args.preset, in_channels=args.channels, out_channels=args.channels,
@@ -293,13 +295,13 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     steps_per_epoch = len(x_train) // args.batch_size
     total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
 
-    # Run folder (locked: one writer) and config.json (everything needed to rebuild the model and repeat the run).
+    # config.json (everything needed to rebuild the model and repeat the run).
     run_config = {"kind": "autoencoder", "model_type": args.model, "model": model_cfg,
                   "loss": asdict(loss_weights), "perceptual_active": perceptual is not None,
                   "data": {"root": str(args.data), "image_size": size, "channels": args.channels,
                            "classes": train_ds.classes, "n_train": len(train_ds), "n_val": len(x_val)},
                   "args": args_record(args, STORED_ELSEWHERE)}
-    start_run_folder(run_dir, run_config, step, "train_vae.py")
+    start_run_folder(run_dir, run_config, step)
     print((f"resumed {run_dir} at step {step}/{total_steps}\n" if step else "") + f"{model.summary()}\n"
           f"{len(train_ds)} train / {len(x_val)} val images of {len(train_ds.classes)} users at {size}×{size}; "
           f"{total_steps} steps on {device}")

@@ -187,11 +187,15 @@ def resume_run(run_dir: Path, kind: str, script: str, args: argparse.Namespace, 
     return args, weights, train_state
 
 
-def start_run_folder(run_dir: Path, config: dict, step: int, script: str) -> None:
-    """Make the run folder, take its lock (one writer) and write config.json; a new run starts a new log, a
-    resumed one forgets the lines written after its checkpoint (they will be written again)."""
+def claim_run_folder(run_dir: Path, script: str) -> None:
+    """Make the run folder and take its lock (one writer), before any long work, so a second writer is told at once."""
     check_writable(run_dir)
     lock_run(run_dir, script)
+
+
+def start_run_folder(run_dir: Path, config: dict, step: int) -> None:
+    """Write config.json into the claimed run folder; a new run starts a new log, a resumed one forgets the lines
+    written after its checkpoint (they will be written again)."""
     if step == 0:
         (Path(run_dir) / "log.jsonl").unlink(missing_ok=True)
     else:
