@@ -27,9 +27,9 @@ from tinyldm.data.latent_cache import cached_latents
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
 from tinyldm.generate import generate
 from tinyldm.models.conditioning import drop_ids
-from tinyldm.models.loading import backbone_config, build_backbone, load_autoencoder
+from tinyldm.models.loading import backbone_config, build_backbone, load_autoencoder, read_run
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name, finite
-from tinyldm.runs import RunError, append_log, check_out_not_in_data, read_log, run_cli, unlock_run
+from tinyldm.runs import RunError, append_log, read_log, run_cli, unlock_run
 from tinyldm.train import (
     StopRequest,
     args_record,
@@ -151,6 +151,9 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
         args, weights, train_state = resume_run(args.resume, "ldm", "train_ldm.py", args, defaults,
                                                 RESUMABLE_OVERRIDES, STORED_ELSEWHERE)
     resolve_defaults(args)
+    args.vae = Path(args.vae) if args.vae is not None else default_vae(args.preset)
+    args.data = Path(args.data) if args.data is not None else Path(read_run(args.vae, "autoencoder",
+                                                                            "train_vae.py")["data"]["root"])
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     seed_everything(args.seed)
@@ -192,11 +195,10 @@ def load_latents(args: argparse.Namespace, device, main_rank: bool):
     both stages accept the same folders. The latent scale is the one train_vae.py measured at its end; for an
     autoencoder run that never finished it is measured here, 1/std(z) over the cached latents, and said so.
     """
-    vae_dir = args.vae = Path(args.vae) if args.vae is not None else default_vae(args.preset)
+    vae_dir = args.vae
     vae, vae_run = load_autoencoder(vae_dir, device)
     vae.requires_grad_(False)
     d, vae_args = vae_run["data"], vae_run["args"]
-    args.data = Path(args.data) if args.data is not None else Path(d["root"])
     split = {"image_size": d["image_size"], "channels": d["channels"], "val_fraction": vae_args["val_fraction"],
              "seed": vae_args["seed"]}
     train_ds = UserImageFolder(args.data, split="train", strict_size=vae_args.get("strict_size", False), **split)
@@ -357,7 +359,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     main_rank = rank == 0
     run_dir = Path(args.resume or args.out or Path("runs") / f"ldm-{args.backbone}-{args.preset}")
     if main_rank:
-        claim_run_folder(run_dir, "train_ldm.py")  # one writer: a second one is refused before any work
+        claim_run_folder(run_dir, "train_ldm.py", args.data)  # one writer: a second one is refused before any work
 
     # Load the frozen autoencoder and the latents of its data (encoded once, cached beside it).
     vae, vae_run, train_ds, latents, scale = load_latents(args, device, main_rank)
@@ -372,7 +374,6 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
                                                                             train_state)
 
     # config.json in the run folder.
-    check_out_not_in_data(run_dir, args.data)
     config = run_config(args, bb_config, sched, vae_run, classes, latent_shape, scale, world)
     if main_rank:
         start_run_folder(run_dir, config, step)

@@ -27,7 +27,6 @@ from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, 
 from tinyldm.runs import (
     append_log,
     atomic_write_json,
-    check_out_not_in_data,
     read_log,
     resolve_device,
     run_cli,
@@ -277,8 +276,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     # Set up the settings, the device and the seeds.
     args, device, weights, train_state = set_up(args, defaults)
     run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
-    check_out_not_in_data(run_dir, args.data)
-    claim_run_folder(run_dir, "train_vae.py")  # one writer: a second one is refused before any work
+    claim_run_folder(run_dir, "train_vae.py", args.data)  # one writer: a second one is refused before any work
 
     # Load the data into memory.
     model_cfg = autoencoder_config(args.model, args.preset, in_channels=args.channels, out_channels=args.channels,

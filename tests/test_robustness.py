@@ -179,10 +179,13 @@ def test_two_training_processes_on_one_folder(vae_run, tmp_path):  # noqa: F811
         first.wait(timeout=240)
 
 
-def test_out_inside_the_data_folder_is_refused(tmp_path, capsys):
+def test_out_inside_the_data_folder_is_refused(vae_run, tmp_path, capsys):  # noqa: F811
     data = make_folder(tmp_path / "data", users=2, per_user=4, size=32)
     msg = error_of(train_vae.main, ["--data", str(data), "--out", str(data / "run"), "--image-size", "32"], capsys)
     assert "inside the data folder" in msg
+    msg = error_of(train_ldm.main, ["--vae", str(vae_run), "--data", str(data), "--out", str(data / "run")], capsys)
+    assert "inside the data folder" in msg
+    assert not (data / "run").exists()  # refused before anything is written there
 
 
 # ---- 6. damaged run-folder files -------------------------------------------------------------------------------------

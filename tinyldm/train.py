@@ -26,6 +26,7 @@ from tinyldm.runs import (
     RunError,
     atomic_save_weights,
     atomic_write_json,
+    check_out_not_in_data,
     check_writable,
     load_weights,
     lock_run,
@@ -187,8 +188,10 @@ def resume_run(run_dir: Path, kind: str, script: str, args: argparse.Namespace, 
     return args, weights, train_state
 
 
-def claim_run_folder(run_dir: Path, script: str) -> None:
-    """Make the run folder and take its lock (one writer), before any long work, so a second writer is told at once."""
+def claim_run_folder(run_dir: Path, script: str, data: Path) -> None:
+    """Make the run folder (never inside the data) and take its lock (one writer), before any long work, so a
+    second writer is told at once."""
+    check_out_not_in_data(run_dir, data)
     check_writable(run_dir)
     lock_run(run_dir, script)
 

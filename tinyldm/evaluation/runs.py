@@ -4,13 +4,12 @@ Each builds the real reference (classifier reused or trained), measures, writes 
 to out_dir, prints the headline lines and returns the report as a dict.
 """
 
-from dataclasses import asdict
 from pathlib import Path
 
 from PIL import Image
 
 from tinyldm.data import DataError
-from tinyldm.diffusion import SamplingConfig, nfe
+from tinyldm.diffusion import SamplingConfig
 from tinyldm.evaluation.metrics import topk_correct
 from tinyldm.evaluation.pipeline import (
     Reference,
@@ -29,6 +28,7 @@ from tinyldm.evaluation.sweep import (
     guidance_sweep,
     sample_users,
     sampler_sweep,
+    settings_record,
 )
 from tinyldm.generate import DEFAULT_SAMPLING
 from tinyldm.runs import RunError, check_writable, read_config
@@ -128,7 +128,7 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
     model, _ = load_ldm(run_dir, device, weights)
     x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampling, device, progress=not quiet)
     write_pngs(out_dir / "generated", x, y, ref.classes, ref.channels)
-    report["settings"] = {**asdict(sampling), "nfe": nfe(sampling.sampler, sampling.steps),
+    report["settings"] = {**settings_record(sampling),
                           "n_per_user": n_per_user, "weights": weights, "sample_seconds": seconds,
                           "generated": str(out_dir / "generated")}
     report["generated"] = evaluate_images(ref, x, y, with_tstr, seed)

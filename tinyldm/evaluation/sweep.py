@@ -7,7 +7,7 @@ runs on a batch twice as large (conditional and unconditional together).
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import torch
 from tqdm import tqdm
@@ -53,7 +53,7 @@ def guidance_sweep(model, vae, run_config: dict, ref: Reference, scales=GUIDANCE
     for w in tqdm(scales, desc="guidance sweep", unit="scale"):
         point = replace(sampling, cfg_scale=w)
         x, y, seconds = sample_users(model, vae, run_config, n_per_user, point, device)
-        points.append({**_settings(point), "seconds_per_image": seconds / len(y),
+        points.append({**settings_record(point), "seconds_per_image": seconds / len(y),
                        **measure_point(ref, x, y, point.seed)})
     return points
 
@@ -65,15 +65,14 @@ def sampler_sweep(model, vae, run_config: dict, ref: Reference, samplers=SWEEP_S
     points = []
     for point in tqdm(grid, desc="sampler sweep", unit="setting"):
         x, y, seconds = sample_users(model, vae, run_config, n_per_user, point, device)
-        points.append({**_settings(point), "seconds_per_image": seconds / len(y),
+        points.append({**settings_record(point), "seconds_per_image": seconds / len(y),
                        **measure_point(ref, x, y, point.seed)})
     return points
 
 
-def _settings(sampling: SamplingConfig) -> dict:
-    """What a report row says about how its images were sampled."""
-    return {"sampler": sampling.sampler, "steps": sampling.steps, "nfe": nfe(sampling.sampler, sampling.steps),
-            "cfg_scale": sampling.cfg_scale}
+def settings_record(sampling: SamplingConfig) -> dict:
+    """What a report says about how its images were sampled: every setting, and the network calls."""
+    return {**asdict(sampling), "nfe": nfe(sampling.sampler, sampling.steps)}
 
 
 def best_guidance(points: list[dict]) -> dict:
