@@ -4,9 +4,13 @@
     python sample.py --run runs/ldm-dit-tiny --users 0,5,7 --n-per-user 16 --cfg-scale 8
     python sample.py --run runs/ldm-dit-tiny --sampler heun --steps 30 --trajectory
 
-Writes OUT/<user>/<index>.png (the layout of a data folder, so the evaluation can read it), OUT/grid.png
-(rows = users) and, with --trajectory, OUT/trajectory.png: the decoded x̂0 prediction after each step for
-the first image of every user (rows = users, columns = steps) — how denoising builds the picture.
+Writes OUT/<user>/<index>.png (the layout of a data folder, so the evaluation can read it) and three pictures:
+  OUT/grid.png                 every user's images, a row per user with its name, in up to 4 blocks of 8 users
+  OUT/real_vs_generated.png    the first ≤ 8 users: --compare-real N real training images | N generated ones
+                               (skipped, with a notice, when the run's data folder cannot be read here)
+  OUT/trajectory.png           with --trajectory: the decoded x̂0 prediction of the first image of the first
+                               --trajectory-users users at ≤ 8 evenly spaced steps (the last included), enlarged
+                               to ≥ 128 px, columns headed by step and time t — how denoising builds the picture.
 """
 
 import argparse
@@ -16,17 +20,23 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from tinyldm.data import DataError, UserImageFolder
+from tinyldm.diffusion import Schedule
 from tinyldm.generate import add_sampling_args, generate, sampling_config
 from tinyldm.models.loading import load_autoencoder, load_ldm
 from tinyldm.options import SEED_RANGE, at_least, check_ranges, device_name
 from tinyldm.runs import check_writable, resolve_device, run_cli
-from tinyldm.viz import image_grid, to_uint8
+from tinyldm.viz import real_vs_generated, to_uint8, trajectory_picture, user_blocks
+
+COMPARE_USERS = 8  # users (the first ones asked for) in real_vs_generated.png
 
 # What each numeric option allows (tinyldm.options), checked once at start-up. The sampling options (--steps, --eta,
 # --cfg-scale, --cfg-rescale) are checked by SamplingConfig, the first thing run() builds.
 OPTION_RANGES = {
     "n_per_user": at_least(1),
     "batch_size": at_least(1),
+    "trajectory_users": at_least(1),
+    "compare_real": at_least(0, "0 = off"),
     "seed": SEED_RANGE,
 }
 
@@ -41,7 +51,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--n-per-user", type=int, default=4, help="images per user")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA (default) or raw weights")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--trajectory", action="store_true", help="also write the denoising trajectory strip")
+    p.add_argument("--trajectory", action="store_true",
+                   help="also write OUT/trajectory.png: x̂0 after ≤ 8 evenly spaced steps (the last included), "
+                        "enlarged to ≥ 128 px, for the first --trajectory-users users")
+    p.add_argument("--trajectory-users", type=int, default=4, metavar="N",
+                   help="users (the first N of --users) shown in trajectory.png")
+    p.add_argument("--compare-real", type=int, default=4, metavar="N",
+                   help="write OUT/real_vs_generated.png: for the first ≤ 8 users, N real images from the run's "
+                        "training data beside N generated ones; 0 = off. Skipped, with a notice, when the data "
+                        "folder (config.json 'data') cannot be read from here")
     p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/samples/<sampler>_<steps>)")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 … or mps")
     p.add_argument("--seed", type=int, default=0, help="same seed, same images")
@@ -83,11 +101,34 @@ def parse_users(spec: str, classes: list[str]) -> list[int]:
     return unique
 
 
+def real_images(cfg: dict, vae_run: dict, names: list[str], n: int) -> list[torch.Tensor] | None:
+    """The first n training images of each named user, read as train_ldm.py read them (the run's data folder at the
+    autoencoder's size, channels and split) → a list of (≤ n, C, H, W) in [−1, 1]; None, after one notice line,
+    when that data cannot be read here (moved, another machine, other users): the sampling never fails for it."""
+    root, d, a = cfg.get("data"), vae_run["data"], vae_run["args"]
+    try:
+        if root is None:
+            raise DataError("the run's config.json names no data folder")
+        if not Path(root).exists():
+            raise DataError(f"the run's data folder {root} is not here")
+        ds = UserImageFolder(root, image_size=d["image_size"], channels=d["channels"], split="train",
+                             val_fraction=a["val_fraction"], seed=a["seed"])
+        missing = [name for name in names if name not in ds.class_to_idx]
+        if missing:
+            raise DataError(f"{root} has no user {missing[0]!r} now")
+    except (DataError, OSError) as e:
+        print(f"notice: no real_vs_generated.png: {e}; set 'data' in the run's config.json to its training data, "
+              "or pass --compare-real 0")
+        return None
+    index = {name: [i for i, (_, k) in enumerate(ds.samples) if k == ds.class_to_idx[name]][:n] for name in names}
+    return [torch.stack([ds[i][0] for i in index[name]]) for name in names]  # each (≤ n, C, H, W)
+
+
 def run(args: argparse.Namespace) -> Path:
     sampling = sampling_config(args)
     device = resolve_device(args.device)
     model, cfg = load_ldm(args.run, device, args.weights)
-    vae, _ = load_autoencoder(cfg["vae"], device)
+    vae, vae_run = load_autoencoder(cfg["vae"], device)
     users = parse_users(args.users, cfg["classes"])
     out = args.out or Path(args.run) / "samples" / f"{sampling.sampler}_{sampling.steps}"
     check_writable(out)
@@ -96,17 +137,32 @@ def run(args: argparse.Namespace) -> Path:
     images, trajectory = generate(model, vae, cfg, users, args.n_per_user, sampling, batch_size=args.batch_size,
                                   device=device, progress=True, trajectory=args.trajectory)
 
-    # Write one PNG per image, the grid and the trajectory.
+    # Write one PNG per image and the grid.
     names = [cfg["classes"][u] for u in users]
     for name, row in zip(names, images):
         (out / name).mkdir(exist_ok=True)
         for i, img in enumerate(to_uint8(row)):
             Image.fromarray(img if cfg["channels"] == 3 else img[..., 0]).save(out / name / f"{i:03d}.png")
-    image_grid(list(images), row_labels=names).save(out / "grid.png")
+    user_blocks(list(images), names).save(out / "grid.png")
+    pictures = ["grid.png"]
+
+    # The trajectory, its columns headed by the time t of each step: `sample` builds its time grid ts from --steps
+    # and --spacing and reports step i at ts[i].
     if trajectory is not None:
-        image_grid(list(torch.stack(trajectory, dim=1)), row_labels=names).save(out / "trajectory.png")
-    print(f"wrote {len(users) * args.n_per_user} images of {len(users)} users to {out}/<user>/NNN.png; "
-          f"grid {out / 'grid.png'}" + (f"; trajectory {out / 'trajectory.png'}" if trajectory else ""))
+        ts = Schedule.from_config(cfg["schedule"]).timesteps(sampling.steps, sampling.spacing)  # (N,)
+        trajectory_picture(trajectory, names, ts.tolist(), users=args.trajectory_users).save(out / "trajectory.png")
+        pictures.append("trajectory.png")
+
+    # Real beside generated, for the first users.
+    if args.compare_real > 0:
+        shown = names[:COMPARE_USERS]
+        real = real_images(cfg, vae_run, shown, args.compare_real)
+        if real is not None:
+            generated = [row[:args.compare_real] for row in images[:len(shown)]]  # each (≤ N, C, H, W)
+            real_vs_generated(real, generated, shown).save(out / "real_vs_generated.png")
+            pictures.append("real_vs_generated.png")
+    print(f"wrote {len(users) * args.n_per_user} images of {len(users)} users to {out}/<user>/NNN.png and "
+          f"{', '.join(pictures)} to {out}")
     return out
 
 

@@ -1,4 +1,5 @@
-"""Pictures people would rather look at than read: image grids, error maps, loss curves. PIL only."""
+"""Pictures people would rather look at than read: image grids and tables (users in blocks, denoising trajectories,
+real beside generated), error maps, loss curves. PIL only."""
 
 import math
 from pathlib import Path
@@ -31,20 +32,146 @@ def error_map(x: torch.Tensor, x_hat: torch.Tensor, full_scale: float = 0.5) -> 
     return heat((x - x_hat).abs().mean(dim=1) / full_scale)
 
 
-def image_grid(rows: list[torch.Tensor], pad: int = 2, row_labels: list[str] | None = None) -> Image.Image:
-    """rows: list of (N, C, H, W) tensors in [−1, 1], all the same N, H, W → one PIL image, a row each."""
-    arrays = [to_uint8(r) for r in rows]
-    n, h, w = arrays[0].shape[0], arrays[0].shape[1], arrays[0].shape[2]
-    label_w = 0 if row_labels is None else 8 + 7 * max(len(s) for s in row_labels)
-    grid = Image.new("RGB", (label_w + n * (w + pad) + pad, len(rows) * (h + pad) + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(grid)
+# ---- image tables: rows of images with names, headers, blocks ----------------------------------------------------
+#
+# Every table has one geometry, which the tests derive: an image is a cell of (H·scale) × (W·scale) px; cells sit
+# `pad` px apart and `pad` px from the edges; row names take a column `label_w` px wide at the left; a header of
+# LINE_H px per line of text sits above the cells. So image j of row i has its top-left corner at
+#     x = label_w + pad + j·(W·scale + pad),   y = header + pad + i·(H·scale + pad).
+
+LINE_H = 12  # px per line of PIL's default font in a header
+WHITE = (255, 255, 255)
+
+
+def text_width(text: str) -> int:
+    """Width in px of `text` (its widest line) in PIL's default font."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    return math.ceil(max(draw.textlength(line) for line in text.split("\n")))
+
+
+def label_width(labels: list[str] | None) -> int:
+    """Width of a column of row names: the widest name plus an 8-px margin; 0 without names."""
+    return 8 + max(text_width(s) for s in labels) if labels else 0
+
+
+def upscale(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(…, H, W) → (…, H·f, W·f) by nearest neighbour: each pixel becomes an f × f square, nothing is smoothed."""
+    return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def scale_for(size: int, min_size: int = 128) -> int:
+    """The smallest whole factor that shows a `size`-px image at ≥ min_size px (1 if it already is that big)."""
+    return max(1, math.ceil(min_size / size))
+
+
+def image_rows(rows: list[torch.Tensor], row_labels: list[str] | None = None, *, scale: int = 1, pad: int = 2,
+               title: str | None = None, column_labels: list[str] | None = None,
+               label_w: int | None = None) -> Image.Image:
+    """rows: list of (n_i, C, H, W) tensors in [−1, 1], one C, H, W → one PIL image, a row each, its name at the left.
+
+    Rows may hold different numbers of images (the widest sets the width). `title` is one header line over the
+    cells; `column_labels` (one per column, "\n" between lines) head each column below it. label_w defaults to
+    label_width(row_labels); pass one value to tables that should line up.
+    """
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"{len(row_labels)} row names for {len(rows)} rows of images; give one name per row")
+    arrays = [to_uint8(upscale(r, scale)) for r in rows]  # each (n_i, h, w, 3)
+    n, h, w = max(a.shape[0] for a in arrays), arrays[0].shape[1], arrays[0].shape[2]
+    label_w = label_width(row_labels) if label_w is None else label_w
+    column_lines = max((s.count("\n") + 1 for s in column_labels), default=0) if column_labels else 0
+    top = LINE_H * ((title is not None) + column_lines)  # header height
+    table = Image.new("RGB", (label_w + n * (w + pad) + pad, top + len(rows) * (h + pad) + pad), WHITE)
+    draw = ImageDraw.Draw(table)
+    # Header: the title over the first cell, then each column's label over its cell.
+    if title is not None:
+        draw.text((label_w + pad, 0), title, fill=(0, 0, 0))
+    for j, text in enumerate(column_labels or []):
+        for k, line in enumerate(text.split("\n")):
+            draw.text((label_w + pad + j * (w + pad), top - LINE_H * (column_lines - k)), line, fill=(0, 0, 0))
+    # Cells, and each row's name centred on its height.
     for i, arr in enumerate(arrays):
-        y = pad + i * (h + pad)
+        y = top + pad + i * (h + pad)
         for j in range(arr.shape[0]):
-            grid.paste(Image.fromarray(arr[j]), (label_w + pad + j * (w + pad), y))
+            table.paste(Image.fromarray(arr[j]), (label_w + pad + j * (w + pad), y))
         if row_labels is not None:
-            draw.text((4, y + h // 2 - 5), row_labels[i], fill=(0, 0, 0))
-    return grid
+            draw.text((4, y + h // 2 - 6), row_labels[i], fill=(0, 0, 0))
+    return table
+
+
+def image_grid(rows: list[torch.Tensor], pad: int = 2, row_labels: list[str] | None = None) -> Image.Image:
+    """rows: list of (N, C, H, W) tensors in [−1, 1] → one PIL image, a row each (image_rows at 1×, no header)."""
+    return image_rows(rows, row_labels, pad=pad)
+
+
+def side_by_side(pictures: list[Image.Image], gap: int = 16) -> Image.Image:
+    """PIL images left to right, top-aligned, `gap` px of white between them."""
+    canvas = Image.new("RGB", (sum(p.width for p in pictures) + gap * (len(pictures) - 1),
+                               max(p.height for p in pictures)), WHITE)
+    x = 0
+    for p in pictures:
+        canvas.paste(p, (x, 0))
+        x += p.width + gap
+    return canvas
+
+
+def user_blocks(images_per_user: list[torch.Tensor], names: list[str], columns: int = 4, column_height: int = 8,
+                scale: int = 1, pad: int = 2, gap: int = 16) -> Image.Image:
+    """Many users at a glance: blocks side by side, a row per user (its n images, its name at the left).
+
+    images_per_user: list of (n, C, H, W) in [−1, 1], one per name. A block holds up to `column_height` users
+    before the next one starts, and there are at most `columns` blocks (more users make them taller): 31 users
+    are 4 blocks of 8, 12 users 2 blocks of 6, ≤ 8 users one block. Users run down the first block, then the next.
+    """
+    if len(names) != len(images_per_user):
+        raise ValueError(f"{len(names)} names for {len(images_per_user)} users' images; give one name per user")
+    if not names:
+        raise ValueError("no users to draw; give at least one user's images")
+    blocks = min(columns, math.ceil(len(names) / column_height))
+    per_block = math.ceil(len(names) / blocks)
+    label_w = label_width(names)  # one name column width in every block, so the blocks line up
+    return side_by_side([image_rows(images_per_user[i:i + per_block], names[i:i + per_block], scale=scale,
+                                    pad=pad, label_w=label_w) for i in range(0, len(names), per_block)], gap)
+
+
+def evenly_spaced(total: int, k: int) -> list[int]:
+    """≤ k indices into 0 … total − 1, evenly spaced, the first and the last included (all when total ≤ k)."""
+    if total <= k:
+        return list(range(total))
+    if k == 1:
+        return [total - 1]
+    return [round(i * (total - 1) / (k - 1)) for i in range(k)]  # distinct: the spacing is > 1
+
+
+def trajectory_picture(trajectory: list[torch.Tensor], names: list[str], times: list[float] | None = None,
+                       users: int = 4, max_steps: int = 8, min_size: int = 128, pad: int = 2) -> Image.Image:
+    """How denoising builds the picture: rows = the first `users` users, columns = ≤ max_steps evenly spaced steps
+    (the last included) of x̂0, each image enlarged (nearest neighbour) to ≥ min_size px.
+
+    trajectory: generate()'s list over steps of x̂0 (U, C, H, W), names: the U users' names, times: the schedule
+    time t of each step (where the network was asked), shown under the step number when given.
+    """
+    if len(names) != trajectory[0].shape[0]:
+        raise ValueError(f"{len(names)} names for a trajectory of {trajectory[0].shape[0]} users")
+    steps = evenly_spaced(len(trajectory), max_steps)
+    shown = torch.stack([trajectory[s][:users] for s in steps], dim=1)  # (u, k, C, H, W)
+    header = [f"step {s + 1}/{len(trajectory)}" + ("" if times is None else f"\nt = {times[s]:.4g}") for s in steps]
+    return image_rows(list(shown), names[:users], scale=scale_for(shown.shape[-2], min_size), pad=pad,
+                      column_labels=header)
+
+
+def real_vs_generated(real: list[torch.Tensor], generated: list[torch.Tensor], names: list[str],
+                      min_size: int = 128, pad: int = 2, gap: int = 24) -> Image.Image:
+    """Rows = users: their real images, a gap, then generated ones, under the headers "real" and "generated".
+
+    real, generated: lists of (n, C, H, W) in [−1, 1], one per name (n may differ); images are enlarged (nearest
+    neighbour) to ≥ min_size px.
+    """
+    if not len(real) == len(generated) == len(names):
+        raise ValueError(f"{len(real)} users' real images, {len(generated)} generated, {len(names)} names; "
+                         "give the same users to all three")
+    scale = scale_for(generated[0].shape[-2], min_size)
+    return side_by_side([image_rows(real, names, scale=scale, pad=pad, title="real"),
+                         image_rows(generated, None, scale=scale, pad=pad, title="generated")], gap)
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
