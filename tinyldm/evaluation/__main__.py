@@ -6,7 +6,10 @@
     python evaluate.py --run runs/demo/vae                                              # autoencoder reconstructions
 
 A small ResNet-style classifier is trained on the real training split (spectrogram-safe augmentation),
-early-stopped on the real validation split, saved (RUN/classifier or OUT/classifier) and reused. Its validation
+early-stopped on the real validation split, saved (RUN/classifier or OUT/classifier) and reused. It is also
+cached in $TINYLDM_CACHE/classifier (default ~/.cache/tinyldm/classifier), keyed by the real images' pixels,
+split and training settings, so a new run folder on the same data loads it instead of training it again
+(--no-cache: neither read nor write that cache; --classifier DIR: only DIR). Its validation
 accuracy is the ceiling every figure is read against. Measured on generated images, per user and overall:
 condition accuracy (top-1/top-5 on images made for user k), Fréchet distance and KID in the classifier's
 penultimate features, precision/recall (k-NN manifolds), TSTR (classifier trained on generated images only,
@@ -78,7 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--split-seed", type=int, default=0, help="--real only: seed of the train/validation split")
     g.add_argument("--classifier", type=Path, default=None, metavar="DIR",
                    help="folder to keep/reuse the classifier in (default RUN/classifier or OUT/classifier)")
-    g.add_argument("--retrain-classifier", action="store_true", help="train a new classifier even if one fits")
+    g.add_argument("--retrain-classifier", action="store_true",
+                   help="train a new classifier even if one fits (and refresh the cached one)")
+    g.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the shared classifier cache ($TINYLDM_CACHE, default ~/.cache/tinyldm)")
     g.add_argument("--no-tstr", action="store_true", help="skip TSTR (it trains a second classifier)")
     add_sampling_args(p)  # --run with a train_ldm.py run: the main measurement's settings (and the sweeps' others)
     g = p.add_argument_group("images (--run with a train_ldm.py run)")
@@ -108,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
                             samplers=parse_list(args.sweep_samplers, str, "--sweep-samplers"),
                             steps_list=parse_list(args.sweep_steps, int, "--sweep-steps"),
                             sweep_n_per_user=args.sweep_n_per_user, classifier_dir=args.classifier, device=device,
-                            weights=args.weights, retrain=args.retrain_classifier)
+                            weights=args.weights, retrain=args.retrain_classifier, use_cache=not args.no_cache)
     if args.real is None or args.generated is None:
         raise ValueError("give --run RUN_DIR, or both --real DIR and --generated DIR")
     if args.sweep:
@@ -117,7 +123,7 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("--out DIR is needed with --real/--generated (where report.md and the classifier go)")
     return evaluate_folders(args.real, args.generated, args.out, args.image_size, args.channels, args.val_fraction,
                             args.split_seed, args.classifier, not args.no_tstr, args.seed, device,
-                            args.retrain_classifier)
+                            args.retrain_classifier, use_cache=not args.no_cache)
 
 
 def main(argv=None) -> int:

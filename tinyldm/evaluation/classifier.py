@@ -16,6 +16,11 @@ while keeping *where* in Doppler the energy lies (walking speed, limb swing), wh
 """
 
 import copy
+import hashlib
+import inspect
+import json
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,22 +218,114 @@ def load_classifier(folder: Path, device="cpu") -> tuple[UserClassifier, dict]:
     return model.to(device).eval(), saved
 
 
+def save_classifier(folder: Path, model: UserClassifier, saved: dict) -> None:
+    """model.safetensors + config.json (the record) into folder, each file written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_weights(folder / "model.safetensors", model.state_dict())
+    atomic_write_json(folder / "config.json", saved)
+
+
+# ---- the shared cache: one classifier per data set and settings, for every run folder -------------------------
+
+def cache_root() -> Path:
+    """Where classifiers are shared between run folders: $TINYLDM_CACHE/classifier, else ~/.cache/tinyldm/classifier."""
+    return Path(os.environ.get("TINYLDM_CACHE") or Path.home() / ".cache" / "tinyldm") / "classifier"
+
+
+def cache_key(train_x, train_y, val_x, val_y, data: dict, config: ClassifierConfig, seed: int, device,
+              train_kwargs: dict) -> dict:
+    """Everything the trained weights depend on, so that a cache hit is bit-identical to training afresh: the
+    pixels and labels of both splits (a changed, added or removed image changes them; where the data lies does
+    not), the split and augmentation, the architecture, seed and training settings, the device type, the torch
+    version and the training code itself (this file and the augmentation's)."""
+    pixels = hashlib.sha256()
+    for t in (train_x, train_y, val_x, val_y):  # (N, C, H, W) float32 and (N,) int64
+        pixels.update(t.contiguous().numpy().tobytes())
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(inspect.getfile(SpectrogramAugment)).read_bytes())
+    key = {"data": {k: v for k, v in data.items() if k != "root"}, "pixels": pixels.hexdigest(),
+           "config": asdict(config), "seed": seed, "train": dict(sorted(train_kwargs.items())),
+           "device": torch.device(device).type, "torch": torch.__version__, "code": code.hexdigest()}
+    return json.loads(json.dumps(key))  # as config.json will hold it (tuples → lists), so the two compare equal
+
+
+def cache_entry(cache: Path, key: dict) -> Path:
+    """cache/<first 16 hex digits of the key's SHA-256>/"""
+    return Path(cache) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_cached(entry: Path, key: dict, device="cpu") -> tuple[UserClassifier, dict] | None:
+    """The classifier in a cache entry; None if there is none, or (with one notice) if it is damaged."""
+    if not entry.exists():
+        return None
+    try:
+        model, saved = load_classifier(entry, device)
+        if saved.get("cache_key") != key or "val_acc" not in saved.get("results", {}):
+            raise RunError("its config.json does not describe the classifier filed under this key")
+        return model, saved
+    except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:  # RunError is a ValueError
+        print(f"notice: the cached classifier {entry} is damaged ({str(e).splitlines()[0][:120]}); training it again")
+        return None
+
+
+def store_cached(entry: Path, model: UserClassifier, saved: dict) -> None:
+    """Write the entry completely under a temporary name, then rename it into place, so that another process
+    never sees half a classifier; an entry already there (retrain=True, or a damaged one) is moved aside first."""
+    tmp, old = (entry.with_name(f".{entry.name}.{os.getpid()}.{end}") for end in ("tmp", "old"))
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_classifier(tmp, model, saved)
+        if entry.exists():
+            os.replace(entry, old)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not entry.is_dir():
+                raise
+            # Another process cached the same classifier meanwhile (identical: same key, deterministic): keep theirs.
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def classifier_for(folder: Path, train_ds, val_ds, seed: int = 0, device="cpu", retrain: bool = False,
-                   **train_kwargs) -> tuple[UserClassifier, dict]:
-    """The classifier of (train_ds, val_ds): loaded from `folder` if it was trained on the same data, else trained
-    (early-stopped on val_ds) and saved there. → (model, saved record with "results": val_acc, best_step, ...)."""
+                   cache: Path | None = None, **train_kwargs) -> tuple[UserClassifier, dict]:
+    """The classifier of (train_ds, val_ds), early-stopped on val_ds and kept in `folder`. → (model, saved record
+    with "results": val_acc, best_step, ...).
+
+    Looked up, in order: in the shared `cache` folder (cache_root(); None = no cache) under cache_key(), a hit being
+    copied into `folder`; in `folder` if it was trained on the same data; else trained and saved to `folder` and
+    the cache. retrain=True skips both look-ups and refreshes both copies.
+    """
     folder = Path(folder)
     key = data_key(train_ds, val_ds)
+    config = ClassifierConfig(num_classes=len(train_ds.classes), in_channels=train_ds.channels,
+                              image_size=train_ds.image_size)
+    entry, full_key = None, None
+    # 1. The shared cache, keyed by everything the weights depend on.
+    if cache is not None:
+        train_x, train_y = stack_split(train_ds)
+        val_x, val_y = stack_split(val_ds)
+        full_key = cache_key(train_x, train_y, val_x, val_y, key, config, seed, device, train_kwargs)
+        entry = cache_entry(cache, full_key)
+        hit = None if retrain else load_cached(entry, full_key, device)
+        if hit is not None:
+            model, saved = hit
+            saved = {**saved, "data": key}  # this data's root, so that `folder` on its own reuses its copy too
+            save_classifier(folder, model, saved)
+            print(f"classifier: from the cache {entry} (real-validation accuracy {saved['results']['val_acc']:.1%}); "
+                  f"copied to {folder}")
+            return model, saved
+    # 2. The folder's own classifier, if it was trained on the same data split.
     if not retrain and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         model, saved = load_classifier(folder, device)
         if saved.get("data") == key and saved.get("seed") == seed:
             print(f"classifier: reused {folder} (real-validation accuracy {saved['results']['val_acc']:.1%})")
             return model, saved
         print(f"classifier: {folder} was trained on other data, augmentation or seed; training a new one")
-    train_x, train_y = stack_split(train_ds)
-    val_x, val_y = stack_split(val_ds)
-    config = ClassifierConfig(num_classes=len(train_ds.classes), in_channels=train_ds.channels,
-                              image_size=train_ds.image_size)
+    # 3. Train, save to the folder and the cache.
+    if cache is None:
+        train_x, train_y = stack_split(train_ds)
+        val_x, val_y = stack_split(val_ds)
     model, history = train_classifier(train_x, train_y, config, val_x, val_y, seed=seed, device=device,
                                       **train_kwargs)
     results = {"val_acc": history["best_val_acc"], "best_epoch": history["best_epoch"],
@@ -236,9 +333,16 @@ def classifier_for(folder: Path, train_ds, val_ds, seed: int = 0, device="cpu", 
                "train_seconds": round(history["train_seconds"], 1)}
     saved = {"kind": "classifier", "config": asdict(config), "data": key, "seed": seed, "results": results,
              "history": history["epochs"]}
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_save_weights(folder / "model.safetensors", model.state_dict())
-    atomic_write_json(folder / "config.json", saved)
+    if full_key is not None:
+        saved["cache_key"] = full_key
+    save_classifier(folder, model, saved)
+    where = f"saved to {folder}"
+    if entry is not None:
+        try:
+            store_cached(entry, model, saved)
+            where += f" and cached in {entry}"
+        except OSError as e:
+            where += f" (not cached in {entry}: {e}; set TINYLDM_CACHE to a writable folder)"
     print(f"classifier: trained in {results['train_seconds']:.0f} s, best epoch {results['best_epoch']}, "
-          f"real-validation accuracy {results['val_acc']:.1%}; saved to {folder}")
+          f"real-validation accuracy {results['val_acc']:.1%}; {where}")
     return model, saved

@@ -55,15 +55,17 @@ class Reference:
 
 
 def build_reference(root, image_size: int, channels: int, val_fraction: float = 0.1, split_seed: int = 0,
-                    classifier_dir=None, seed: int = 0, device="cpu", retrain: bool = False) -> Reference:
-    """Load the real splits, reuse or train the classifier in `classifier_dir`, embed both splits."""
+                    classifier_dir=None, seed: int = 0, device="cpu", retrain: bool = False,
+                    cache: Path | None = None) -> Reference:
+    """Load the real splits, take the classifier from the shared `cache` folder (None: none) or `classifier_dir`
+    or train it (saved in both), embed both splits."""
     split = {"image_size": image_size, "channels": channels, "val_fraction": val_fraction, "seed": split_seed}
     train_ds = UserImageFolder(root, split="train", **split)
     val_ds = UserImageFolder(root, split="val", **split)
     need(len(val_ds), PR_K + 1, "the evaluation", f"real validation images (val_fraction={val_fraction})",
          "raise --val-fraction or add real images")
     folder = Path(classifier_dir)
-    model, record = classifier_for(folder, train_ds, val_ds, seed=seed, device=device, retrain=retrain)
+    model, record = classifier_for(folder, train_ds, val_ds, seed=seed, device=device, retrain=retrain, cache=cache)
     train_x, train_y = stack_split(train_ds)
     val_x, val_y = stack_split(val_ds)
     train_feats, _ = embed(model, train_x)

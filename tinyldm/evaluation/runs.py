@@ -2,6 +2,11 @@
 
 Each builds the real reference (classifier reused or trained), measures, writes report.json / report.md / plots
 to out_dir, prints the headline lines and returns the report as a dict.
+
+Unless a classifier_dir is given, the classifier comes from the shared cache ($TINYLDM_CACHE/classifier, else
+~/.cache/tinyldm/classifier) when one was trained on the same data with the same settings, and is copied into
+the run's own classifier folder either way, so that the run folder stays self-contained. use_cache=False (and
+an explicit classifier_dir) neither read nor write the cache.
 """
 
 from pathlib import Path
@@ -10,6 +15,7 @@ from PIL import Image
 
 from tinyldm.data import DataError
 from tinyldm.diffusion import SamplingConfig
+from tinyldm.evaluation.classifier import cache_root
 from tinyldm.evaluation.metrics import topk_correct
 from tinyldm.evaluation.pipeline import (
     Reference,
@@ -59,18 +65,21 @@ def _finish(report: dict, out_dir: Path, quiet: bool) -> dict:
 
 def evaluate_folders(real, generated, out_dir, image_size: int | None = None, channels: int | None = None,
                      val_fraction: float = 0.1, split_seed: int = 0, classifier_dir=None, with_tstr: bool = True,
-                     seed: int = 0, device="cpu", retrain: bool = False, quiet: bool = False) -> dict:
+                     seed: int = 0, device="cpu", retrain: bool = False, quiet: bool = False,
+                     use_cache: bool = True) -> dict:
     """Generated images in `generated`/<user>/*.png against the real data folder (or CSV) `real`.
 
     image_size/channels default to those of the first real image; the classifier is kept in classifier_dir
-    (default out_dir/classifier) and reused while the real data and split stay the same.
+    (default out_dir/classifier, and the shared cache: see above) and reused while the real data and split stay
+    the same.
     """
     out_dir = Path(out_dir)
     check_writable(out_dir)
     size, ch = real_format(real)
     image_size, channels = image_size or size, channels or ch
+    cache = cache_root() if use_cache and classifier_dir is None else None
     ref = build_reference(real, image_size, channels, val_fraction, split_seed,
-                          classifier_dir or out_dir / "classifier", seed, device, retrain)
+                          classifier_dir or out_dir / "classifier", seed, device, retrain, cache)
     x, y = read_generated(generated, ref)
     report = _header(ref, str(generated), "folders", val_fraction, split_seed)
     report["generated"] = evaluate_images(ref, x, y, with_tstr, seed)
@@ -89,16 +98,19 @@ def write_pngs(folder: Path, x, y, classes: list[str], channels: int) -> None:
 def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SAMPLING, n_per_user: int = 8,
                  with_tstr: bool = True, sweep: bool = False, guidance_scales=GUIDANCE_SCALES,
                  samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS, sweep_n_per_user: int = 4, classifier_dir=None,
-                 device="cpu", weights: str = "ema", retrain: bool = False, quiet: bool = False) -> dict:
+                 device="cpu", weights: str = "ema", retrain: bool = False, quiet: bool = False,
+                 use_cache: bool = True) -> dict:
     """Evaluate a train_ldm.py run (sample n_per_user images of every user with `sampling`, then measure;
     optionally sweep guidance and samplers × steps) or a train_vae.py run (reconstructions). sampling.seed also
     seeds the classifiers and KID's subsets. Writes to out_dir (default RUN/eval), keeps the classifier in
-    classifier_dir (default RUN/classifier), prints the headline lines, returns the report."""
+    classifier_dir (default RUN/classifier, and the shared cache: see above), prints the headline lines, returns
+    the report."""
     seed = sampling.seed
     from tinyldm.models.loading import load_autoencoder, load_ldm  # the models are only needed for runs
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    cache = cache_root() if use_cache and classifier_dir is None else None
     classifier_dir = Path(classifier_dir) if classifier_dir is not None else run_dir / "classifier"
     cfg = read_config(run_dir)
     if cfg.get("kind") not in ("ldm", "autoencoder"):
@@ -112,7 +124,7 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
     d = vae_cfg["data"]
     root = cfg["data"] if cfg["kind"] == "ldm" else d["root"]
     ref = build_reference(root, d["image_size"], d["channels"], val_fraction, split_seed, classifier_dir, seed,
-                          device, retrain)
+                          device, retrain, cache)
     if ref.classes != d["classes"]:
         raise DataError(f"the data at {root} now has users {ref.classes[:3]}… ({len(ref.classes)}) but {run_dir} "
                         f"was trained on {d['classes'][:3]}… ({len(d['classes'])}); evaluate against the run's data")
