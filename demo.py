@@ -1,19 +1,19 @@
 """`make demo`: the main job end to end on the built-in simulated micro-Doppler set, sized for 2 CPU cores.
 
   1. data     generate the tiny simulated set (31 users × 40 images, 64×64) once under data/
-  2. vae      train the tiny AutoencoderKL (f = 4: 64×64×3 → 16×16×4) for 12 epochs at lr 1e-3
-  3. ldm      train a tiny class-conditional DiT on the frozen latents (rectified flow, CFG dropout 0.1)
-  4. sample   draw 4 images of every one of the 31 users with DPM-Solver++(2M), 20 steps, guidance 4
-  5. eval     train the user-ID classifier on the real data, then measure 8 generated images per user
+  2. vae      train the tiny AutoencoderKL (f = 2: 64×64×3 → 32×32×4) with train_vae.py's tiny recipe
+  3. ldm      train a tiny class-conditional DiT (or --backbone unet) on the frozen latents with train_ldm.py's
+              tiny recipe (rectified flow, CFG dropout 0.1)
+  4. sample   draw 4 images of every one of the 31 users (sample.py's defaults), the trajectory of 4 users and a
+              real-vs-generated comparison
+  5. eval     the user-ID classifier (trained once, then cached), then 8 generated images per user measured
 
-Every stage is the same script a user runs by hand; the demo only picks small settings. Rerunning the demo
-starts each stage afresh (the simulated data and the latent cache are reused).
+Every stage is the same script a user runs by hand with its defaults: the demo chooses only where things go (and,
+if asked, fewer or more steps). The recipes were found by timing each lever to the evaluation's targets
+(benchmarks/time_to_quality.py, docs/speedrun.md). Rerunning the demo starts each stage afresh (the simulated data,
+the latent cache and the evaluation classifier are reused).
 
-    python demo.py [--out runs/demo] [--vae-epochs 12] [--ldm-steps 1500]
-
-The sizes are chosen for ≤ 15 minutes on 2 CPU cores. Stage 1 is the bottleneck for identity: at 6 epochs the
-autoencoder's reconstructions were recognised as the right user only 28 % of the time and every generated image
-scored at chance; benchmarks/compare_mmdit.py shows what longer training of both stages reaches.
+    python demo.py [--out runs/demo] [--backbone dit|unet] [--vae-epochs N] [--ldm-steps N] [--vae RUN]
 """
 
 import argparse
@@ -31,9 +31,11 @@ from tinyldm.evaluation import evaluate_run
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="where every output of the demo goes")
-    p.add_argument("--vae-epochs", type=int, default=12, help="epochs of stage-1 training")
-    p.add_argument("--ldm-steps", type=int, default=1500, help="optimizer steps of stage-2 training")
-    p.add_argument("--backbone", choices=["dit", "unet"], default="dit")
+    p.add_argument("--vae-epochs", type=int, default=None, help="epochs of stage-1 training (default: the recipe's)")
+    p.add_argument("--ldm-steps", type=int, default=None, help="optimizer steps of stage 2 (default: the recipe's)")
+    p.add_argument("--backbone", choices=["dit", "unet"], default="dit", help="the stage-2 denoiser")
+    p.add_argument("--vae", type=Path, default=None,
+                   help="reuse this finished autoencoder run (e.g. runs/demo/vae) instead of training stage 1")
     args = p.parse_args(argv)
     times, t = {}, time.time()
 
@@ -48,20 +50,18 @@ def main(argv=None) -> int:
     data = default_data_dir("tiny")
     stage("data")
 
-    vae_dir = args.out / "vae"
-    stage("vae", train_vae.main(["--preset", "tiny", "--data", str(data), "--out", str(vae_dir),
-                                 "--epochs", str(args.vae_epochs), "--lr", "1e-3", "--warmup", "50",
-                                 "--ckpt-every", "200"]))
+    vae_dir = args.vae or args.out / "vae"
+    if args.vae is None:
+        stage("vae", train_vae.main(["--data", str(data), "--out", str(vae_dir),
+                                     *(["--epochs", str(args.vae_epochs)] if args.vae_epochs else [])]))
 
     ldm_dir = args.out / f"ldm-{args.backbone}"
-    stage("ldm", train_ldm.main(["--backbone", args.backbone, "--preset", "tiny", "--vae", str(vae_dir),
-                                 "--prediction", "flow", "--out", str(ldm_dir), "--max-steps", str(args.ldm_steps),
-                                 "--lr", "5e-4", "--warmup", "50", "--ema-decay", "0.999", "--ckpt-every", "500",
-                                 "--sample-every", "500"]))
+    stage("ldm", train_ldm.main(["--backbone", args.backbone, "--vae", str(vae_dir), "--out", str(ldm_dir),
+                                 *(["--max-steps", str(args.ldm_steps)] if args.ldm_steps else [])]))
 
     samples_dir = args.out / "samples"
-    stage("sample", sample.main(["--run", str(ldm_dir), "--users", "all", "--n-per-user", "4", "--steps", "20",
-                                 "--cfg-scale", "4", "--out", str(samples_dir), "--trajectory"]))
+    stage("sample", sample.main(["--run", str(ldm_dir), "--users", "all", "--n-per-user", "4",
+                                 "--out", str(samples_dir), "--trajectory"]))
 
     evaluate_run(ldm_dir, args.out / "eval")
     stage("eval")
@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     print(f"  autoencoder run        {vae_dir}  (reconstructions: recon_latest.png; losses: loss_curves.png)")
     print(f"  diffusion run          {ldm_dir}  (progress grids: samples/; losses: loss_curves.png)")
     print(f"  generated images       {samples_dir}/<user>/NNN.png")
-    print(f"  grid, rows = users     {samples_dir / 'grid.png'}")
+    print(f"  grid, users in blocks  {samples_dir / 'grid.png'}")
+    print(f"  real vs generated      {samples_dir / 'real_vs_generated.png'}")
     print(f"  denoising trajectory   {samples_dir / 'trajectory.png'}")
     print(f"  evaluation report      {args.out / 'eval' / 'report.md'}")
     return 0

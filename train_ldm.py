@@ -26,12 +26,14 @@ from tinyldm.data import DataError, UserImageFolder
 from tinyldm.data.latent_cache import cached_latents
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
 from tinyldm.generate import generate
+from tinyldm.layers import written_out_attention
 from tinyldm.models.conditioning import drop_ids
 from tinyldm.models.loading import backbone_config, build_backbone, load_autoencoder, read_run
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name, finite
-from tinyldm.runs import RunError, append_log, read_log, run_cli, unlock_run
+from tinyldm.runs import RunError, append_log, autocast_dtype, read_log, run_cli, unlock_run
 from tinyldm.train import (
     StopRequest,
+    apply_recipe,
     args_record,
     batch_indices,
     check_finite_step,
@@ -56,15 +58,29 @@ RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "stop_after", "ckpt
                        "compile")
 # Options that config.json stores once outside "args", and where (read back on --resume).
 STORED_ELSEWHERE = {"backbone": ("backbone",), "vae": ("vae",), "data": ("data",), "prediction": ("prediction",),
-                    "cond": ("backbone_config", "cond_type"), "schedule": ("schedule", "beta_schedule"),
+                    "cond": ("backbone_config", "cond_type"), "patch_size": ("backbone_config", "patch_size"),
+                    "schedule": ("schedule", "beta_schedule"),
                     "num_train_timesteps": ("schedule", "num_train_timesteps"),
                     "zero_snr": ("schedule", "zero_terminal_snr"), "flow_shift": ("schedule", "shift"),
                     "grid_cfg": ("grid", "sampling", "cfg_scale")}
 GRID_SEED = 1234  # progress grids: the same noise at every step, so the rows show training, not sampling luck
 
+# The settings each preset trains with unless told otherwise. tiny and small: the fastest to quality measured on 2 CPU
+# cores with the tiny preset (docs/speedrun.md, benchmarks/time_to_quality.py); seed: the seed's own
+# hyper-parameters (DDPM ε-prediction; MMDiT is always trained with rectified flow).
+FAST_RECIPE = dict(prediction="flow", flow_shift=3.0, epochs=53, batch_size=32, grad_accum=1, lr=4e-3, warmup=100,
+                   lr_schedule="cosine", ema_decay=0.999)
+RECIPES = {
+    "tiny": FAST_RECIPE,
+    "small": FAST_RECIPE,
+    "seed": dict(prediction="eps", flow_shift=1.0, epochs=200, batch_size=8, grad_accum=4, lr=1e-4, warmup=0,
+                 lr_schedule="constant", ema_decay=0.9999),
+}
+
 # What each numeric option allows (tinyldm.options), checked once at start-up; None (not given) is not checked.
 OPTION_RANGES = {
     "num_train_timesteps": at_least(2),
+    "patch_size": at_least(1),
     "min_snr_gamma": above(0),
     "cond_dropout": between(0, 1, "0 = no classifier-free guidance", high_open=True),
     "flow_shift": above(0, "1 = none"),
@@ -95,44 +111,54 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--cond", choices=["embedding", "onehot_mlp", "tokens"], default=None,
                    help="how a user id is encoded, each with a null id for CFG (default: tokens for mmdit, whose "
                         "condition stream is a token sequence; embedding otherwise)")
+    g.add_argument("--patch-size", type=int, default=None,
+                   help="DiT/MMDiT patch size (default: the preset's); tokens = (latent size / patch)²")
     g = p.add_argument_group("data")
     g.add_argument("--vae", type=Path, default=None,
                    help="the stage-1 run folder (train_vae.py); default runs/vae-kl-<preset> or runs/demo/vae")
     g.add_argument("--data", type=Path, default=None,
                    help="image folders (one per user); default: the data the autoencoder was trained on")
-    g = p.add_argument_group("diffusion (defaults follow the seed: DDPM, 1000 steps, ε-prediction)")
+    g = p.add_argument_group("diffusion (1000 training steps; prediction from the preset's recipe)")
     g.add_argument("--prediction", choices=["eps", "v", "x0", "flow"], default=None,
                    help="what the network predicts; flow = rectified-flow velocity ε − x0 on the flow schedule "
-                        "(default: flow for mmdit, eps otherwise)")
+                        "(default: the recipe's: flow for tiny and small, eps for seed; mmdit always flow)")
     g.add_argument("--schedule", choices=["linear", "scaled_linear", "cosine"], default="linear", help="β schedule")
     g.add_argument("--num-train-timesteps", type=int, default=1000)
     g.add_argument("--zero-snr", action="store_true", help="rescale to zero terminal SNR (pair with --prediction v)")
     g.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR-γ loss weighting, e.g. 5")
     g.add_argument("--cond-dropout", type=float, default=0.1, help="share of user ids replaced by the null id")
-    g.add_argument("--flow-shift", type=float, default=1.0,
-                   help="rectified flow: timestep shift t' = s·t/(1 + (s − 1)·t) (SD3 uses 3 at 1024², 1 = none)")
+    g.add_argument("--flow-shift", type=float, default=None,
+                   help="rectified flow: timestep shift t' = s·t/(1 + (s − 1)·t) (SD3 uses 3 at 1024², 1 = none; "
+                        "default: the recipe's)")
     g.add_argument("--timesteps", choices=["uniform", "logit_normal"], default=None,
                    help="training-time sampling (default: logit_normal for flow, uniform for VP)")
-    g = p.add_argument_group("optimisation (defaults follow the seed)")
-    g.add_argument("--epochs", type=int, default=None, help="passes over the training set (default 200)")
+    g = p.add_argument_group("optimisation (defaults: the preset's recipe, " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v:g}" if not isinstance(v, str) else f"{k} {v}" for k, v in r.items())
+        for name, r in RECIPES.items() if name != "small") + "; small as tiny)")
+    g.add_argument("--epochs", type=int, default=None, help="passes over the training set (default: the recipe's)")
     g.add_argument("--max-steps", type=int, default=None, help="optimizer steps in total (overrides --epochs)")
     g.add_argument("--max-minutes", type=float, default=None,
                    help="also stop once this much training time is spent (summed over resumes; grids and "
                         "checkpoints not counted): for comparisons at equal compute")
-    g.add_argument("--batch-size", type=int, default=8, help="latents per micro-batch (all GPUs together)")
-    g.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (no weight decay)")
-    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
-    g.add_argument("--warmup", type=int, default=0, help="linear LR warmup steps")
+    g.add_argument("--batch-size", type=int, default=None, help="latents per micro-batch (all GPUs together)")
+    g.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step")
+    g.add_argument("--lr", type=float, default=None, help="AdamW learning rate (no weight decay)")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="after warmup: constant, or half-cosine decay to 0 at the last step")
+    g.add_argument("--warmup", type=int, default=None, help="linear LR warmup steps")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0 = off)")
-    g.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay (with warmup (1 + k)/(10 + k))")
+    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay (with warmup (1 + k)/(10 + k))")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone's training forward")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 autocast: auto = on CUDA and on CPUs with AMX-BF16 (there 1.5× faster with the "
+                        "written-out attention), float32 elsewhere and with --compile on the CPU")
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, default=None, help="run folder (default runs/ldm-<backbone>-<preset>)")
     g.add_argument("--resume", type=Path, default=None, help="continue this run folder exactly")
     g.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N optimizer steps (and at the end)")
     g.add_argument("--sample-every", type=int, default=500, help="write a sample grid every N steps (and at the end)")
-    g.add_argument("--grid-cfg", type=float, default=4.0, help="guidance scale of the progress grids")
+    g.add_argument("--grid-cfg", type=float, default=SamplingConfig.cfg_scale,
+                   help="guidance scale of the progress grids (default: sample.py's)")
     g.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after N steps (resume later)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", type=device_name, default="auto",
@@ -164,9 +190,11 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
 
 
 def resolve_defaults(args: argparse.Namespace) -> None:
-    """Defaults that depend on other choices: MMDiT is trained with rectified flow on user tokens."""
-    args.epochs = 200 if args.epochs is None and args.max_steps is None else args.epochs
-    args.prediction = args.prediction or ("flow" if args.backbone == "mmdit" else "eps")
+    """Defaults that depend on other choices: the preset's recipe; MMDiT is trained with rectified flow on user
+    tokens."""
+    if args.backbone == "mmdit" and args.prediction is None:
+        args.prediction = "flow"
+    apply_recipe(args, RECIPES[args.preset])
     args.cond = args.cond or ("tokens" if args.backbone == "mmdit" else "embedding")
     args.timesteps = args.timesteps or ("logit_normal" if args.prediction == "flow" else "uniform")
     if args.zero_snr and args.prediction == "eps":
@@ -258,6 +286,8 @@ def build_training(args, bb_config: dict, world: int, device, weights: dict | No
     """→ (backbone, the module that trains it (compiled and/or DDP-wrapped, or itself), its EMA, AdamW, the per-step
     generator, step, training seconds), from the checkpoint when resuming."""
     model = build_backbone(args.backbone, bb_config).to(device)
+    if device.type == "cpu" and autocast_dtype(device, args.precision, args.compile) is not None:
+        written_out_attention(model)  # CPU bf16: the flash-attention backward is 8× slower, the written-out 1.5× faster
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed)  # every per-step random draw, identical on all ranks
@@ -300,7 +330,8 @@ def draw_step(step: int, labels: torch.Tensor, num_classes: int, latent_shape, s
 def accumulate_gradients(train_model, latents: dict, draw: dict, sched: Schedule, scale: float, args, rank: int,
                          world: int, device) -> float:
     """Forward and backward over the grad_accum micro-batches of this rank → the step's mean loss."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    amp = autocast_dtype(device, args.precision, args.compile)
+    autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     loss_sum = 0.0
     for micro in range(args.grad_accum):
         sub = torch.arange(micro * args.batch_size + rank, (micro + 1) * args.batch_size, world)  # this rank's share
@@ -368,7 +399,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
 
     # Build the backbone, its EMA, the schedule and the optimizer; load the checkpoint when resuming.
     c, h, _ = latent_shape
-    bb_config = backbone_config(args.backbone, args.preset, c, h, len(classes), args.cond)
+    bb_config = backbone_config(args.backbone, args.preset, c, h, len(classes), args.cond, args.patch_size)
     sched = make_schedule(args)
     model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, weights,
                                                                             train_state)

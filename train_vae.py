@@ -27,6 +27,7 @@ from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, 
 from tinyldm.runs import (
     append_log,
     atomic_write_json,
+    autocast_dtype,
     read_log,
     resolve_device,
     run_cli,
@@ -34,6 +35,7 @@ from tinyldm.runs import (
 )
 from tinyldm.train import (
     StopRequest,
+    apply_recipe,
     args_record,
     batch_indices,
     check_finite_step,
@@ -55,14 +57,24 @@ from tinyldm.viz import error_map, image_grid, plot_curves, smooth
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "stop_after", "ckpt_every", "device", "num_workers")
 # Options that config.json stores once outside "args", and where (read back on --resume).
 STORED_ELSEWHERE = {"model": ("model_type",), "data": ("data", "root"), "image_size": ("data", "image_size"),
-                    "channels": ("data", "channels"), "kl_weight": ("loss", "kl"),
+                    "channels": ("data", "channels"), "latent_channels": ("model", "latent_channels"),
+                    "block_out_channels": ("model", "block_out_channels"),
+                    "kl_weight": ("loss", "kl"),
                     "perceptual_weight": ("loss", "perceptual"), "freq_weight": ("loss", "freq"),
                     "rec_loss": ("loss", "rec_kind"), "freq_loss": ("loss", "freq_kind"),
                     "freq_norm": ("loss", "freq_norm")}
 
+# The settings each preset trains with unless told otherwise. tiny: the fastest to quality measured on 2 CPU cores
+# (docs/speedrun.md, benchmarks/time_to_quality.py); seed: the seed's own hyper-parameters.
+RECIPES = {
+    "tiny": dict(epochs=6, batch_size=8, lr=1e-3, warmup=50, lr_schedule="cosine"),
+    "seed": dict(epochs=100, batch_size=16, lr=1e-4, warmup=0, lr_schedule="constant"),
+}
+
 # What each numeric option allows (tinyldm.options), checked once at start-up; None (not given) is not checked.
 OPTION_RANGES = {
     "image_size": at_least(1),  # the autoencoder's config checks it is divisible by its downsampling factor
+    "latent_channels": at_least(1),
     "val_fraction": between(0, 1, "0 = no validation split", high_open=True),
     "epochs": at_least(1),
     "max_steps": at_least(1),
@@ -87,7 +99,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--model", choices=["kl", "vq"], default="kl",
                    help="AutoencoderKL (continuous) or VQModel (codebook)")
     g.add_argument("--preset", choices=["tiny", "seed"], default="tiny",
-                   help="tiny: 64×64, f=4 (CPU); seed: 256×256, f=8, the Stable Diffusion VAE layout")
+                   help="tiny: 64×64, f=2 → 32×32×4 (CPU); seed: 256×256, f=8, the Stable Diffusion VAE layout")
+    g.add_argument("--block-out-channels", type=lambda text: [int(c) for c in text.split(",")], default=None,
+                   metavar="C1,C2,…", help="widths per level (default: the preset's); f = 2^(levels − 1)")
+    g.add_argument("--latent-channels", type=int, default=None,
+                   help="channels of the latent (default: the preset's, 4; SD3/Flux use 16)")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, default=None,
                    help="folder with one sub-folder of images per user; default: the built-in simulated set "
@@ -96,13 +112,16 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--channels", type=int, choices=[1, 3], default=3, help="3 = RGB (jet spectrograms), 1 = grey")
     g.add_argument("--val-fraction", type=float, default=0.1, help="per-user share of images held out for validation")
     g.add_argument("--strict-size", action="store_true", help="reject images of another size instead of resizing")
-    g = p.add_argument_group("optimisation (defaults follow the seed)")
-    g.add_argument("--epochs", type=int, default=None, help="passes over the training set (default 100)")
+    g = p.add_argument_group("optimisation (defaults: the preset's recipe, " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v}" for k, v in r.items()) for name, r in RECIPES.items()) + ")")
+    g.add_argument("--epochs", type=int, default=None, help="passes over the training set (default: the recipe's)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in total")
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    g.add_argument("--batch-size", type=int, default=None, help="images per step (default: the recipe's)")
+    g.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the recipe's)")
     g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--warmup", type=int, default=0, help="linear LR warmup steps")
+    g.add_argument("--warmup", type=int, default=None, help="linear LR warmup steps (default: the recipe's)")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="after warmup: constant, or half-cosine decay to 0 at the last step (default: the recipe's)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
     g = p.add_argument_group("loss weights (defaults follow the seed)")
     g.add_argument("--rec-loss", choices=["l1", "mse"], default="l1")
@@ -123,6 +142,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                    help="checkpoint and stop once this many steps are done (as if interrupted; resume later)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 … or mps")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 autocast for the forward pass; auto = bf16 on CUDA and on CPUs with AMX-BF16 "
+                        "(2.6× faster there), float32 elsewhere")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 = load in the main process)")
     args = p.parse_args(argv)
     check_ranges(p, args, OPTION_RANGES)
@@ -207,15 +229,15 @@ def load_data(args: argparse.Namespace, size: int):
 
 
 def build_training(args, model_cfg: dict, device, weights: dict | None, train_state: dict | None):
-    """→ (autoencoder, AdamW, step), from the checkpoint when resuming."""
+    """→ (autoencoder, AdamW, step, training seconds so far), from the checkpoint when resuming."""
     model = build_autoencoder(args.model, model_cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if train_state is None:
-        return model, opt, 0
+        return model, opt, 0, 0.0
     restore(model, weights["model"], "model")
     restore(opt, train_state["optimizer"], "optimizer state")
     set_rng_state(train_state["rng"])
-    return model, opt, train_state["step"]
+    return model, opt, train_state["step"], train_state.get("train_seconds", 0.0)
 
 
 def end_of_epoch(run_dir: Path, model, x_val, x_show, device, batch_size: int, step: int, epoch: int, bar) -> None:
@@ -265,7 +287,7 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
         args, weights, train_state = resume_run(args.resume, "autoencoder", "train_vae.py", args, defaults,
                                                 RESUMABLE_OVERRIDES, STORED_ELSEWHERE)
         args.out = args.resume
-    args.epochs = 100 if args.epochs is None and args.max_steps is None else args.epochs
+    apply_recipe(args, RECIPES[args.preset])
     args.data = Path(args.data) if args.data is not None else default_data_dir(args.preset)
     device = resolve_device(args.device)
     seed_everything(args.seed)
@@ -280,16 +302,22 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
 
     # Load the data into memory.
     model_cfg = autoencoder_config(args.model, args.preset, in_channels=args.channels, out_channels=args.channels,
-                                   **({"sample_size": args.image_size} if args.image_size else {}))
+                                   **({"sample_size": args.image_size} if args.image_size else {}),
+                                   **({"latent_channels": args.latent_channels} if args.latent_channels else {}),
+                                   **({"block_out_channels": args.block_out_channels,
+                                       "down_block_types": ["DownEncoderBlock2D"] * len(args.block_out_channels),
+                                       "up_block_types": ["UpDecoderBlock2D"] * len(args.block_out_channels)}
+                                      if args.block_out_channels else {}))
     size = model_cfg["sample_size"]
     train_ds, x_train, x_val, x_show = load_data(args, size)
 
     # Build the model, the loss and the optimizer; load the checkpoint when resuming.
     perceptual = load_perceptual_loss(device) if args.perceptual_weight > 0 else None  # before the RNG is restored
-    model, opt, step = build_training(args, model_cfg, device, weights, train_state)
+    model, opt, step, train_seconds = build_training(args, model_cfg, device, weights, train_state)
     loss_weights = AutoencoderLossWeights(rec=1.0, kl=args.kl_weight, perceptual=args.perceptual_weight,
                                           freq=args.freq_weight, rec_kind=args.rec_loss, freq_kind=args.freq_loss,
                                           freq_norm=args.freq_norm)
+    amp = autocast_dtype(device, args.precision)
     steps_per_epoch = len(x_train) // args.batch_size
     total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
 
@@ -312,10 +340,11 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
         while step < total_steps:
             # 1. The step's batch, in [−1, 1].
             epoch = step // steps_per_epoch
+            t0 = time.time()
             x = to_float(x_train[batch_indices(step, len(x_train), args.batch_size, args.seed)], device)  # (B, C, H, W)
-            # 2. Loss, gradient (stop if either is not finite), one clipped AdamW step (bf16 autocast on GPU).
-            set_lr(opt, lr_at(step, args.lr, args.warmup))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            # 2. Loss, gradient (stop if either is not finite), one clipped AdamW step (--precision: bf16 autocast).
+            set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp is not None):
                 loss, terms = compute_loss(model, args.model, x, loss_weights, perceptual)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -323,9 +352,10 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
             check_finite_step(loss.item(), grad_norm, step, run_dir, opt.param_groups[0]["lr"])
             opt.step()
             step += 1
+            train_seconds += time.time() - t0  # the training clock: validation, pictures and checkpoints not counted
             # 3. Log; at the end of an epoch validate and draw; every --ckpt-every steps a checkpoint.
             record = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
-                      **{k: float(v) for k, v in terms.items()}}
+                      "train_s": round(train_seconds, 3), **{k: float(v) for k, v in terms.items()}}
             append_log(run_dir, record)
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("total", "rec", "kl", "freq", "vq") if k in record})
@@ -333,7 +363,8 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
                 end_of_epoch(run_dir, model, x_val, x_show, device, args.batch_size, step, epoch, bar)
             stopping = stop.requested or (args.stop_after is not None and args.stop_after <= step < total_steps)
             if step % args.ckpt_every == 0 or step == total_steps or stopping:
-                state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "total_steps": total_steps}
+                state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "total_steps": total_steps,
+                         "train_seconds": train_seconds}
                 save_checkpoint(run_dir, step, {"model": model.state_dict()}, state)
             if stopping:
                 break
@@ -346,7 +377,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
               stopped_message("train_vae.py", step, run_dir))
         return 130 if stop.requested else 0
     finish(run_dir, model, run_config, x_train, x_val, device, args.batch_size,
-           {"steps": step, "train_seconds": time.time() - t_start})
+           {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.time() - t_start})
     return 0
 
 

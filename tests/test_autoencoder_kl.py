@@ -29,7 +29,7 @@ def test_tiny_preset_shapes_and_gradients():
     model = AutoencoderKL.from_preset("tiny")
     x = torch.randn(2, 3, 64, 64)
     x_hat, posterior = model(x)
-    assert posterior.mean.shape == (2, 4, 16, 16)
+    assert posterior.mean.shape == (2, 4, 32, 32)  # f = 2
     assert x_hat.shape == x.shape
     ((x_hat - x).abs().mean() + posterior.kl().mean()).backward()
     for name, p in model.named_parameters():

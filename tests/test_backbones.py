@@ -20,12 +20,13 @@ SD1_UNET = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=
 
 
 def tiny(kind, **kw):
+    """The tiny presets' layout on 16×16×4 latents (the presets themselves are sized for 32×32×4): fast tests."""
     torch.manual_seed(0)
     if kind == "unet":
-        return UNet2DConditionModel.from_preset("tiny", num_classes=5, **kw)
+        return UNet2DConditionModel.from_preset("tiny", num_classes=5, sample_size=16, **kw)
     if kind == "mmdit":
-        return MMDiT.from_preset("tiny", num_classes=5, **kw)
-    return DiT.from_preset("tiny", num_classes=5, **kw)
+        return MMDiT.from_preset("tiny", num_classes=5, input_size=16, patch_size=2, **kw)
+    return DiT.from_preset("tiny", num_classes=5, input_size=16, patch_size=2, **kw)
 
 
 def no_sdpa(*args, **kwargs):
@@ -70,7 +71,7 @@ def test_shapes_and_every_parameter_gets_a_gradient(kind, cond_type):
 
 
 def test_dit_learn_sigma_doubles_channels_and_output_is_zero_at_init():
-    model = DiT.from_preset("tiny", learn_sigma=True, num_classes=5)
+    model = DiT.from_preset("tiny", learn_sigma=True, num_classes=5, input_size=16, patch_size=2)
     out = model(torch.randn(2, 4, 16, 16), torch.tensor([3.0, 700.0]), torch.tensor([1, 5]))
     assert out.shape == (2, 8, 16, 16)
     assert torch.count_nonzero(out) == 0  # adaLN-Zero + zero final layer

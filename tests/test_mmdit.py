@@ -13,7 +13,7 @@ from tinyldm.models.mmdit import PRESETS, MMDiT, MMDiTConfig
 
 def tiny(**kw):
     torch.manual_seed(0)
-    return MMDiT.from_preset("tiny", num_classes=5, **kw)
+    return MMDiT.from_preset("tiny", num_classes=5, **{"input_size": 16, "patch_size": 2, **kw})  # 16×16×4: fast
 
 
 

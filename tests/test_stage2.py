@@ -23,7 +23,7 @@ LDM = ["--batch-size", "4", "--grad-accum", "2", "--sample-every", "1000", "--ck
 
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
-    """A tiny KL autoencoder (32×32 → 8×8×4) trained for a few steps on 3 users' stripes."""
+    """A tiny KL autoencoder (32×32 → 16×16×4, f = 2) trained for a few steps on 3 users' stripes."""
     tmp = tmp_path_factory.mktemp("stage2")
     data = make_folder(tmp / "data", users=3, per_user=8, size=32)
     run = tmp / "vae"
@@ -44,7 +44,7 @@ def test_train_then_sample_end_to_end(vae_run, tmp_path, backbone):
     rc = train_ldm.main(["--backbone", backbone, "--vae", str(vae_run), "--out", str(run), "--max-steps", "3", *LDM])
     assert rc == 0
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["backbone"] == backbone and cfg["latent_shape"] == [4, 8, 8] and cfg["num_classes"] == 3
+    assert cfg["backbone"] == backbone and cfg["latent_shape"] == [4, 16, 16] and cfg["num_classes"] == 3
     for name in ("model.safetensors", "ema.safetensors", "loss_curves.png", "samples/grid_step_000003.png"):
         assert (run / name).is_file(), name
     out = tmp_path / "samples"

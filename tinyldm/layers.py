@@ -183,6 +183,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return scores.softmax(dim=-1) @ v  # (B, h, T, d)
 
 
+def written_out_attention(model: nn.Module) -> nn.Module:
+    """Switch every attention in `model` to attend's written-out formula (the same math; tested equal). Used for
+    bf16 training on CPUs, where the written-out path's matmuls run on AMX and SDPA's flash backward is 8× slower."""
+    for m in model.modules():
+        if hasattr(m, "reference"):
+            m.reference = True
+        if hasattr(m, "reference_attention"):
+            m.reference_attention = True
+    return model
+
+
 class Attention(nn.Module):
     """Multi-head attention, self (context=None) or cross (context (B, S, D_ctx)): projections around `attend`.
 

@@ -52,6 +52,36 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """True where the CPU multiplies bfloat16 in hardware (Intel AMX-BF16 tiles): there bf16 autocast made the tiny
+    autoencoder's training step 2.6× faster (docs/speedrun.md); elsewhere (AVX2, AVX-512 without AMX) bf16 is
+    emulated and slower than float32."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported()) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # an older or other torch build: play safe
+        return False
+
+
+def autocast_dtype(device: torch.device, precision: str, compiled: bool = False) -> torch.dtype | None:
+    """--precision → the autocast dtype (None = float32 throughout). auto: bf16 on CUDA and on CPUs with AMX-BF16,
+    float32 elsewhere; bf16 on a CPU without it is allowed (slow, but the same numbers).
+
+    torch.compile together with CPU bf16 autocast is refused on torch 2.13: it gave exactly-zero encoder gradients on
+    the autoencoder and all-NaN DiT outputs (issue 12). With --compile, auto falls back to float32 on the CPU."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"--precision {precision!r}: choose auto, fp32 or bf16")
+    if precision == "fp32" or device.type not in ("cpu", "cuda"):
+        return None
+    if device.type == "cpu" and compiled:
+        if precision == "bf16":
+            raise ValueError("--compile with --precision bf16 on the CPU gives wrong gradients (torch 2.13: zero "
+                             "or NaN); drop one of them")
+        return None
+    if precision == "bf16" or device.type == "cuda" or cpu_has_bf16_matmul():
+        return torch.bfloat16
+    return None
+
+
 # ---- atomic files and weights ---------------------------------------------------------------------------------------
 
 def _fsync_replace(tmp: Path, final: Path) -> None:

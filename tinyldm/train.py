@@ -120,6 +120,17 @@ def seed_everything(seed: int) -> None:
 EPOCH_SEED_STRIDE = 100_003  # epoch e of a run with seed s shuffles with seed s·100,003 + e (a prime: no collisions)
 
 
+def apply_recipe(args: argparse.Namespace, recipe: dict) -> None:
+    """Fill each option not given on the command line (None) from the preset's recipe (the scripts' RECIPES:
+    the settings measured fastest to quality for the CPU presets, the seed's own for the seed preset). A given
+    --max-steps replaces the recipe's epochs."""
+    for key, value in recipe.items():
+        if key == "epochs" and getattr(args, "max_steps", None) is not None:
+            continue
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+
+
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """Indices of optimizer step `step`'s batch: a fresh permutation of the n items each epoch, cut into
     n // batch_size batches (the rest of an epoch is dropped). A function of the step, so resume is exact."""

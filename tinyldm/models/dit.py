@@ -100,8 +100,8 @@ PRESETS = {  # the paper's Table 1 sizes (× patch sizes 2, 4, 8), and the run p
        for name, (d, h, n) in {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16),
                                "XL": (28, 1152, 16)}.items()
        for p in (2, 4, 8)},
-    "tiny": dict(input_size=16, depth=4, hidden_size=128, num_heads=4, patch_size=2, learn_sigma=False,
-                 num_classes=31),  # CPU
+    "tiny": dict(input_size=32, depth=4, hidden_size=128, num_heads=4, patch_size=4, learn_sigma=False,
+                 num_classes=31),  # CPU: the tiny autoencoder's 32×32×4 latents in 4×4 patches → 64 tokens
     "small": dict(depth=12, hidden_size=384, num_heads=6, patch_size=2),  # one GPU: equal to DiT-S/2
     "seed": dict(depth=28, hidden_size=1152, num_heads=16, patch_size=2),  # the seed's size: equal to DiT-XL/2
 }

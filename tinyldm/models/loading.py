@@ -98,8 +98,9 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
 
 
 def backbone_config(backbone: str, preset: str, latent_channels: int, latent_size: int, num_classes: int,
-                    cond_type: str = "embedding") -> dict:
+                    cond_type: str = "embedding", patch_size: int | None = None) -> dict:
     """`preset` of the backbone's PRESETS for latents (c, h, h) and `num_classes` users, validated, as a plain dict.
+    patch_size (DiT, MMDiT) replaces the preset's: (h / p)² tokens.
 
     Condition dropout is done by train_ldm.py itself (so every rank of a DDP run drops the same ids), hence
     class_dropout_prob = 0 inside the model; DiT's learned variance is off (we train the simple ε/v/x0 loss).
@@ -115,6 +116,12 @@ def backbone_config(backbone: str, preset: str, latent_channels: int, latent_siz
         raise ValueError(f"backbone {backbone!r}: choose one of {BACKBONES}")
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {backbone}; choose one of {sorted(presets)}")
+    if patch_size is not None:
+        if backbone == "unet":
+            raise ValueError("--patch-size is for the transformers (dit, mmdit); the UNet has no patches")
+        if latent_size % patch_size:
+            raise ValueError(f"--patch-size {patch_size} does not divide the {latent_size}×{latent_size} latents")
+        shape["patch_size"] = patch_size
     base = {**presets[preset], "num_classes": num_classes, "cond_type": cond_type, "class_dropout_prob": 0.0}
     return asdict(config_cls(**{**base, **shape}))
 

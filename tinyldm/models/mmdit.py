@@ -177,7 +177,7 @@ class MMDiTConfig:
 
 
 PRESETS = {  # tiny: CPU (per-token cost of DiT "tiny": 4 blocks at width 128); small: one GPU (12 blocks, as DiT-S/2)
-    "tiny": dict(input_size=16, patch_size=2, hidden_size=128, depth_double=2, depth_single=2, num_heads=4,
+    "tiny": dict(input_size=32, patch_size=4, hidden_size=128, depth_double=2, depth_single=2, num_heads=4,
                  num_classes=31),
     "small": dict(input_size=32, patch_size=2, hidden_size=384, depth_double=4, depth_single=8, num_heads=6,
                   num_classes=31),
