@@ -175,6 +175,9 @@ def main(argv=None) -> int:
     p.add_argument("--cfg-scale", type=float, default=4.0)
     args = p.parse_args(argv)
     if args.stage == "plot":
+        missing = [str(r) for r in args.runs if not (r / "ttq.json").is_file()]
+        if missing or not args.runs:
+            p.error(f"plot needs run folders written by this benchmark (with ttq.json); not: {missing or 'none given'}")
         results = [json.loads((r / "ttq.json").read_text()) for r in args.runs]
         plot(results, args.out)
         print(table(results))
