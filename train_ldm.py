@@ -282,11 +282,12 @@ def save_loss_curves(run_dir: Path, prediction: str) -> None:
                 run_dir / "loss_curves.png", title=f"{prediction}-loss (running mean over 25 steps)")
 
 
-def build_training(args, bb_config: dict, world: int, device, weights: dict | None, train_state: dict | None):
+def build_training(args, bb_config: dict, world: int, device, amp: torch.dtype | None, weights: dict | None,
+                   train_state: dict | None):
     """→ (backbone, the module that trains it (compiled and/or DDP-wrapped, or itself), its EMA, AdamW, the per-step
     generator, step, training seconds), from the checkpoint when resuming."""
     model = build_backbone(args.backbone, bb_config).to(device)
-    if device.type == "cpu" and autocast_dtype(device, args.precision, args.compile) is not None:
+    if device.type == "cpu" and amp is not None:
         written_out_attention(model)  # CPU bf16: the flash-attention backward is 8× slower, the written-out 1.5× faster
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -328,9 +329,8 @@ def draw_step(step: int, labels: torch.Tensor, num_classes: int, latent_shape, s
 
 
 def accumulate_gradients(train_model, latents: dict, draw: dict, sched: Schedule, scale: float, args, rank: int,
-                         world: int, device) -> float:
+                         world: int, device, amp: torch.dtype | None) -> float:
     """Forward and backward over the grad_accum micro-batches of this rank → the step's mean loss."""
-    amp = autocast_dtype(device, args.precision, args.compile)
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     loss_sum = 0.0
     for micro in range(args.grad_accum):
@@ -401,8 +401,9 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     c, h, _ = latent_shape
     bb_config = backbone_config(args.backbone, args.preset, c, h, len(classes), args.cond, args.patch_size)
     sched = make_schedule(args)
-    model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, weights,
-                                                                            train_state)
+    amp = autocast_dtype(device, args.precision, args.compile)  # bf16 autocast or None (float32)
+    model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, amp,
+                                                                            weights, train_state)
 
     # config.json in the run folder.
     config = run_config(args, bb_config, sched, vae_run, classes, latent_shape, scale, world)
@@ -422,7 +423,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
             draw = draw_step(step, latents["y"], len(classes), latent_shape, sched, args, gen)
             # 2. Gradients over the micro-batches (stop if one is not finite), one clipped AdamW step, the EMA.
             set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
-            loss = accumulate_gradients(train_model, latents, draw, sched, scale, args, rank, world, device)
+            loss = accumulate_gradients(train_model, latents, draw, sched, scale, args, rank, world, device, amp)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
             check_finite_step(loss, grad_norm, step, run_dir, opt.param_groups[0]["lr"])
             opt.step()

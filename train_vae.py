@@ -213,6 +213,20 @@ def save_pictures(run_dir: Path, model, x_show, device, epoch: int) -> None:
     plot_curves(series, run_dir / "loss_curves.png", title="training losses (running mean over 20 steps)")
 
 
+def model_config(args: argparse.Namespace) -> dict:
+    """The preset's autoencoder config with the shape options given on the command line."""
+    shape = {"in_channels": args.channels, "out_channels": args.channels}
+    if args.image_size:
+        shape["sample_size"] = args.image_size
+    if args.latent_channels:
+        shape["latent_channels"] = args.latent_channels
+    if args.block_out_channels:
+        levels = len(args.block_out_channels)
+        shape.update(block_out_channels=args.block_out_channels, down_block_types=["DownEncoderBlock2D"] * levels,
+                     up_block_types=["UpDecoderBlock2D"] * levels)
+    return autoencoder_config(args.model, args.preset, **shape)
+
+
 def load_data(args: argparse.Namespace, size: int):
     """The train/validation split in memory as uint8 → (train split, x_train, x_val, the 8 images the grids show)."""
     split = dict(image_size=size, channels=args.channels, val_fraction=args.val_fraction, seed=args.seed,
@@ -301,13 +315,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     claim_run_folder(run_dir, "train_vae.py", args.data)  # one writer: a second one is refused before any work
 
     # Load the data into memory.
-    model_cfg = autoencoder_config(args.model, args.preset, in_channels=args.channels, out_channels=args.channels,
-                                   **({"sample_size": args.image_size} if args.image_size else {}),
-                                   **({"latent_channels": args.latent_channels} if args.latent_channels else {}),
-                                   **({"block_out_channels": args.block_out_channels,
-                                       "down_block_types": ["DownEncoderBlock2D"] * len(args.block_out_channels),
-                                       "up_block_types": ["UpDecoderBlock2D"] * len(args.block_out_channels)}
-                                      if args.block_out_channels else {}))
+    model_cfg = model_config(args)
     size = model_cfg["sample_size"]
     train_ds, x_train, x_val, x_show = load_data(args, size)
 
