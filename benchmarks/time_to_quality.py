@@ -146,12 +146,13 @@ def plot(results: list[dict], path: Path) -> None:
     acc = {Path(r["run"]).name: ([p["train_s"] for p in r["rows"]], [p["top1"] / r["ceiling"] for p in r["rows"]])
            for r in results}
     stage = results[0]["stage"]
-    plot_curves(acc, path, title=f"{stage}: top-1 / classifier ceiling against training seconds")
+    plot_curves(acc, path, title=f"{stage}: top-1 / classifier ceiling against training seconds",
+                xlabel="training seconds", log_y=False)
     key = "psnr" if stage == "vae" else "fd"
     other = {Path(r["run"]).name: ([p["train_s"] for p in r["rows"]],
                                    [p[key] if key == "psnr" else p["fd"] / p["fd_floor"] for p in r["rows"]])
              for r in results}
-    plot_curves(other, path.with_name(path.stem + f"_{key}.png"),
+    plot_curves(other, path.with_name(path.stem + f"_{key}.png"), xlabel="training seconds", log_y=key != "psnr",
                 title=f"{stage}: {'PSNR (dB)' if key == 'psnr' else 'FD / real floor'} against training seconds")
 
 
