@@ -174,8 +174,9 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
     rank, world, device = init_distributed(args.device)
     weights, train_state = None, None
     if args.resume is not None:
+        older_runs = {"precision": "bf16" if device.type == "cuda" else "fp32"}  # before --precision existed
         args, weights, train_state = resume_run(args.resume, "ldm", "train_ldm.py", args, defaults,
-                                                RESUMABLE_OVERRIDES, STORED_ELSEWHERE)
+                                                RESUMABLE_OVERRIDES, STORED_ELSEWHERE, older_runs)
     resolve_defaults(args)
     args.vae = Path(args.vae) if args.vae is not None else default_vae(args.preset)
     args.data = Path(args.data) if args.data is not None else Path(read_run(args.vae, "autoencoder",

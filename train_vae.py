@@ -298,8 +298,10 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
     few that may change between sessions (RESUMABLE_OVERRIDES)."""
     weights, train_state = None, None
     if args.resume is not None:
+        older_runs = {"lr_schedule": "constant",  # what runs written before these options did
+                      "precision": "bf16" if resolve_device(args.device).type == "cuda" else "fp32"}
         args, weights, train_state = resume_run(args.resume, "autoencoder", "train_vae.py", args, defaults,
-                                                RESUMABLE_OVERRIDES, STORED_ELSEWHERE)
+                                                RESUMABLE_OVERRIDES, STORED_ELSEWHERE, older_runs)
         args.out = args.resume
     apply_recipe(args, RECIPES[args.preset])
     args.data = Path(args.data) if args.data is not None else default_data_dir(args.preset)

@@ -94,3 +94,21 @@ def test_autoencoder_shape_options_are_stored_and_resumed(tmp_path):
     steps = [r for r in log if "train_s" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and steps[-1]["lr"] < steps[0]["lr"]
     assert all(b["train_s"] >= a["train_s"] for a, b in zip(steps, steps[1:]))  # the clock survives the resume
+
+
+def test_runs_from_before_the_new_options_resume_as_they_trained(tmp_path):
+    """A run written before --lr-schedule / --precision existed resumes with a constant LR in float32 (on the CPU),
+    not with today's tiny recipe (cosine, bf16 on AMX)."""
+    data = make_folder(tmp_path / "data", users=2, per_user=4, size=16)
+    run = tmp_path / "vae"
+    argv = ["--data", str(data), "--out", str(run), "--image-size", "16", "--batch-size", "2", "--val-fraction",
+            "0.25", "--warmup", "0", "--lr", "1e-3", "--lr-schedule", "constant", "--precision", "fp32"]
+    assert train_vae.main([*argv, "--max-steps", "4", "--stop-after", "2"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    del cfg["args"]["lr_schedule"], cfg["args"]["precision"]  # as an older train_vae.py wrote it
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert train_vae.main(["--resume", str(run)]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["args"]["lr_schedule"] == "constant" and cfg["args"]["precision"] == "fp32"
+    lrs = [json.loads(line)["lr"] for line in (run / "log.jsonl").read_text().splitlines() if '"grad_norm"' in line]
+    assert lrs == [1e-3] * 4

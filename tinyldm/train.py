@@ -184,9 +184,11 @@ def saved_args(config: dict, stored_elsewhere: dict[str, tuple[str, ...]]) -> di
 
 
 def resume_run(run_dir: Path, kind: str, script: str, args: argparse.Namespace, defaults: argparse.Namespace,
-               allowed: tuple[str, ...], stored_elsewhere: dict[str, tuple[str, ...]]
+               allowed: tuple[str, ...], stored_elsewhere: dict[str, tuple[str, ...]], added_later: dict | None = None
                ) -> tuple[argparse.Namespace, dict[str, dict], dict]:
-    """--resume RUN → (the run's settings with the `allowed` command-line changes, weights, training state)."""
+    """--resume RUN → (the run's settings with the `allowed` command-line changes, weights, training state).
+    added_later: options that did not exist when older runs were written → what those runs did, so that resuming
+    them stays exact (e.g. a constant learning rate from before --lr-schedule)."""
     weights, train_state = load_checkpoint(run_dir)
     saved = read_config(run_dir)
     if saved.get("kind") != kind:
@@ -195,7 +197,8 @@ def resume_run(run_dir: Path, kind: str, script: str, args: argparse.Namespace, 
     if missing:
         raise RunError(f"--resume {run_dir}: its checkpoint's train_state.pt lacks {sorted(missing)}; it is not a "
                        f"{script} training state")
-    args = resume_args(saved_args(saved, stored_elsewhere), args, defaults, allowed, f"--resume {run_dir}")
+    settings = {**(added_later or {}), **saved_args(saved, stored_elsewhere)}
+    args = resume_args(settings, args, defaults, allowed, f"--resume {run_dir}")
     return args, weights, train_state
 
 
