@@ -354,7 +354,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
             x = to_float(x_train[batch_indices(step, len(x_train), args.batch_size, args.seed)], device)  # (B, C, H, W)
             # 2. Loss, gradient (stop if either is not finite), one clipped AdamW step (--precision: bf16 autocast).
             set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp is not None):
+            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                 loss, terms = compute_loss(model, args.model, x, loss_weights, perceptual)
             opt.zero_grad(set_to_none=True)
             loss.backward()
