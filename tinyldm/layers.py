@@ -33,14 +33,16 @@ def checkpointed(module: nn.Module, *args, enabled: bool):
     return checkpoint(module, *args, use_reentrant=False) if enabled else module(*args)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 0.0) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps, Vaswani et al. 2017 / DDPM.
 
-    emb = [cos(t·ω_i), sin(t·ω_i)],  ω_i = max_period^(−i/(dim/2)),  i = 0 … dim/2 − 1.
-    (cos first: the order of the SD UNet's `flip_sin_to_cos=True` and of DiT.)
+    emb = [cos(t·ω_i), sin(t·ω_i)],  ω_i = max_period^(−i/(dim/2 − s)),  i = 0 … dim/2 − 1.
+    (cos first: the order of the SD UNet's `flip_sin_to_cos=True` and of DiT.) The shift s is 0 in DDPM, the SD
+    UNet and the original DiT; diffusers' DiT uses 1 (its `downscale_freq_shift`).
     """
     half = dim // 2
-    omega = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    arange = torch.arange(half, dtype=torch.float32, device=t.device)
+    omega = torch.exp(-math.log(max_period) * arange / (half - freq_shift))
     angles = t.float()[:, None] * omega[None]  # (B, dim/2)
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (B, 2·(dim/2))
     if dim % 2:  # odd width: pad one zero column
@@ -49,17 +51,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class TimestepEmbedding(nn.Module):
-    """Sinusoidal features → Linear → SiLU → Linear: the time vector that conditions every block."""
+    """Sinusoidal features (frequency shift s, see `timestep_embedding`) → Linear → SiLU → Linear: the time vector
+    that conditions every block."""
 
-    def __init__(self, in_dim: int, dim: int):
+    def __init__(self, in_dim: int, dim: int, freq_shift: float = 0.0):
         super().__init__()
-        self.in_dim = in_dim
+        self.in_dim, self.freq_shift = in_dim, freq_shift
         self.linear_1 = nn.Linear(in_dim, dim)
         self.act = nn.SiLU()
         self.linear_2 = nn.Linear(dim, dim)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t, self.in_dim).to(self.linear_1.weight.dtype)  # (B, in_dim)
+        emb = timestep_embedding(t, self.in_dim, freq_shift=self.freq_shift).to(self.linear_1.weight.dtype)  # (B, in)
         return self.linear_2(self.act(self.linear_1(emb)))  # (B, D)
 
 

@@ -177,8 +177,11 @@ def lms_coefficients(sigmas: list[float], sigma_next: float) -> list[float]:
 
 
 @torch.no_grad()
-def lms(denoiser, x, sched, ts, generator=None, callback=None, order=4):
-    """Linear multistep (Adams–Bashforth on the σ̃ grid) on the probability-flow ODE, Karras et al. 2022."""
+def lms(denoiser, x, sched, ts, generator=None, callback=None, order=4, first_order_final=True):
+    """Linear multistep (Adams–Bashforth on the σ̃ grid) on the probability-flow ODE, Karras et al. 2022.
+
+    first_order_final=False integrates the interpolant down to σ̃ = 0 at full order, as k-diffusion and diffusers do.
+    """
     if not 1 <= order <= 4:
         raise ValueError(f"LMS order must be 1, 2, 3 or 4, got {order}")
     alpha, sigma_tilde = karras_variables(sched, ts, "lms")
@@ -190,8 +193,8 @@ def lms(denoiser, x, sched, ts, generator=None, callback=None, order=4):
         x0_hat = denoiser(alpha[i] * x_tilde, ts[i])
         ds = [(x_tilde - x0_hat) / sigma_tilde[i]] + ds[: order - 1]
         sigmas = [sigma_list[i]] + sigmas[: order - 1]
-        # 2. Step with the integrated Lagrange interpolant of the history (first order on the step to σ̃ = 0).
-        k = 1 if sigma_list[i + 1] == 0 else len(ds)
+        # 2. Step with the integrated Lagrange interpolant of the history (first order to σ̃ = 0 by default).
+        k = 1 if sigma_list[i + 1] == 0 and first_order_final else len(ds)
         c = lms_coefficients(sigmas[:k], sigma_list[i + 1])
         x_tilde = x_tilde + sum(c_j * d_j for c_j, d_j in zip(c, ds[:k]))
         _report(callback, i, ts[i], alpha[i + 1] * x_tilde, x0_hat)

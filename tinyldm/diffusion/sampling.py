@@ -113,7 +113,8 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
            spacing: str = "trailing", prediction: str = "eps", eta: float = 0.0, cfg_scale: float | None = None,
            cfg_rescale: float = 0.0, generator: torch.Generator | None = None, callback=None,
            timesteps=None, denoise_to_zero: bool = True, cond=None, null_cond=None,
-           ddpm_variance: str = "fixed_small", progress: bool = False) -> torch.Tensor:
+           ddpm_variance: str = "fixed_small", sampler_options: dict | None = None,
+           progress: bool = False) -> torch.Tensor:
     """Integrate from `noise` (x at the first time, unit variance, (B, ...)) to the data; returns x, same shape.
 
     steps/spacing pick N times with `Schedule.timesteps`; `timesteps` (decreasing schedule times, fractional
@@ -122,7 +123,8 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
     model(x, t, cond) is called once per step on the batch [cond, null_cond] and guided (guidance.py); None or 1
     = no guidance (one forward on cond). The settings are checked by `SamplingConfig`. callback(i, t, x, x0_hat)
     is called after step i with the schedule time t (float) where the network was asked, the new state x and the
-    prediction x̂0; progress=True shows a tqdm bar over the steps.
+    prediction x̂0; progress=True shows a tqdm bar over the steps. sampler_options are further keyword options of
+    the sampler function (e.g. {"lower_order_final": False} for dpmpp_*; diffusers_grids.py uses them).
     """
     # 1. Check the request.
     SamplingConfig(sampler, steps, spacing, eta, 1.0 if cfg_scale is None else cfg_scale, cfg_rescale)
@@ -150,7 +152,7 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
         net = model
     denoiser = make_denoiser(net, sched, prediction)
     # 4. Run the sampler, reporting each step.
-    options = {"ddim": {"eta": eta}, "ddpm": {"variance": ddpm_variance}}.get(sampler, {})
+    options = {"ddim": {"eta": eta}, "ddpm": {"variance": ddpm_variance}}.get(sampler, {}) | (sampler_options or {})
     bar = tqdm(total=len(ts) - 1, desc=sampler, disable=not progress)
 
     def report(i, t, x, x0_hat):

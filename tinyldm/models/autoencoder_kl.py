@@ -34,16 +34,17 @@ class AttnBlock(nn.Module):
 
 
 class MidBlock(nn.Module):
-    """ResnetBlock → self-attention → ResnetBlock at the lowest resolution."""
+    """ResnetBlock → self-attention (unless `attention=False`) → ResnetBlock at the lowest resolution."""
 
-    def __init__(self, channels: int, groups: int, act_fn: str):
+    def __init__(self, channels: int, groups: int, act_fn: str, attention: bool = True):
         super().__init__()
         self.resnets = nn.ModuleList(ResnetBlock(channels, channels, groups=groups, act_fn=act_fn) for _ in range(2))
-        self.attentions = nn.ModuleList([AttnBlock(channels, groups)])
+        self.attentions = nn.ModuleList([AttnBlock(channels, groups)] if attention else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.resnets[0](x)
-        x = self.attentions[0](x)
+        for attention in self.attentions:  # one, or none
+            x = attention(x)
         return self.resnets[1](x)
 
 
@@ -89,6 +90,7 @@ class Encoder(nn.Module):
         norm_num_groups: int = 32,
         double_z: bool = True,
         act_fn: str = "silu",
+        mid_block_add_attention: bool = True,
     ):
         super().__init__()
         chans = list(block_out_channels)
@@ -99,7 +101,7 @@ class Encoder(nn.Module):
             )
             for i in range(len(chans))
         )
-        self.mid_block = MidBlock(chans[-1], norm_num_groups, act_fn)
+        self.mid_block = MidBlock(chans[-1], norm_num_groups, act_fn, mid_block_add_attention)
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, chans[-1], eps=1e-6)
         self.act = activation(act_fn)
         self.conv_out = nn.Conv2d(chans[-1], 2 * out_channels if double_z else out_channels, 3, padding=1)
@@ -123,11 +125,12 @@ class Decoder(nn.Module):
         layers_per_block: int = 2,
         norm_num_groups: int = 32,
         act_fn: str = "silu",
+        mid_block_add_attention: bool = True,
     ):
         super().__init__()
         rev = list(reversed(block_out_channels))
         self.conv_in = nn.Conv2d(in_channels, rev[0], 3, padding=1)
-        self.mid_block = MidBlock(rev[0], norm_num_groups, act_fn)
+        self.mid_block = MidBlock(rev[0], norm_num_groups, act_fn, mid_block_add_attention)
         self.up_blocks = nn.ModuleList(
             UpDecoderBlock(
                 rev[max(i - 1, 0)], rev[i], layers_per_block + 1, norm_num_groups, act_fn, up=i < len(rev) - 1
@@ -205,9 +208,20 @@ class AutoencoderKLConfig:
     scaling_factor: float = 0.18215  # multiply latents by this for stage 2; train_vae.py measures 1/std(z)
     down_block_types: list[str] = field(default_factory=lambda: ["DownEncoderBlock2D"] * 4)  # accepted for parity
     up_block_types: list[str] = field(default_factory=lambda: ["UpDecoderBlock2D"] * 4)  # accepted for parity
+    shift_factor: float | None = None  # stage 2 uses (z − shift_factor)·scaling_factor (the SD3/FLUX VAEs); None: 0
+    latents_mean: list[float] | None = None  # per-channel latent means some published VAEs state; kept, not used here
+    latents_std: list[float] | None = None  # per-channel latent stds, as latents_mean
+    use_quant_conv: bool = True  # 1×1 conv on the encoder's moments (the SD3/FLUX VAEs have none)
+    use_post_quant_conv: bool = True  # 1×1 conv on z before the decoder (the SD3/FLUX VAEs have none)
+    mid_block_add_attention: bool = True  # self-attention in the encoder's and decoder's mid blocks
 
     def __post_init__(self):
         check_layout(self)
+        for name in ("latents_mean", "latents_std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.latent_channels:
+                raise ValueError(f"{name} has {len(values)} entries but latent_channels is {self.latent_channels}; "
+                                 "give one per latent channel")
 
     @property
     def downsample_factor(self) -> int:
@@ -239,17 +253,32 @@ class AutoencoderKL(nn.Module):
         self.config = config or AutoencoderKLConfig(**kwargs)
         c = self.config
         self.encoder = Encoder(c.in_channels, c.latent_channels, c.block_out_channels, c.layers_per_block,
-                               c.norm_num_groups, double_z=True, act_fn=c.act_fn)
+                               c.norm_num_groups, double_z=True, act_fn=c.act_fn,
+                               mid_block_add_attention=c.mid_block_add_attention)
         self.decoder = Decoder(c.latent_channels, c.out_channels, c.block_out_channels, c.layers_per_block,
-                               c.norm_num_groups, act_fn=c.act_fn)
-        self.quant_conv = nn.Conv2d(2 * c.latent_channels, 2 * c.latent_channels, 1)
-        self.post_quant_conv = nn.Conv2d(c.latent_channels, c.latent_channels, 1)
+                               c.norm_num_groups, act_fn=c.act_fn, mid_block_add_attention=c.mid_block_add_attention)
+        n = 2 * c.latent_channels
+        self.quant_conv = nn.Conv2d(n, n, 1) if c.use_quant_conv else nn.Identity()
+        self.post_quant_conv = nn.Conv2d(c.latent_channels, c.latent_channels, 1) if c.use_post_quant_conv \
+            else nn.Identity()
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "AutoencoderKL":
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(AutoencoderKLConfig(**{**PRESETS[name], **overrides}))
+
+    @classmethod
+    def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "AutoencoderKL":
+        """A diffusers AutoencoderKL folder (a pipeline folder with subfolder="vae") → AutoencoderKL with its
+        weights, in eval mode; keyword arguments override config values (tinyldm/models/pretrained.py)."""
+        from tinyldm.models.pretrained import from_pretrained
+        return from_pretrained(cls, path, subfolder, **overrides)
+
+    def save_pretrained(self, out_dir) -> None:
+        """Write a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
+        from tinyldm.models.pretrained import save_pretrained
+        save_pretrained(self, out_dir)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         return DiagonalGaussian(self.quant_conv(self.encoder(x)))  # moments (B, 2c, H/f, W/f)

@@ -41,12 +41,13 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
 class DiTBlock(nn.Module):
     """Transformer block with adaLN-Zero conditioning (Peebles & Xie 2023, Sec. 3.2, Fig. 3)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, reference_attention: bool = False):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, reference_attention: bool = False,
+                 norm_eps: float = 1e-6):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, heads=num_heads, dim_head=hidden_size // num_heads, qkv_bias=True,
                               reference=reference_attention)
-        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=norm_eps)
         self.mlp = FeedForward(hidden_size, mult=mlp_ratio, glu=False)  # GELU (tanh approximation)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
@@ -69,6 +70,8 @@ class DiTConfig:
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance (training mode only)
     num_classes: int = 1000  # number of users; id num_classes is the null id
     learn_sigma: bool = True  # also output the variance: 2C channels (DiT); training here wants False (backbone_config)
+    timestep_freq_shift: float = 0.0  # s in the time features' ω_i = 10000^(−i/(128 − s)): 0 DiT's, 1 diffusers'
+    norm_eps: float = 1e-6  # ε of the LayerNorm before each MLP: 1e-6 DiT's, 1e-5 diffusers' default
     cond_type: str = "embedding"  # user encoder: embedding | onehot_mlp | tokens
     num_cond_tokens: int = 4  # K, for cond_type="tokens"
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
@@ -120,11 +123,11 @@ class DiT(nn.Module):
         grid = c.input_size // c.patch_size
         self.x_embedder = nn.Conv2d(c.in_channels, c.hidden_size, kernel_size=c.patch_size, stride=c.patch_size)
         self.register_buffer("pos_embed", sincos_2d(c.hidden_size, grid, grid)[None], persistent=False)  # (1, T, D)
-        self.t_embedder = TimestepEmbedding(256, c.hidden_size)
+        self.t_embedder = TimestepEmbedding(256, c.hidden_size, freq_shift=c.timestep_freq_shift)
         self.y_embedder = ConditionEncoder(c.num_classes, c.hidden_size, c.cond_type, c.num_cond_tokens,
                                            c.class_dropout_prob)
-        self.blocks = nn.ModuleList(DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.reference_attention)
-                                    for _ in range(c.depth))
+        self.blocks = nn.ModuleList(DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.reference_attention,
+                                             c.norm_eps) for _ in range(c.depth))
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)
         self.initialize_weights()
 
@@ -133,6 +136,20 @@ class DiT(nn.Module):
         if name not in PRESETS:
             raise ValueError(f"unknown DiT preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(DiTConfig(**{**PRESETS[name], **overrides}))
+
+    @classmethod
+    def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "DiT":
+        """A diffusers DiTTransformer2DModel folder, or an original DiT checkpoint (a .pt state dict) → DiT with its
+        weights, in eval mode; keyword arguments override config values (tinyldm/models/pretrained.py)."""
+        from tinyldm.models.pretrained import from_pretrained
+        return from_pretrained(cls, path, subfolder, **overrides)
+
+    def save_pretrained(self, out_dir, approximate_timestep: bool = False) -> None:
+        """Write a diffusers DiTTransformer2DModel folder (config.json + diffusion_pytorch_model.safetensors).
+        diffusers' DiT always uses timestep_freq_shift 1; `approximate_timestep=True` writes a DiT with another
+        shift anyway (diffusers then runs it with 1, as it runs every DiT converted from the original)."""
+        from tinyldm.models.pretrained import save_pretrained
+        save_pretrained(self, out_dir, approximate_timestep)
 
     def initialize_weights(self) -> None:
         """All init rules in one place (Peebles & Xie 2023, Sec. 3.2 and their released code's choices)."""

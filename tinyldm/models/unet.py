@@ -3,9 +3,10 @@
 x_t (B, C, H, W) ─conv_in─► down path (ResnetBlocks [+ SpatialTransformer] per level, Downsample between)
   ─► mid (Resnet → SpatialTransformer → Resnet) ─► up path (concat the matching skip, ResnetBlocks
   [+ SpatialTransformer], Upsample between) ─► GroupNorm → SiLU → conv_out ─► prediction (B, C, H, W).
-t ─sinusoid─► MLP ─► temb (+ the user vector) into every ResnetBlock; the user tokens are the context
-of every cross-attention. Leaves first: config (with the heads resolution) → PRESETS → spatial_transformer →
-DownBlock → MidBlock → UpBlock → UNet.
+t ─sinusoid─► MLP ─► temb (+ the user vector) into every ResnetBlock; the user tokens (or an
+`encoder_hidden_states` passed in, e.g. a text encoder's) are the context of every cross-attention.
+Leaves first: config (with the heads resolution) → PRESETS → spatial_transformer → DownBlock → MidBlock →
+UpBlock → UNet.
 
 Heads: diffusers' `attention_head_dim` is, for Stable Diffusion 1.x, really the number of heads (a legacy
 naming bug), and configs that also give `num_attention_heads` conflict with it. tinyldm resolves it one way:
@@ -43,7 +44,7 @@ class UNetConfig:
     use_linear_projection: bool = False  # Linear (SD 2.x) instead of 1×1 conv around the transformer
     norm_num_groups: int = 32  # GroupNorm groups; must divide every width
     transformer_layers_per_block: int = 1  # TransformerBlocks in each SpatialTransformer
-    num_classes: int = 31  # number of users; id num_classes is the null id
+    num_classes: int = 31  # number of users; id num_classes is the null id; 0: no user encoder (context passed in)
     cond_type: str = "embedding"  # user encoder: embedding | onehot_mlp | tokens
     num_cond_tokens: int = 4  # K, for cond_type="tokens"
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
@@ -67,6 +68,8 @@ class UNetConfig:
                                  f"norm_num_groups {self.norm_num_groups}; use multiples of it or fewer groups")
         if self.cond_type not in COND_TYPES:
             raise ValueError(f"cond_type {self.cond_type!r} is not supported; choose one of {COND_TYPES}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes is {self.num_classes}; it must be the number of users, or 0 for none")
         if self.sample_size % 2 ** (n - 1):
             raise ValueError(f"sample_size {self.sample_size} is not divisible by 2^{n - 1} (one halving per level)")
         self.heads()  # validates the head layout
@@ -189,9 +192,11 @@ class UNet2DConditionModel(nn.Module):
         temb = 4 * chans[0]
         self.conv_in = nn.Conv2d(c.in_channels, chans[0], 3, padding=1)
         self.time_embedding = TimestepEmbedding(chans[0], temb)
-        self.cond_encoder = ConditionEncoder(c.num_classes, c.cross_attention_dim, c.cond_type, c.num_cond_tokens,
-                                             c.class_dropout_prob)
-        self.cond_proj = nn.Linear(c.cross_attention_dim, temb)  # the user vector joins the time embedding
+        self.cond_encoder, self.cond_proj = None, None  # num_classes = 0: the context comes from outside
+        if c.num_classes:
+            self.cond_encoder = ConditionEncoder(c.num_classes, c.cross_attention_dim, c.cond_type,
+                                                 c.num_cond_tokens, c.class_dropout_prob)
+            self.cond_proj = nn.Linear(c.cross_attention_dim, temb)  # the user vector joins the time embedding
 
         # Down path; remember each skip's channels, the up path takes them back in reverse.
         skip_channels = [chans[0]]
@@ -220,14 +225,44 @@ class UNet2DConditionModel(nn.Module):
             raise ValueError(f"unknown UNet preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(UNetConfig(**{**PRESETS[name], **overrides}))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "UNet2DConditionModel":
+        """A diffusers UNet2DConditionModel folder (a pipeline folder with subfolder="unet") → UNet with its
+        weights, in eval mode; keyword arguments override config values (tinyldm/models/pretrained.py). An SD UNet
+        has no user encoder: pass num_classes=N to add a new one, or call it with encoder_hidden_states."""
+        from tinyldm.models.pretrained import from_pretrained
+        return from_pretrained(cls, path, subfolder, **overrides)
+
+    def save_pretrained(self, out_dir) -> None:
+        """Write a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
+        from tinyldm.models.pretrained import save_pretrained
+        save_pretrained(self, out_dir)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W), t (B,), user ids y (B,) → prediction (B, C_out, H, W).
+
+        `encoder_hidden_states` (B, S, D_ctx), e.g. a text encoder's output, replaces the user tokens as the
+        cross-attention context (diffusers' argument name); y, when also given, still adds the user vector to
+        the time embedding.
+        """
         c = self.config
         if x.shape[1] != c.in_channels or x.shape[-1] % 2 ** (len(c.block_out_channels) - 1):
             raise ValueError(f"UNet expects latents (B, {c.in_channels}, H, W) with H, W divisible by "
                              f"{2 ** (len(c.block_out_channels) - 1)}, got {tuple(x.shape)}")
+        if y is not None and self.cond_encoder is None:
+            raise ValueError("this UNet has no user encoder (num_classes=0); pass encoder_hidden_states, or build "
+                             "it with num_classes=N to condition on user ids")
+        if y is None and encoder_hidden_states is None:
+            raise ValueError("pass user ids y or a cross-attention context encoder_hidden_states (B, S, "
+                             f"{c.cross_attention_dim})")
         ckpt = c.gradient_checkpointing and self.training
-        y_vec, context = self.cond_encoder(y)  # (B, D_ctx), (B, K, D_ctx)
-        temb = self.time_embedding(t) + self.cond_proj(y_vec)  # (B, 4·C0)
+        temb = self.time_embedding(t)  # (B, 4·C0)
+        context = encoder_hidden_states  # (B, S, D_ctx) or None
+        if y is not None:
+            y_vec, tokens = self.cond_encoder(y)  # (B, D_ctx), (B, K, D_ctx)
+            temb = temb + self.cond_proj(y_vec)  # (B, 4·C0)
+            context = tokens if context is None else context
         h = self.conv_in(x)  # (B, C0, H, W)
         skips = [h]
         for block in self.down_blocks:
@@ -241,8 +276,9 @@ class UNet2DConditionModel(nn.Module):
     def summary(self) -> str:
         c = self.config
         n = sum(p.numel() for p in self.parameters())
-        n_cond = sum(p.numel() for m in (self.cond_encoder, self.cond_proj) for p in m.parameters())
+        n_cond = sum(p.numel() for m in (self.cond_encoder, self.cond_proj) if m is not None for p in m.parameters())
         layout = ", ".join(f"{ch}: {h}×{d}" for ch, (h, d) in zip(c.block_out_channels, c.heads()))
+        context = f"{c.cond_type} tokens" if c.num_classes else "encoder_hidden_states"
         return (f"UNet2DConditionModel: {n:,} parameters ({n - n_cond:,} UNet + {n_cond:,} user encoder); "
                 f"levels {c.block_out_channels} × {c.layers_per_block} ResnetBlocks; attention heads × head width "
-                f"per level: {layout}; cross-attention to {c.cond_type} tokens of width {c.cross_attention_dim}")
+                f"per level: {layout}; cross-attention to {context} of width {c.cross_attention_dim}")

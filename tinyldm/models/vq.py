@@ -186,6 +186,7 @@ class VQModelConfig:
     restart_dead_codes: bool = True  # re-initialise long-unused codes from batch encodings
     dead_code_threshold: int = 100  # training steps a code may stay unused before it is restarted
     l2_normalize: bool = False  # cosine-similarity lookup on l2-normalised codes (ViT-VQGAN)
+    mid_block_add_attention: bool = True  # self-attention in the encoder's and decoder's mid blocks
 
     def __post_init__(self):
         check_layout(self)
@@ -232,20 +233,33 @@ class VQModel(nn.Module):
         self.config = config or VQModelConfig(**kwargs)
         c = self.config
         self.encoder = Encoder(c.in_channels, c.latent_channels, c.block_out_channels, c.layers_per_block,
-                               c.norm_num_groups, double_z=False, act_fn=c.act_fn)
+                               c.norm_num_groups, double_z=False, act_fn=c.act_fn,
+                               mid_block_add_attention=c.mid_block_add_attention)
         self.quant_conv = nn.Conv2d(c.latent_channels, c.vq_embed_dim, 1)
         self.quantize = VectorQuantizer(c.num_vq_embeddings, c.vq_embed_dim, beta=c.beta, use_ema=c.use_ema,
                                         ema_decay=c.ema_decay, restart_dead_codes=c.restart_dead_codes,
                                         dead_code_threshold=c.dead_code_threshold, l2_normalize=c.l2_normalize)
         self.post_quant_conv = nn.Conv2d(c.vq_embed_dim, c.latent_channels, 1)
         self.decoder = Decoder(c.latent_channels, c.out_channels, c.block_out_channels, c.layers_per_block,
-                               c.norm_num_groups, act_fn=c.act_fn)
+                               c.norm_num_groups, act_fn=c.act_fn, mid_block_add_attention=c.mid_block_add_attention)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "VQModel":
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls(VQModelConfig(**{**PRESETS[name], **overrides}))
+
+    @classmethod
+    def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "VQModel":
+        """A diffusers VQModel folder (a pipeline folder with subfolder="vqvae") → VQModel with its weights, in
+        eval mode; keyword arguments override config values (tinyldm/models/pretrained.py)."""
+        from tinyldm.models.pretrained import from_pretrained
+        return from_pretrained(cls, path, subfolder, **overrides)
+
+    def save_pretrained(self, out_dir) -> None:
+        """Write a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
+        from tinyldm.models.pretrained import save_pretrained
+        save_pretrained(self, out_dir)
 
     def _quantize(self, x: torch.Tensor, generator: torch.Generator | None):
         z = self.quant_conv(self.encoder(x))  # (B, D, H/f, W/f)

@@ -1,0 +1,454 @@
+"""from_pretrained / save_pretrained: diffusers model folders and original DiT checkpoints ↔ tinyldm models.
+
+A diffusers model folder holds config.json (the constructor's keyword arguments, and `_class_name`) and
+diffusion_pytorch_model.safetensors. Loading reads the config, translates it into tinyldm's config (what tinyldm does
+not implement is refused, naming the key), builds the model and fills every tensor through the name tables of
+diffusers_names.py, strictly: a tensor missing, left over or of another shape is an error, never skipped. Saving runs
+the same tables the other way. An original DiT checkpoint (a plain state dict in a .pt file) is read with
+torch.load(weights_only=True), which runs no code. diffusers itself is never imported.
+
+Leaves first: files → names → configs → from_pretrained → save_pretrained.
+"""
+
+import json
+import math
+import pickle
+import re
+from dataclasses import fields
+from functools import cache
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from tinyldm.models import diffusers_names as names
+from tinyldm.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+from tinyldm.models.dit import PRESETS as DIT_PRESETS
+from tinyldm.models.dit import DiT, DiTConfig
+from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
+from tinyldm.models.vq import VQModel, VQModelConfig
+from tinyldm.runs import atomic_save_weights, atomic_write_json
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+# tinyldm class → (its config class, the diffusers class it reads and writes, its weight-name table)
+CLASSES = {
+    AutoencoderKL: (AutoencoderKLConfig, "AutoencoderKL", names.AUTOENCODER),
+    VQModel: (VQModelConfig, "VQModel", names.AUTOENCODER),
+    UNet2DConditionModel: (UNetConfig, "UNet2DConditionModel", names.UNET),
+    DiT: (DiTConfig, "DiTTransformer2DModel", names.DIT),
+}
+TINYLDM_CLASS = {diffusers: cls.__name__ for cls, (_, diffusers, _) in CLASSES.items()}
+PAPER_HEADS = {p["hidden_size"]: p["num_heads"] for name, p in DIT_PRESETS.items() if name.startswith("DiT-")}
+
+
+class PretrainedError(ValueError):
+    """A folder or file that cannot be loaded or written as asked; the message names the file and the fix."""
+
+
+def listed(items: list[str], limit: int = 12) -> str:
+    more = f" … and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+# ---- files -----------------------------------------------------------------------------------------------------------
+
+def read_json(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PretrainedError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); download it again") from None
+    if not isinstance(config, dict):
+        raise PretrainedError(f"{path} holds a JSON {type(config).__name__}, not a model config; download it again")
+    return config
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for a bad header or a short file
+        first = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+        raise PretrainedError(f"{path} is not a readable safetensors file ({first}): it was cut short or damaged; "
+                              "download it again") from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A .pt / .pth / .bin file that holds a plain state dict {name: tensor}, read without running pickled code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refuses any class but tensors and containers
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        raise PretrainedError(
+            f"{path} is not a plain state dict (it pickles {found[1] if found else 'other objects'}); where you trust "
+            "it, save the weights alone: torch.save(torch.load(path, weights_only=False)['ema'], 'ema.pt') for a "
+            "DiT training checkpoint, torch.save(model.state_dict(), 'weights.pt') otherwise") from None
+    except Exception as e:  # a cut-short zip archive, or not a torch file at all
+        first = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+        raise PretrainedError(f"{path} cannot be read by torch.load ({first}): it was cut short or damaged, or is no "
+                              "PyTorch file; download it again") from None
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state
+    inner = [k for k, v in state.items() if isinstance(v, dict)] if isinstance(state, dict) else []
+    hint = (f"it holds {listed(sorted(map(str, state)), 6)}: save one part alone, e.g. "
+            f"torch.save(ckpt[{inner[0]!r}], 'weights.pt')") if inner else f"it holds a {type(state).__name__}"
+    raise PretrainedError(f"{path} is not a plain state dict of tensors ({hint})")
+
+
+def model_folder(path: Path) -> Path:
+    """A diffusers model folder (config.json + weights), or a clear error saying what to pass instead."""
+    if not path.exists():
+        raise PretrainedError(f"{path} does not exist; pass a diffusers model folder (config.json + {WEIGHTS})")
+    if not path.is_dir():
+        raise PretrainedError(f"{path} is a file; pass the diffusers model folder that holds config.json and "
+                              f"{WEIGHTS} (only DiT.from_pretrained also reads a .pt state dict)")
+    if not (path / "config.json").is_file():
+        parts = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file())
+        fix = (f"it is a pipeline folder: pass subfolder= one of {parts}" if parts
+               else f"pass the folder that holds config.json and {WEIGHTS}")
+        raise PretrainedError(f"{path} has no config.json; {fix}")
+    return path
+
+
+def folder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The folder's tensors: its safetensors file, or the pickled .bin of older uploads (read as plain tensors)."""
+    single, legacy = folder / WEIGHTS, folder / "diffusion_pytorch_model.bin"
+    if single.is_file():
+        return read_safetensors(single), single
+    if legacy.is_file():
+        return read_state_dict(legacy), legacy
+    others = listed(sorted(p.name for p in folder.iterdir() if p.name != "config.json"), 6) or "nothing else"
+    raise PretrainedError(f"{folder} has config.json but no {WEIGHTS} (it holds {others}; sharded or fp16-variant "
+                          "weights are not read): download that file too")
+
+
+# ---- names -----------------------------------------------------------------------------------------------------------
+
+@cache
+def row_regex(pattern: str) -> re.Pattern:
+    """A table row's side → a regex matching it at a dot boundary; {i} and {each} match a block number."""
+    body = re.escape(pattern).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{each\}", r"\d+")
+    return re.compile(r"(?:^|(?<=\.))" + body)
+
+
+def other_name(key: str, table: list) -> tuple[str | None, str]:
+    """tinyldm key → (the other format's key, how), by the table's first matching row (see diffusers_names.py)."""
+    for left, right, how in table:
+        match = row_regex(left).search(key) if left else None
+        if match:
+            if right is None:
+                return None, how
+            right = right.replace("{i}", match["i"]) if "{i}" in left else right
+            return key[:match.start()] + right + key[match.end():], how
+    return key, ""
+
+
+def other_names_of(prefixes: tuple[str, ...], table: list) -> list[re.Pattern]:
+    """Regexes for every other-format key that the tinyldm modules under `prefixes` are stored as."""
+    out = []
+    for left, right, _ in table:
+        if left and right and left.startswith(prefixes):
+            module = right if right.endswith(".") else right.rsplit(".", 1)[0] + "."  # onehot: weight and bias
+            out.append(re.compile("^" + row_regex(module).pattern.removeprefix(r"(?:^|(?<=\.))")))
+    for prefix in prefixes:  # keys that no row renames keep their tinyldm names
+        out.append(re.compile("^" + re.escape(prefix)))
+    return out
+
+
+def fill_weights(model: nn.Module, state: dict, table: list, path: Path, depth: int = 0,
+                 new: tuple[str, ...] = ()) -> None:
+    """Every tensor of `model` from `state` (the other format's names) through `table`, all or nothing: one error lists
+    every missing, left-over and mis-shaped tensor. Tensors under the prefixes `new` stay as built; the state's
+    tensors for those modules are dropped."""
+    filled, used, missing, shapes = {}, set(), [], []
+    for key, ref in model.state_dict().items():
+        other, how = other_name(key, table)
+        if how == "tinyldm" or key.startswith(new):
+            continue
+        sources = [other.replace("{each}", str(b)) for b in range(depth)] if how == "each" else [other]
+        if how == "onehot":
+            sources.append(other.removesuffix(".weight") + ".bias")
+        absent = [s for s in sources if s not in state]
+        missing += absent
+        used.update(sources)
+        if absent:
+            continue
+        tensor = state[sources[0]]
+        if how == "each" and any(not torch.equal(state[s], tensor) for s in sources[1:]):
+            differs = next(s for s in sources[1:] if not torch.equal(state[s], tensor))
+            raise PretrainedError(f"{path}: {differs} differs from block 0's: tinyldm's DiT has one timestep and label "
+                                  "embedder shared by all blocks (as the original DiT, from which diffusers converts "
+                                  "its DiTs); this checkpoint has one per block and cannot be loaded")
+        if how.startswith("chunk"):
+            k, n = map(int, how.split()[1].split("/"))
+            tensor = tensor.chunk(n, dim=0)[k] if tensor.shape[0] % n == 0 else tensor
+        if how == "onehot":
+            if state[sources[1]].any():
+                raise PretrainedError(f"{path}: {sources[1]} is not zero, so {sources[0]} is not a user table written "
+                                      "by tinyldm (a Linear on one-hot ids); this conditioning cannot be loaded")
+            tensor = tensor.T
+        if tensor.shape != ref.shape:
+            named = sources[0] if sources[0] == key else f"{sources[0]} ({key})"
+            shapes.append(f"{named}: file {list(state[sources[0]].shape)}, model {list(ref.shape)}")
+            continue
+        filled[key] = tensor
+    for _, right, how in table:  # tensors tinyldm computes itself: checked, then dropped
+        if how == "fixed" and right in state:
+            used.add(right)
+            ours = getattr(model, right)
+            if state[right].shape != ours.shape or not torch.allclose(state[right].float(), ours, atol=1e-5):
+                shapes.append(f"{right} (not the fixed 2-D sin-cos positions of this size)")
+    dropped = other_names_of(new, table) if new else []
+    unexpected = sorted(k for k in state if k not in used and not any(p.match(k) for p in dropped))
+    problems = [f"{what} {listed(keys)}" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+    if problems:
+        raise PretrainedError(f"{path} does not fit the tinyldm {type(model).__name__} its config describes: "
+                              f"{'; '.join(problems)}; check that the weights and config.json belong together "
+                              "(download both again) and the settings you override")
+    with torch.no_grad():
+        model.load_state_dict(filled, strict=False)  # strictness is checked above, with the other format's names
+
+
+def export_weights(model: nn.Module, table: list, depth: int = 0) -> dict[str, torch.Tensor]:
+    """The model's tensors under the other format's names (the reverse of fill_weights)."""
+    out = {}
+    for key, tensor in model.state_dict().items():
+        other, how = other_name(key, table)
+        tensor = tensor.detach().cpu().contiguous()
+        if how == "tinyldm":
+            continue
+        if how == "each":
+            out.update({other.replace("{each}", str(b)): tensor.clone() for b in range(depth)})
+        elif how == "onehot":
+            out[other] = tensor.T.contiguous()
+            out[other.removesuffix(".weight") + ".bias"] = tensor.new_zeros(tensor.shape[1])
+        elif how == "":
+            out[other] = tensor
+        else:
+            raise ValueError(f"the table row for {key} ({how!r}) is for reading only")
+    return out
+
+
+# ---- configs ---------------------------------------------------------------------------------------------------------
+
+def accepts(value, accepted: tuple) -> bool:
+    """value is one of `accepted`, or a per-level list of such values."""
+    return all(v in accepted for v in value) if isinstance(value, (list, tuple)) else value in accepted
+
+
+def one_value(value, key: str, where: Path):
+    """A per-level list whose entries are equal → that entry (tinyldm's UNet takes one value for all levels)."""
+    if isinstance(value, (list, tuple)):
+        if any(v != value[0] for v in value):
+            raise PretrainedError(f"{where}: {key}={value} differs per level; tinyldm's UNet takes one {key} for all "
+                                  "levels, so this model cannot be loaded")
+        return value[0]
+    return value
+
+
+def square(value, key: str, where: Path):
+    """sample_size as diffusers may write it, [h, w] → h when square."""
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise PretrainedError(f"{where}: {key}={value} is not square; tinyldm's models take one size")
+        return value[0]
+    return value
+
+
+def read_diffusers_config(config: dict, cls: type, where: Path) -> dict:
+    """A diffusers config.json → keyword arguments for tinyldm's config class (before the caller's overrides)."""
+    _, class_name, _ = CLASSES[cls]
+    found = config.get("_class_name", class_name)
+    legacy = found in names.LEGACY_CLASS and config.get("norm_type") == "ada_norm_zero"
+    found = names.LEGACY_CLASS[found] if legacy else found
+    if found != class_name:
+        instead = f"load it with tinyldm's {TINYLDM_CLASS[found]}" if found in TINYLDM_CLASS else "tinyldm has none"
+        raise PretrainedError(f"{where} describes a diffusers {found}; {cls.__name__}.from_pretrained reads "
+                              f"{class_name} folders: {instead}")
+    keys, fixed = names.CONFIG_KEYS[class_name], {**names.FIXED[class_name], **(names.LEGACY_FIXED if legacy else {})}
+    ignored = set(names.BOOKKEEPING) | set(names.IGNORED[class_name])
+    for key, value in config.items():
+        if key not in keys and key not in fixed and key not in ignored:
+            raise PretrainedError(f"{where}: {key}={value!r} is a setting tinyldm's {cls.__name__} does not know, so "
+                                  "it cannot honour it; remove the key if you know it has no effect")
+    for key, accepted in fixed.items():
+        value = config.get(key, accepted[0])
+        if not accepts(value, accepted):
+            raise PretrainedError(f"{where}: {key}={value!r} is not implemented by tinyldm's {cls.__name__} (it "
+                                  f"implements {key}={accepted[0]!r}); this model cannot be loaded")
+    values = {key: config.get(key, default) for key, (_, default) in keys.items()}
+    kwargs = {field: values[key] for key, (field, _) in keys.items() if field}
+    if "sample_size" in kwargs:
+        kwargs["sample_size"] = square(kwargs["sample_size"], "sample_size", where)
+    if "input_size" in kwargs:
+        kwargs["input_size"] = square(kwargs["input_size"], "sample_size", where)
+    if cls is UNet2DConditionModel:
+        unet_kwargs(values, kwargs, where)
+    if cls is DiT:
+        heads, in_channels, out = values["num_attention_heads"], values["in_channels"], values["out_channels"]
+        if out not in (None, in_channels, 2 * in_channels):
+            raise PretrainedError(f"{where}: out_channels={out} is neither in_channels={in_channels} nor twice it "
+                                  "(ε with a learned variance); tinyldm's DiT cannot output it")
+        kwargs.update(hidden_size=heads * values["attention_head_dim"], learn_sigma=out == 2 * in_channels,
+                      mlp_ratio=4.0, timestep_freq_shift=1.0)  # diffusers' DiT: FeedForward mult 4, freq shift 1
+    return kwargs
+
+
+def unet_kwargs(values: dict, kwargs: dict, where: Path) -> None:
+    """The UNet's per-level lists, time width and user encoder (the one tinyldm writes, or none)."""
+    for key in ("layers_per_block", "cross_attention_dim", "transformer_layers_per_block"):
+        kwargs[key] = one_value(kwargs[key], key, where)
+    if kwargs["sample_size"] is None:  # diffusers allows none; tinyldm's UNet only checks that it halves cleanly
+        kwargs["sample_size"] = 2 ** (len(kwargs["block_out_channels"]) - 1)
+    if values["time_embedding_dim"] not in (None, 4 * kwargs["block_out_channels"][0]):
+        raise PretrainedError(f"{where}: time_embedding_dim={values['time_embedding_dim']} is not implemented by "
+                              "tinyldm's UNet (it uses 4 × block_out_channels[0])")
+    if values["num_class_embeds"] is not None:
+        raise PretrainedError(f"{where}: num_class_embeds={values['num_class_embeds']} (a class table added to the "
+                              "time embedding) is not implemented by tinyldm's UNet, whose user encoder is written as "
+                              "class_embed_type='simple_projection' + encoder_hid_dim_type='text_proj'")
+    hid_type = values["encoder_hid_dim_type"] or ("text_proj" if values["encoder_hid_dim"] else None)
+    user = (values["class_embed_type"], hid_type)
+    if user == (None, None):
+        kwargs.update(num_classes=0)
+    elif (user == ("simple_projection", "text_proj") and values["encoder_hid_dim"] and values["encoder_hid_dim"] > 1
+          and values["projection_class_embeddings_input_dim"] == kwargs["cross_attention_dim"]):
+        kwargs.update(num_classes=values["encoder_hid_dim"] - 1, cond_type="embedding")
+    else:
+        raise PretrainedError(
+            f"{where}: class_embed_type={user[0]!r} with encoder_hid_dim_type={user[1]!r} (encoder_hid_dim="
+            f"{values['encoder_hid_dim']}, projection_class_embeddings_input_dim="
+            f"{values['projection_class_embeddings_input_dim']}) is not implemented by tinyldm's UNet; it reads no "
+            "conditioning module, or the user table its save_pretrained writes")
+
+
+def diffusers_config(model: nn.Module, approximate_timestep: bool = False) -> dict:
+    """tinyldm model → the config.json diffusers' class reads; what diffusers cannot represent is refused."""
+    cls, c = type(model), model.config
+    _, class_name, _ = CLASSES[cls]
+    out = {key: getattr(c, field) for key, (field, _) in names.CONFIG_KEYS[class_name].items() if field}
+    if cls is VQModel and c.l2_normalize:
+        raise PretrainedError("l2_normalize=True (cosine-similarity code lookup) has no diffusers VQModel "
+                              "equivalent; only a VQModel trained without it can be written")
+    if cls is UNet2DConditionModel:
+        if c.num_classes and c.cond_type != "embedding":
+            raise PretrainedError(f"cond_type {c.cond_type!r} has no diffusers UNet2DConditionModel equivalent; only "
+                                  "the 'embedding' user encoder (or none, num_classes=0) can be written")
+        heads = [h for h, _ in c.heads()]
+        users = c.num_classes + 1 if c.num_classes else None
+        out.update(attention_head_dim=c.attention_head_dim if c.num_attention_heads is None else heads,
+                   class_embed_type="simple_projection" if users else None, num_class_embeds=None,
+                   projection_class_embeddings_input_dim=c.cross_attention_dim if users else None,
+                   encoder_hid_dim_type="text_proj" if users else None, encoder_hid_dim=users, time_embedding_dim=None)
+    if cls is DiT:
+        if c.cond_type != "embedding" or c.mlp_ratio != 4.0:
+            what = f"cond_type {c.cond_type!r}" if c.cond_type != "embedding" else f"mlp_ratio {c.mlp_ratio}"
+            raise PretrainedError(f"{what} has no diffusers DiTTransformer2DModel equivalent (it has a label table and "
+                                  "an MLP of 4 × width)")
+        if c.timestep_freq_shift != 1 and not approximate_timestep:
+            raise PretrainedError(
+                f"timestep_freq_shift {c.timestep_freq_shift} cannot be written exactly: diffusers' DiT always uses 1 "
+                "(time frequencies 10000^(−i/127), not 10000^(−i/128)); pass approximate_timestep=True to write it "
+                "anyway (diffusers then runs it as it runs every DiT converted from the original), or train with "
+                "timestep_freq_shift=1")
+        out.update(attention_head_dim=c.hidden_size // c.num_heads, out_channels=c.out_channels)
+    fixed = {key: accepted[0] for key, accepted in names.FIXED[class_name].items()}
+    return {"_class_name": class_name, "_diffusers_version": names.DIFFUSERS_VERSION, **out, **fixed,
+            **names.WRITTEN_DEFAULTS[class_name]}
+
+
+def original_dit_config(state: dict, path: Path, overrides: dict) -> dict:
+    """An original DiT state dict → DiTConfig keyword arguments, read off its tensor shapes (heads: the paper's)."""
+    try:
+        hidden, in_channels, p, _ = state["x_embedder.proj.weight"].shape
+        depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+        grid = math.isqrt(state["pos_embed"].shape[1])
+        out_channels = state["final_layer.linear.weight"].shape[0] // (p * p)
+        kwargs = dict(input_size=grid * p, patch_size=p, in_channels=in_channels, hidden_size=hidden, depth=depth,
+                      num_classes=state["y_embedder.embedding_table.weight"].shape[0] - 1,  # the null id is the last
+                      mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / hidden,
+                      learn_sigma=out_channels == 2 * in_channels)
+    except (KeyError, ValueError) as e:  # a tensor missing, or no blocks.N at all
+        lacks = e.args[0] if isinstance(e, KeyError) else "blocks.N.*"
+        hint = "; it is a diffusers DiT: pass its folder" if "pos_embed.proj.weight" in state else ""
+        raise PretrainedError(f"{path} is not an original DiT state dict (it has no {lacks}){hint}") from None
+    if "num_heads" not in overrides:
+        if hidden not in PAPER_HEADS:
+            raise PretrainedError(f"{path}: a DiT of width {hidden} is none of the paper's sizes, so its head count is "
+                                  "unknown; pass num_heads=")
+        kwargs["num_heads"] = PAPER_HEADS[hidden]
+    return kwargs
+
+
+# ---- from_pretrained -------------------------------------------------------------------------------------------------
+
+def build(cls: type, kwargs: dict, overrides: dict, where: Path) -> nn.Module:
+    config_cls = CLASSES[cls][0]
+    allowed = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise PretrainedError(f"{cls.__name__}.from_pretrained: unknown setting {listed(unknown)}; choose from "
+                              f"{sorted(allowed)}")
+    try:
+        return cls(config_cls(**{**kwargs, **overrides}))
+    except ValueError as e:
+        raise PretrainedError(f"{where}: {e}") from None
+
+
+def from_pretrained(cls: type, path, subfolder: str | None = None, **overrides) -> nn.Module:
+    """A diffusers model folder (or, for DiT, an original DiT .pt state dict) → a tinyldm model in eval mode.
+
+    Keyword arguments override config values (e.g. num_classes=31, reference_attention=True). Where they give the
+    model another user encoder than the checkpoint's (a new number of users, or one where it has none), that
+    encoder is new and initialised, and a line says so.
+    """
+    if cls not in CLASSES:
+        raise TypeError(f"from_pretrained reads {sorted(c.__name__ for c in CLASSES)}, not {cls.__name__}")
+    path = Path(path) / subfolder if subfolder else Path(path)
+    if cls is DiT and path.is_file():  # the original DiT layout
+        state = read_safetensors(path) if path.suffix == ".safetensors" else read_state_dict(path)
+        kwargs, table, weights, where = original_dit_config(state, path, overrides), names.DIT_ORIGINAL, path, path
+    else:
+        where = model_folder(path) / "config.json"
+        kwargs = read_diffusers_config(read_json(where), cls, where)
+        state, weights = folder_weights(path)
+        table = CLASSES[cls][2]
+        if cls in (AutoencoderKL, VQModel):  # older attention names, renamed as diffusers renames them
+            for old, new in names.AUTOENCODER_LEGACY:
+                state = {re.sub(row_regex(old).pattern, new, k): v for k, v in state.items()}
+    model = build(cls, kwargs, overrides, where)
+
+    # A user encoder other than the checkpoint's is new: initialised here, its old tensors dropped.
+    new, c = (), model.config
+    had = (kwargs.get("num_classes"), kwargs.get("cond_type", "embedding"))
+    if cls.__name__ in names.USER_ENCODER and (c.num_classes, c.cond_type) != had:
+        new = names.USER_ENCODER[cls.__name__]
+        init = "as DiT initialises it"
+        if cls is UNet2DConditionModel and model.cond_proj is not None:
+            nn.init.zeros_(model.cond_proj.weight)  # the pretrained time embedding is unchanged at first
+            nn.init.zeros_(model.cond_proj.bias)
+            init = "its projection onto the time embedding zero: that starts as the pretrained one"
+        before = f"{had[0]} classes" if had[0] else "none"
+        now = f"a new {c.cond_type} encoder for {c.num_classes} users + the null id ({init})" if c.num_classes \
+            else "none"
+        print(f"{cls.__name__}.from_pretrained: user encoder of {path}: {before} → {now}", flush=True)
+    fill_weights(model, state, table, weights, depth=getattr(model.config, "depth", 0), new=new)
+    if cls is VQModel and model.quantize.use_ema:  # EMA statistics start from the loaded codes: N_k = 1, m_k = e_k
+        model.quantize.ema_embed_sum.copy_(model.quantize.embedding.weight.detach())
+    return model.eval()
+
+
+# ---- save_pretrained -------------------------------------------------------------------------------------------------
+
+def save_pretrained(model: nn.Module, out_dir, approximate_timestep: bool = False) -> None:
+    """model → a diffusers model folder out_dir/ (config.json + diffusion_pytorch_model.safetensors) that diffusers'
+    from_pretrained of the same class loads; each file is written under a temporary name and renamed."""
+    if type(model) not in CLASSES:
+        raise TypeError(f"save_pretrained writes {sorted(c.__name__ for c in CLASSES)}, not {type(model).__name__}")
+    config = diffusers_config(model, approximate_timestep)
+    tensors = export_weights(model, CLASSES[type(model)][2], depth=getattr(model.config, "depth", 0))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_weights(out / WEIGHTS, tensors, metadata={"format": "pt"})
+    atomic_write_json(out / "config.json", config)
