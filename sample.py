@@ -23,7 +23,7 @@ from PIL import Image
 from tinyldm.data import DataError, UserImageFolder
 from tinyldm.diffusion import Schedule
 from tinyldm.generate import add_sampling_args, generate, sampling_config
-from tinyldm.models.loading import load_autoencoder, load_ldm
+from tinyldm.models.loading import data_split, load_ldm, load_run_vae
 from tinyldm.options import SEED_RANGE, at_least, check_ranges, device_name
 from tinyldm.runs import check_writable, resolve_device, run_cli
 from tinyldm.viz import real_vs_generated, to_uint8, trajectory_picture, user_blocks
@@ -101,18 +101,17 @@ def parse_users(spec: str, classes: list[str]) -> list[int]:
     return unique
 
 
-def real_images(cfg: dict, vae_run: dict, names: list[str], n: int) -> list[torch.Tensor] | None:
-    """The first n training images of each named user, read as train_ldm.py read them (the run's data folder at the
-    autoencoder's size, channels and split) → a list of (≤ n, C, H, W) in [−1, 1]; None, after one notice line,
-    when that data cannot be read here (moved, another machine, other users): the sampling never fails for it."""
-    root, d, a = cfg.get("data"), vae_run["data"], vae_run["args"]
+def real_images(cfg: dict, names: list[str], n: int) -> list[torch.Tensor] | None:
+    """The first n training images of each named user, read as train_ldm.py read them (the run's data folder at its
+    size, channels and split) → a list of (≤ n, C, H, W) in [−1, 1]; None, after one notice line, when that data
+    cannot be read here (moved, another machine, other users): the sampling never fails for it."""
+    root = cfg.get("data")
     try:
         if root is None:
             raise DataError("the run's config.json names no data folder")
         if not Path(root).exists():
             raise DataError(f"the run's data folder {root} is not here")
-        ds = UserImageFolder(root, image_size=d["image_size"], channels=d["channels"], split="train",
-                             val_fraction=a["val_fraction"], seed=a["seed"])
+        ds = UserImageFolder(root, split="train", **data_split(cfg))
         missing = [name for name in names if name not in ds.class_to_idx]
         if missing:
             raise DataError(f"{root} has no user {missing[0]!r} now")
@@ -128,7 +127,7 @@ def run(args: argparse.Namespace) -> Path:
     sampling = sampling_config(args)
     device = resolve_device(args.device)
     model, cfg = load_ldm(args.run, device, args.weights)
-    vae, vae_run = load_autoencoder(cfg["vae"], device)
+    vae = load_run_vae(cfg, device)
     users = parse_users(args.users, cfg["classes"])
     out = args.out or Path(args.run) / "samples" / f"{sampling.sampler}_{sampling.steps}"
     check_writable(out)
@@ -156,7 +155,7 @@ def run(args: argparse.Namespace) -> Path:
     # Real beside generated, for the first users.
     if args.compare_real > 0:
         shown = names[:COMPARE_USERS]
-        real = real_images(cfg, vae_run, shown, args.compare_real)
+        real = real_images(cfg, shown, args.compare_real)
         if real is not None:
             generated = [row[:args.compare_real] for row in images[:len(shown)]]  # each (≤ N, C, H, W)
             real_vs_generated(real, generated, shown).save(out / "real_vs_generated.png")

@@ -4,12 +4,14 @@
     python train_ldm.py --backbone unet --prediction v --zero-snr      # UNet, v-prediction, zero terminal SNR
     torchrun --nproc_per_node=4 train_ldm.py --backbone dit --preset small   # the same run on 4 GPUs (DDP)
     python train_ldm.py --resume runs/ldm-dit-tiny                     # continue exactly
+    python train_ldm.py --vae path/to/sd-vae-ft-mse --data my_images   # a downloaded diffusers VAE as stage 1
 
-Each optimizer step sees a global batch of batch_size × grad_accum latents z = (μ + σ·ε)·scaling_factor
-(cached encodings, fresh ε), noised to x_t = α_t z + σ_t ε' at uniform t, with 10% of user ids replaced by
-the null id (classifier-free guidance); the loss is ‖model(x_t, t, y) − target‖² (ε, v or x0; min-SNR-γ
-optional). Writes runs/<name>/: config.json, model.safetensors, ema.safetensors, checkpoints/, log.jsonl,
-loss_curves.png and samples/grid_step_N.png (rows = users, EMA weights, DPM-Solver++(2M), fixed seeds).
+Each optimizer step sees a global batch of batch_size × grad_accum latents z = (μ + σ·ε − shift)·scale (cached
+encodings, fresh ε; the autoencoder's own scaling_factor and shift_factor), noised to x_t = α_t z + σ_t ε' at
+uniform t, with 10% of user ids replaced by the null id (classifier-free guidance); the loss is
+‖model(x_t, t, y) − target‖² (ε, v or x0; min-SNR-γ optional). Writes runs/<name>/: config.json,
+model.safetensors, ema.safetensors, checkpoints/, log.jsonl, loss_curves.png and samples/grid_step_N.png
+(rows = users, EMA weights, DPM-Solver++(2M), fixed seeds).
 """
 
 import argparse
@@ -17,18 +19,26 @@ import copy
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from tinyldm.data import DataError, UserImageFolder
-from tinyldm.data.latent_cache import cached_latents
+from tinyldm.data.latent_cache import cached_latents, shared_cache_dir
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
 from tinyldm.generate import generate
 from tinyldm.layers import written_out_attention
 from tinyldm.models.conditioning import drop_ids
-from tinyldm.models.loading import backbone_config, build_backbone, load_autoencoder, read_run
+from tinyldm.models.loading import (
+    autoencoder_split,
+    backbone_config,
+    build_backbone,
+    load_vae,
+    read_run,
+    vae_folder,
+)
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name, finite
 from tinyldm.runs import RunError, append_log, autocast_dtype, read_log, run_cli, unlock_run
 from tinyldm.train import (
@@ -63,6 +73,7 @@ STORED_ELSEWHERE = {"backbone": ("backbone",), "vae": ("vae",), "data": ("data",
                     "num_train_timesteps": ("schedule", "num_train_timesteps"),
                     "zero_snr": ("schedule", "zero_terminal_snr"), "flow_shift": ("schedule", "shift"),
                     "grid_cfg": ("grid", "sampling", "cfg_scale")}
+PRETRAINED_VAL_FRACTION = 0.1  # a diffusers autoencoder has no split of its own: hold out train_vae.py's default share
 GRID_SEED = 1234  # progress grids: the same noise at every step, so the rows show training, not sampling luck
 
 # The settings each preset trains with unless told otherwise. tiny and small: the fastest to quality measured on 2 CPU
@@ -81,6 +92,7 @@ RECIPES = {
 OPTION_RANGES = {
     "num_train_timesteps": at_least(2),
     "patch_size": at_least(1),
+    "image_size": at_least(1),
     "min_snr_gamma": above(0),
     "cond_dropout": between(0, 1, "0 = no classifier-free guidance", high_open=True),
     "flow_shift": above(0, "1 = none"),
@@ -115,9 +127,15 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                    help="DiT/MMDiT patch size (default: the preset's); tokens = (latent size / patch)²")
     g = p.add_argument_group("data")
     g.add_argument("--vae", type=Path, default=None,
-                   help="the stage-1 run folder (train_vae.py); default runs/vae-kl-<preset> or runs/demo/vae")
+                   help="stage 1: a train_vae.py run folder, a diffusers AutoencoderKL/VQModel folder (e.g. a "
+                        "downloaded sd-vae-ft-mse) or a pipeline folder with vae/; default runs/vae-kl-<preset> or "
+                        "runs/demo/vae")
     g.add_argument("--data", type=Path, default=None,
-                   help="image folders (one per user); default: the data the autoencoder was trained on")
+                   help="image folders (one per user); default: the data the autoencoder run was trained on "
+                        "(a diffusers autoencoder needs --data)")
+    g.add_argument("--image-size", type=int, default=None,
+                   help="with a diffusers autoencoder: resize images to this (a multiple of its downsampling "
+                        "factor; default: its sample_size); a train_vae.py run keeps its own size")
     g = p.add_argument_group("diffusion (1000 training steps; prediction from the preset's recipe)")
     g.add_argument("--prediction", choices=["eps", "v", "x0", "flow"], default=None,
                    help="what the network predicts; flow = rectified-flow velocity ε − x0 on the flow schedule "
@@ -179,8 +197,7 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
                                                 RESUMABLE_OVERRIDES, STORED_ELSEWHERE, older_runs)
     resolve_defaults(args)
     args.vae = Path(args.vae) if args.vae is not None else default_vae(args.preset)
-    args.data = Path(args.data) if args.data is not None else Path(read_run(args.vae, "autoencoder",
-                                                                            "train_vae.py")["data"]["root"])
+    args.data = Path(args.data) if args.data is not None else default_data(args.vae)
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     seed_everything(args.seed)
@@ -217,30 +234,77 @@ def default_vae(preset: str) -> Path:
                    f"`python train_vae.py --preset {preset}` (or `make demo`), or pass --vae RUN_DIR")
 
 
-def load_latents(args: argparse.Namespace, device, main_rank: bool):
-    """The frozen autoencoder and its data's cached latents → (vae, its run config, train split, latents, scale).
+def default_data(vae: Path) -> Path:
+    """No --data: the data the autoencoder run was trained on; a diffusers autoencoder names none."""
+    fmt, folder = vae_folder(vae)
+    if fmt == "diffusers":
+        raise RunError(f"--vae {vae} is a diffusers autoencoder, which names no training data; pass --data (a folder "
+                       "with one sub-folder of images per user)")
+    return Path(read_run(folder, "autoencoder", "train_vae.py")["data"]["root"])
 
-    The data goes through the same `UserImageFolder` conversions (size, channels, split) as in train_vae.py, so
-    both stages accept the same folders. The latent scale is the one train_vae.py measured at its end; for an
-    autoencoder run that never finished it is measured here, 1/std(z) over the cached latents, and said so.
+
+def stage1_split(args: argparse.Namespace, source, vae_run: dict | None) -> tuple[dict, bool]:
+    """How stage 2 reads its images → (UserImageFolder's image_size, channels, val_fraction, seed; strict_size).
+    A train_vae.py run (`vae_run`, its config): its own settings, so both stages see the same images and split. A
+    diffusers autoencoder: its sample_size (or --image-size) and channels, train_vae.py's default validation share,
+    this run's seed."""
+    if vae_run is not None:
+        split = autoencoder_split(vae_run)
+        if args.image_size not in (None, split["image_size"]):
+            raise ValueError(f"--image-size {args.image_size}: the autoencoder run {args.vae} was trained at "
+                             f"{split['image_size']}×{split['image_size']}, and stage 2 reads the images as it did; "
+                             "drop --image-size")
+        strict = split.pop("strict_size")
+        return split, strict
+    f, size = source.downsample_factor, args.image_size or source.image_size
+    if source.channels not in (1, 3):
+        raise ValueError(f"--vae {args.vae} reads {source.channels}-channel images (in_channels), but image folders "
+                         "are read as 1 (grey) or 3 (RGB) channels; use an autoencoder with in_channels 1 or 3")
+    if size % f:
+        fix = "pass --image-size" if args.image_size is None else "use"
+        raise ValueError(f"image size {size} is not a multiple of the autoencoder's downsampling factor {f} "
+                         f"({args.vae}); {fix} e.g. {max(f, size // f * f)} or {(size // f + 1) * f}")
+    return {"image_size": size, "channels": source.channels, "val_fraction": PRETRAINED_VAL_FRACTION,
+            "seed": args.seed}, False
+
+
+def load_latents(args: argparse.Namespace, device, main_rank: bool):
+    """The frozen autoencoder and its data's cached latents → (vae, what config.json records about stage 1, train
+    split, latents).
+
+    The autoencoder is a train_vae.py run or a diffusers folder (tinyldm.models.loading.load_vae). The data goes
+    through the same `UserImageFolder` conversions (size, channels, split) as in train_vae.py, so both stages accept
+    the same folders. The latent scale and shift are the autoencoder's own (train_vae.py measures the scale at its
+    end; diffusers' config.json states both); for an autoencoder run that never finished the scale is measured here,
+    1/std(z) over the cached latents, and said so.
     """
-    vae_dir = args.vae
-    vae, vae_run = load_autoencoder(vae_dir, device)
+    vae, source = load_vae(args.vae, device)
     vae.requires_grad_(False)
-    d, vae_args = vae_run["data"], vae_run["args"]
-    split = {"image_size": d["image_size"], "channels": d["channels"], "val_fraction": vae_args["val_fraction"],
-             "seed": vae_args["seed"]}
-    train_ds = UserImageFolder(args.data, split="train", strict_size=vae_args.get("strict_size", False), **split)
-    latents, cache_path, built = cached_latents(vae, vae_dir, train_ds, split, device)
-    if "latent_std" in vae_run.get("results", {}):
-        scale, how = float(vae_run["model"]["scaling_factor"]), "measured by train_vae.py"
+    vae_run = read_run(source.folder, "autoencoder", "train_vae.py") if source.format == "tinyldm" else None
+    split, strict = stage1_split(args, source, vae_run)
+    train_ds = UserImageFolder(args.data, split="train", strict_size=strict, **split)
+    if vae_run is not None:  # the cache lives beside the autoencoder's weights, keyed by its run's config
+        cache_dir, described = Path(source.folder) / "latent_cache", {k: vae_run[k] for k in ("model_type", "model")}
+    else:
+        cache_dir, described = shared_cache_dir(), {"model_type": source.model_type, "model": asdict(vae.config)}
+    latents, cache_path, built = cached_latents(vae, cache_dir, source.sha256, described, train_ds, split, device)
+    if source.scaling_factor is not None:
+        scale = source.scaling_factor
+        how = "measured by train_vae.py" if source.format == "tinyldm" else f"{source.folder}/config.json"
     else:
         z = latents["mean"] + latents["std"] * torch.randn(latents["mean"].shape, generator=torch.Generator()
                                                           .manual_seed(0))  # (N, c, h, w) posterior samples
-        scale, how = 1.0 / z.double().std().item(), f"measured here: {vae_dir} did not finish, so it has none"
+        scale, how = 1.0 / z.double().std().item(), f"measured here: {args.vae} did not finish, so it has none"
+    shift = source.shift_factor
     if main_rank:
-        print(f"latents: {'encoded' if built else 'reused'} {cache_path}; scaling_factor {scale:.4f} ({how})")
-    return vae, vae_run, train_ds, latents, scale
+        print(f"latents: {'encoded' if built else 'reused'} {cache_path}; scaling_factor {scale:.4f} ({how})"
+              + (f", shift_factor {shift:g}" if shift else ""))
+    identity = {k: v for k, v in asdict(source).items() if k not in ("image_size", "channels", "scaling_factor",
+                                                                        "shift_factor")}  # these are stored below
+    stage1 = {"vae_source": identity, "scaling_factor": scale, "shift_factor": shift,
+              "image_size": split["image_size"], "channels": split["channels"],
+              "split": {"val_fraction": split["val_fraction"], "seed": split["seed"], "strict_size": strict}}
+    return vae, stage1, train_ds, latents
 
 
 def count_steps(args: argparse.Namespace, n: int) -> tuple[int, int]:
@@ -252,17 +316,17 @@ def count_steps(args: argparse.Namespace, n: int) -> tuple[int, int]:
     return global_batch, args.max_steps if args.max_steps is not None else args.epochs * (n // global_batch)
 
 
-def run_config(args, bb_config: dict, sched: Schedule, vae_run: dict, classes: list[str], latent_shape, scale: float,
-               world: int) -> dict:
-    """config.json: everything sample.py needs to rebuild the model and sample, each setting once."""
+def run_config(args, bb_config: dict, sched: Schedule, stage1: dict, classes: list[str], latent_shape, world: int
+               ) -> dict:
+    """config.json: everything sample.py needs to rebuild the model and sample, each setting once. `stage1`: the
+    autoencoder's source, latent scale and shift, and the image size, channels and split the data is read with."""
     num_classes = len(classes)
     grid_users = sorted({round(k * (num_classes - 1) / 7) for k in range(8)}) if num_classes > 8 \
         else list(range(num_classes))
     grid_sampling = SamplingConfig(cfg_scale=args.grid_cfg, seed=GRID_SEED)
-    return {"kind": "ldm", "backbone": args.backbone, "backbone_config": bb_config, "vae": str(args.vae),
-            "scaling_factor": scale, "latent_shape": list(latent_shape),
-            "num_classes": num_classes, "classes": classes, "image_size": vae_run["data"]["image_size"],
-            "channels": vae_run["data"]["channels"], "data": str(args.data), "schedule": sched.to_config(),
+    return {"kind": "ldm", "backbone": args.backbone, "backbone_config": bb_config, "vae": str(args.vae), **stage1,
+            "latent_shape": list(latent_shape), "num_classes": num_classes, "classes": classes,
+            "data": str(args.data), "schedule": sched.to_config(),
             "prediction": args.prediction, "grid": {"users": grid_users, "sampling": vars(grid_sampling)},
             "world_size": world, "args": args_record(args, STORED_ELSEWHERE)}
 
@@ -329,15 +393,17 @@ def draw_step(step: int, labels: torch.Tensor, num_classes: int, latent_shape, s
             "y": drop_ids(labels[idx], num_classes, args.cond_dropout, gen)}  # (G,) with null ids for CFG
 
 
-def accumulate_gradients(train_model, latents: dict, draw: dict, sched: Schedule, scale: float, args, rank: int,
+def accumulate_gradients(train_model, latents: dict, draw: dict, sched: Schedule, stage1: dict, args, rank: int,
                          world: int, device, amp: torch.dtype | None) -> float:
     """Forward and backward over the grad_accum micro-batches of this rank → the step's mean loss."""
+    scale, shift = stage1["scaling_factor"], stage1["shift_factor"]
     autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
     loss_sum = 0.0
     for micro in range(args.grad_accum):
         sub = torch.arange(micro * args.batch_size + rank, (micro + 1) * args.batch_size, world)  # this rank's share
         i = draw["idx"][sub]
-        z0 = ((latents["mean"][i] + latents["std"][i] * draw["eps_z"][sub]) * scale).to(device)  # (b, c, h, w)
+        z = latents["mean"][i] + latents["std"][i] * draw["eps_z"][sub]  # (b, c, h, w) posterior sample
+        z0 = ((z - shift) * scale).to(device)  # the diffusion's data: shifted and scaled as the autoencoder says
         sync = world == 1 or micro == args.grad_accum - 1  # DDP all-reduces only on the last micro-batch
         with nullcontext() if sync else train_model.no_sync():
             with autocast:
@@ -393,8 +459,8 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     if main_rank:
         claim_run_folder(run_dir, "train_ldm.py", args.data)  # one writer: a second one is refused before any work
 
-    # Load the frozen autoencoder and the latents of its data (encoded once, cached beside it).
-    vae, vae_run, train_ds, latents, scale = load_latents(args, device, main_rank)
+    # Load the frozen autoencoder (a train_vae.py run or a diffusers folder) and its data's latents (encoded once).
+    vae, stage1, train_ds, latents = load_latents(args, device, main_rank)
     n, latent_shape, classes = len(latents["y"]), tuple(latents["mean"].shape[1:]), train_ds.classes
     global_batch, total_steps = count_steps(args, n)
 
@@ -407,7 +473,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
                                                                             weights, train_state)
 
     # config.json in the run folder.
-    config = run_config(args, bb_config, sched, vae_run, classes, latent_shape, scale, world)
+    config = run_config(args, bb_config, sched, stage1, classes, latent_shape, world)
     if main_rank:
         start_run_folder(run_dir, config, step)
         print_start(run_dir, model, step, total_steps, n, latent_shape, len(classes), args, world, device, sched)
@@ -424,7 +490,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
             draw = draw_step(step, latents["y"], len(classes), latent_shape, sched, args, gen)
             # 2. Gradients over the micro-batches (stop if one is not finite), one clipped AdamW step, the EMA.
             set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
-            loss = accumulate_gradients(train_model, latents, draw, sched, scale, args, rank, world, device, amp)
+            loss = accumulate_gradients(train_model, latents, draw, sched, stage1, args, rank, world, device, amp)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
             check_finite_step(loss, grad_norm, step, run_dir, opt.param_groups[0]["lr"])
             opt.step()

@@ -3,6 +3,7 @@
     python train_vae.py                              # tiny KL VAE on the built-in simulated micro-Doppler set
     python train_vae.py --model vq --data my_users/  # VQ model on your folders (one sub-folder per user)
     python train_vae.py --resume runs/vae-kl-tiny    # continue exactly where the run stopped
+    python train_vae.py --init path/to/sd-vae-ft-mse --preset seed --data my_users/   # fine-tune a pretrained VAE
 
 Loss = rec·|x − x̂|₁ + kl·KL(q(z|x) ‖ N(0, I)) + perceptual·LPIPS + freq·FFT loss (+ vq·VQ loss).
 Writes runs/<name>/: config.json, model.safetensors, checkpoints/, log.jsonl, loss_curves.png,
@@ -22,12 +23,13 @@ from tqdm import tqdm
 from tinyldm.data import DataError, UserImageFolder, default_data_dir
 from tinyldm.evaluation.image_metrics import psnr, ssim
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss, load_perceptual_loss
-from tinyldm.models.loading import autoencoder_config, build_autoencoder
+from tinyldm.models.loading import autoencoder_config, build_autoencoder, load_vae
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name
 from tinyldm.runs import (
     append_log,
     atomic_write_json,
     autocast_dtype,
+    read_config,
     read_log,
     resolve_device,
     run_cli,
@@ -96,8 +98,13 @@ OPTION_RANGES = {
 def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=["kl", "vq"], default="kl",
-                   help="AutoencoderKL (continuous) or VQModel (codebook)")
+    g.add_argument("--model", choices=["kl", "vq"], default=None,
+                   help="AutoencoderKL (continuous) or VQModel (codebook); default kl (with --init: its model)")
+    g.add_argument("--init", type=Path, default=None,
+                   help="fine-tune a pretrained autoencoder: a diffusers AutoencoderKL/VQModel folder (or a pipeline "
+                        "folder with vae/) or a train_vae.py run folder. Its config gives the architecture (so "
+                        "--model, --block-out-channels, --latent-channels and --channels may only repeat it) and "
+                        "its sample_size the default --image-size; --preset then chooses only the recipe")
     g.add_argument("--preset", choices=["tiny", "seed"], default="tiny",
                    help="tiny: 64×64, f=2 → 32×32×4 (CPU); seed: 256×256, f=8, the Stable Diffusion VAE layout")
     g.add_argument("--block-out-channels", type=lambda text: [int(c) for c in text.split(",")], default=None,
@@ -109,7 +116,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                    help="folder with one sub-folder of images per user; default: the built-in simulated set "
                         "(generated once under data/)")
     g.add_argument("--image-size", type=int, default=None, help="resize images to this (default: the preset's)")
-    g.add_argument("--channels", type=int, choices=[1, 3], default=3, help="3 = RGB (jet spectrograms), 1 = grey")
+    g.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="3 = RGB (jet spectrograms), 1 = grey (default 3; with --init: its in_channels)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="per-user share of images held out for validation")
     g.add_argument("--strict-size", action="store_true", help="reject images of another size instead of resizing")
     g = p.add_argument_group("optimisation (defaults: the preset's recipe, " + "; ".join(
@@ -227,6 +235,40 @@ def model_config(args: argparse.Namespace) -> dict:
     return autoencoder_config(args.model, args.preset, **shape)
 
 
+def pretrained_config(args: argparse.Namespace) -> tuple[dict, dict]:
+    """--init PATH → (its architecture as this run's model config, its weights). An architecture flag that says
+    otherwise is refused; --image-size only changes the size trained at (the model is fully convolutional)."""
+    model, source = load_vae(args.init)
+    cfg = asdict(model.config)
+    given = {"--model": (args.model, source.model_type), "--channels": (args.channels, cfg["in_channels"]),
+             "--latent-channels": (args.latent_channels, cfg["latent_channels"]),
+             "--block-out-channels": (args.block_out_channels, cfg["block_out_channels"])}
+    for flag, (value, pretrained) in given.items():
+        if value is not None and value != pretrained:
+            shown = ",".join(map(str, pretrained)) if isinstance(pretrained, list) else pretrained
+            raise ValueError(f"{flag} {','.join(map(str, value)) if isinstance(value, list) else value} conflicts "
+                             f"with --init {args.init}, whose architecture has {shown}; drop {flag} (--init takes "
+                             "the architecture from the pretrained config)")
+    if cfg["in_channels"] not in (1, 3) or cfg["out_channels"] != cfg["in_channels"]:
+        raise ValueError(f"--init {args.init} maps {cfg['in_channels']}-channel images to {cfg['out_channels']} "
+                         "channels; train_vae.py reconstructs grey (1) or RGB (3) images, so it cannot fine-tune it")
+    args.model, args.channels = source.model_type, cfg["in_channels"]
+    if args.image_size:
+        cfg["sample_size"] = args.image_size  # checked against the downsampling factor by the config class below
+    return autoencoder_config(args.model, args.preset, **cfg), model.state_dict()
+
+
+def model_setup(args: argparse.Namespace, run_dir: Path | None, resuming: bool) -> tuple[dict, dict | None]:
+    """→ (the autoencoder's config, the weights to start from or None). With --init: the pretrained model's (a
+    resumed fine-tuning run takes its architecture from its own config.json); otherwise the preset's with the shape
+    options given."""
+    if args.init is None:
+        return model_config(args), None
+    if resuming:
+        return read_config(run_dir)["model"], None
+    return pretrained_config(args)
+
+
 def load_data(args: argparse.Namespace, size: int):
     """The train/validation split in memory as uint8 → (train split, x_train, x_val, the 8 images the grids show)."""
     split = dict(image_size=size, channels=args.channels, val_fraction=args.val_fraction, seed=args.seed,
@@ -242,9 +284,13 @@ def load_data(args: argparse.Namespace, size: int):
     return train_ds, x_train, x_val, x_show
 
 
-def build_training(args, model_cfg: dict, device, weights: dict | None, train_state: dict | None):
-    """→ (autoencoder, AdamW, step, training seconds so far), from the checkpoint when resuming."""
+def build_training(args, model_cfg: dict, device, weights: dict | None, train_state: dict | None,
+                   init_weights: dict | None = None):
+    """→ (autoencoder, AdamW, step, training seconds so far), from the checkpoint when resuming, from the pretrained
+    weights (init_weights) with --init."""
     model = build_autoencoder(args.model, model_cfg).to(device)
+    if init_weights is not None:
+        model.load_state_dict(init_weights)  # built from the same config: every tensor fits
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if train_state is None:
         return model, opt, 0, 0.0
@@ -304,6 +350,8 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
                                                 RESUMABLE_OVERRIDES, STORED_ELSEWHERE, older_runs)
         args.out = args.resume
     apply_recipe(args, RECIPES[args.preset])
+    if args.init is None:  # with --init, the pretrained model decides (pretrained_config)
+        args.model, args.channels = args.model or "kl", args.channels or 3
     args.data = Path(args.data) if args.data is not None else default_data_dir(args.preset)
     device = resolve_device(args.device)
     seed_everything(args.seed)
@@ -311,19 +359,19 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
 
 
 def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
-    # Set up the settings, the device and the seeds.
+    # Set up the settings, the device and the seeds; the model's config (with --init: the pretrained model's).
     args, device, weights, train_state = set_up(args, defaults)
+    model_cfg, init_weights = model_setup(args, args.resume, train_state is not None)
     run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
     claim_run_folder(run_dir, "train_vae.py", args.data)  # one writer: a second one is refused before any work
 
     # Load the data into memory.
-    model_cfg = model_config(args)
     size = model_cfg["sample_size"]
     train_ds, x_train, x_val, x_show = load_data(args, size)
 
     # Build the model, the loss and the optimizer; load the checkpoint when resuming.
     perceptual = load_perceptual_loss(device) if args.perceptual_weight > 0 else None  # before the RNG is restored
-    model, opt, step, train_seconds = build_training(args, model_cfg, device, weights, train_state)
+    model, opt, step, train_seconds = build_training(args, model_cfg, device, weights, train_state, init_weights)
     loss_weights = AutoencoderLossWeights(rec=1.0, kl=args.kl_weight, perceptual=args.perceptual_weight,
                                           freq=args.freq_weight, rec_kind=args.rec_loss, freq_kind=args.freq_loss,
                                           freq_norm=args.freq_norm)
@@ -338,7 +386,9 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
                            "classes": train_ds.classes, "n_train": len(train_ds), "n_val": len(x_val)},
                   "args": args_record(args, STORED_ELSEWHERE)}
     start_run_folder(run_dir, run_config, step)
-    print((f"resumed {run_dir} at step {step}/{total_steps}\n" if step else "") + f"{model.summary()}\n"
+    print((f"resumed {run_dir} at step {step}/{total_steps}\n" if step else "") +
+          (f"fine-tuning the pretrained autoencoder {args.init}\n" if init_weights is not None else "") +
+          f"{model.summary()}\n"
           f"{len(train_ds)} train / {len(x_val)} val images of {len(train_ds.classes)} users at {size}×{size}; "
           f"{total_steps} steps on {device}")
 

@@ -143,7 +143,7 @@ def test_real_vs_generated_puts_real_then_a_gap_then_generated_in_each_users_row
         viz.real_vs_generated(real[:2], generated, names)
 
 
-VAE_RUN = {"data": {"image_size": 16, "channels": 3}, "args": {"val_fraction": 0.25, "seed": 0}}
+SPLIT = {"image_size": 16, "channels": 3, "split": {"val_fraction": 0.25, "seed": 0, "strict_size": False}}
 
 
 def make_data(root, per_user: int = 4) -> None:
@@ -156,19 +156,19 @@ def make_data(root, per_user: int = 4) -> None:
 
 def test_real_images_are_the_runs_training_split_of_each_user(tmp_path):
     make_data(tmp_path / "data")
-    real = sample.real_images({"data": str(tmp_path / "data")}, VAE_RUN, ["user_b", "user_a"], n=8)
+    real = sample.real_images({"data": str(tmp_path / "data"), **SPLIT}, ["user_b", "user_a"], n=8)
     # 4 images a user, round(0.25 · 4) = 1 kept for validation: 3 training images each, in the order asked.
     assert [r.shape for r in real] == [(3, 3, 16, 16)] * 2
     assert (real[0] == 1).all() and (real[1] == -1).all()
-    assert sample.real_images({"data": str(tmp_path / "data")}, VAE_RUN, ["user_a"], n=2)[0].shape[0] == 2
+    assert sample.real_images({"data": str(tmp_path / "data"), **SPLIT}, ["user_a"], n=2)[0].shape[0] == 2
 
 
 @pytest.mark.parametrize("case", ["no folder", "no data key", "unknown user"])
 def test_the_comparison_is_skipped_with_one_notice_when_the_data_cannot_be_read(tmp_path, capsys, case):
     make_data(tmp_path / "data")
-    cfg = {"no folder": {"data": str(tmp_path / "moved")}, "no data key": {},
-           "unknown user": {"data": str(tmp_path / "data")}}[case]
+    cfg = {"no folder": {"data": str(tmp_path / "moved"), **SPLIT}, "no data key": SPLIT,
+           "unknown user": {"data": str(tmp_path / "data"), **SPLIT}}[case]
     names = ["user_a", "user_zz"] if case == "unknown user" else ["user_a"]
-    assert sample.real_images(cfg, VAE_RUN, names, n=4) is None
+    assert sample.real_images(cfg, names, n=4) is None
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith("notice: no real_vs_generated.png")

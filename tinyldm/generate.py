@@ -48,9 +48,9 @@ def initial_noise(seed: int, user: int, index: int, shape: tuple[int, ...]) -> t
 
 
 @torch.no_grad()
-def decode_latents(vae, z: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """Diffusion latents (B, c, h, w) → images (B, C, H, W) in [−1, 1]: undo the scale, decode."""
-    return vae.decode_latent(z / scaling_factor).clamp(-1, 1)
+def decode_latents(vae, z: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0) -> torch.Tensor:
+    """Diffusion latents (B, c, h, w) → images (B, C, H, W) in [−1, 1]: undo the scale and shift, decode."""
+    return vae.decode_latent(z / scaling_factor + shift_factor).clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -64,6 +64,7 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
     """
     c, h, w = run_config["latent_shape"]
     num_classes, scale = run_config["num_classes"], run_config["scaling_factor"]
+    shift = run_config.get("shift_factor", 0.0)  # runs written before diffusers VAEs have none: 0
     sched, prediction = Schedule.from_config(run_config["schedule"]), run_config["prediction"]
     for u in users:
         if not 0 <= u < num_classes:
@@ -81,7 +82,7 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
                    prediction=prediction, eta=sampling.eta, cfg_scale=sampling.cfg_scale,
                    cfg_rescale=sampling.cfg_rescale, cond=y, null_cond=torch.full_like(y, num_classes),
                    generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
-        images.append(decode_latents(vae, z, scale).cpu())
+        images.append(decode_latents(vae, z, scale, shift).cpu())
         for k, (u, i) in enumerate(batch):
             if trajectory and i == 0:
                 first_x0s[u] = torch.stack([x0[k] for x0 in steps_x0])  # (S, c, h, w)
@@ -91,5 +92,5 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
     traj = None
     if trajectory:
         stacked = torch.stack([first_x0s[u] for u in users], dim=1)  # (S, U, c, h, w)
-        traj = [decode_latents(vae, s.to(device), scale).cpu() for s in stacked]
+        traj = [decode_latents(vae, s.to(device), scale, shift).cpu() for s in stacked]
     return x, traj

@@ -15,6 +15,7 @@ Bad input is a `RunError` (a ValueError), which `run_cli` turns into one line on
 """
 
 import atexit
+import hashlib
 import json
 import os
 import socket
@@ -116,6 +117,15 @@ def load_weights(path: Path, device: str | torch.device = "cpu") -> dict:
     except Exception as e:  # safetensors raises its own error types for a bad header, size or dtype
         raise RunError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:80]}): it was cut "
                        "short or damaged; resume from a checkpoint or retrain") from None
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB pieces: what identifies a set of weights."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def check_finite(state: dict, path: Path) -> None:

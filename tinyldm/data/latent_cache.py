@@ -1,16 +1,19 @@
 """Encode a data split once with the frozen autoencoder and keep the result while nothing it depends on changes.
 
-Stage 2 never needs pixels: it trains on z = (μ + σ·ε)·scaling_factor with a fresh ε each time, so the cache
-keeps the posterior's mean μ and std σ per image (VQ: the pre-quantisation encoding, σ = 0; the diffusion
+Stage 2 never needs pixels: it trains on z = (μ + σ·ε − shift_factor)·scaling_factor with a fresh ε each time, so
+the cache keeps the posterior's mean μ and std σ per image (VQ: the pre-quantisation encoding, σ = 0; the diffusion
 model works on continuous latents and the decoder quantises, Rombach et al. 2022, Sec. 3).
 
-The cache file lives in the autoencoder's run folder, `latent_cache/<key>.safetensors`, where the key hashes
-the autoencoder weights, its config, the data files (names, sizes, modification times) and the split. Change
-any of these and a new cache is built; the stale one is left for other runs that may still use it.
+The cache file is `<cache folder>/<key>.safetensors`, where the key hashes the autoencoder's weights (the sha256 of
+its weights file), its config, the data files (names, sizes, modification times) and the split. Change any of these
+and a new cache is built; the stale one is left for other runs that may still use it. The cache folder is the
+autoencoder run's `latent_cache/` for a train_vae.py run, and `$TINYLDM_CACHE/latents/` (default
+`~/.cache/tinyldm/latents/`) for a diffusers autoencoder, whose folder may be a read-only download.
 """
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -21,20 +24,16 @@ from tinyldm.data.datasets import UserImageFolder
 from tinyldm.runs import atomic_save_weights
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def shared_cache_dir() -> Path:
+    """Where latents of diffusers autoencoders are cached: $TINYLDM_CACHE/latents, else ~/.cache/tinyldm/latents."""
+    return Path(os.environ.get("TINYLDM_CACHE") or Path.home() / ".cache" / "tinyldm") / "latents"
 
 
-def cache_key(vae_dir: Path, dataset: UserImageFolder, split: dict) -> str:
-    """sha256 over everything the latents depend on (weights, config, data files, split settings)."""
+def cache_key(weights_sha256: str, model: dict, dataset: UserImageFolder, split: dict) -> str:
+    """sha256 over everything the latents depend on (weights, model config, data files, split settings)."""
     h = hashlib.sha256()
-    h.update(_file_digest(Path(vae_dir) / "model.safetensors").encode())
-    config = json.loads((Path(vae_dir) / "config.json").read_text())
-    h.update(json.dumps({"model_type": config["model_type"], "model": config["model"]}, sort_keys=True).encode())
+    h.update(weights_sha256.encode())
+    h.update(json.dumps(model, sort_keys=True).encode())
     for path, user in dataset.samples:
         st = Path(path).stat()
         h.update(f"{path}|{user}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -57,13 +56,14 @@ def encode_split(vae, dataset: UserImageFolder, device, batch_size: int = 64, de
     return {"mean": torch.cat(means), "std": torch.cat(stds), "y": torch.cat(ys)}
 
 
-def cached_latents(vae, vae_dir: Path, dataset: UserImageFolder, split: dict, device
-                   ) -> tuple[dict[str, torch.Tensor], Path, bool]:
-    """Latents of `dataset`, from the cache when it is valid → (tensors, cache path, built_now)."""
-    path = Path(vae_dir) / "latent_cache" / f"{cache_key(vae_dir, dataset, split)}.safetensors"
+def cached_latents(vae, cache_dir: Path, weights_sha256: str, model: dict, dataset: UserImageFolder, split: dict,
+                   device) -> tuple[dict[str, torch.Tensor], Path, bool]:
+    """Latents of `dataset`, from cache_dir when a valid cache is there → (tensors, cache path, built_now).
+    `model` describes the autoencoder ({"model_type": …, "model": its config}) for the key."""
+    path = Path(cache_dir) / f"{cache_key(weights_sha256, model, dataset, split)}.safetensors"
     if path.is_file():
         return load_file(str(path)), path, False
     latents = encode_split(vae, dataset, device)
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_weights(path, latents, {"n": len(dataset), **{k: str(v) for k, v in split.items()}})
     return latents, path, True

@@ -106,7 +106,13 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
     classifier_dir (default RUN/classifier, and the shared cache: see above), prints the headline lines, returns
     the report."""
     seed = sampling.seed
-    from tinyldm.models.loading import load_autoencoder, load_ldm  # the models are only needed for runs
+    from tinyldm.models.loading import (  # the models are only needed for runs
+        autoencoder_split,
+        data_split,
+        load_autoencoder,
+        load_ldm,
+        load_run_vae,
+    )
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
@@ -117,19 +123,20 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
         raise RunError(f"{run_dir} is a {cfg.get('kind')!r} run; pass a train_ldm.py or train_vae.py run folder")
     check_writable(out_dir)
 
-    # 1. The real reference, on the autoencoder's own split: its validation images were never trained on.
-    vae_dir = Path(cfg["vae"]) if cfg["kind"] == "ldm" else run_dir
-    vae_cfg = cfg if cfg["kind"] == "autoencoder" else read_config(vae_dir)
-    val_fraction, split_seed = vae_cfg["args"]["val_fraction"], vae_cfg["args"]["seed"]
-    d = vae_cfg["data"]
-    root = cfg["data"] if cfg["kind"] == "ldm" else d["root"]
-    ref = build_reference(root, d["image_size"], d["channels"], val_fraction, split_seed, classifier_dir, seed,
-                          device, retrain, cache)
-    if ref.classes != d["classes"]:
+    # 1. The real reference, on the split the run read its data with (for a train_ldm.py run on a train_vae.py
+    # autoencoder, that autoencoder's split): its validation images were never trained on.
+    if cfg["kind"] == "ldm":
+        split, root, classes = data_split(cfg), cfg["data"], cfg["classes"]
+    else:
+        split, root, classes = autoencoder_split(cfg), cfg["data"]["root"], cfg["data"]["classes"]
+    val_fraction, split_seed = split["val_fraction"], split["seed"]
+    ref = build_reference(root, split["image_size"], split["channels"], val_fraction, split_seed, classifier_dir,
+                          seed, device, retrain, cache)
+    if ref.classes != classes:
         raise DataError(f"the data at {root} now has users {ref.classes[:3]}… ({len(ref.classes)}) but {run_dir} "
-                        f"was trained on {d['classes'][:3]}… ({len(d['classes'])}); evaluate against the run's data")
+                        f"was trained on {classes[:3]}… ({len(classes)}); evaluate against the run's data")
     report = _header(ref, str(run_dir), cfg["kind"], val_fraction, split_seed)
-    vae, _ = load_autoencoder(vae_dir, device)
+    vae = load_run_vae(cfg, device) if cfg["kind"] == "ldm" else load_autoencoder(run_dir, device)[0]
     report["autoencoder"] = reconstruction_metrics(vae, ref)
     if cfg["kind"] == "autoencoder":
         return _finish(report, out_dir, quiet)

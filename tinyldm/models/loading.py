@@ -3,9 +3,12 @@
 An autoencoder run's config.json holds {"kind": "autoencoder", "model_type": "kl" | "vq", "model": {...}};
 a latent-diffusion run's {"kind": "ldm", "backbone": "unet" | "dit" | "mmdit", "backbone_config": {...}, "vae": ...}.
 Sizes come from each model file's `PRESETS` (the run presets tiny / small / seed are entries there).
+
+Stage 2's autoencoder ("vae") is a train_vae.py run folder or a diffusers autoencoder folder (a pipeline folder's
+vae/ too): `load_vae` reads either and says, in a `VAESource`, where it came from and what it expects.
 """
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -17,11 +20,12 @@ from tinyldm.models.dit import PRESETS as DIT_PRESETS
 from tinyldm.models.dit import DiT, DiTConfig
 from tinyldm.models.mmdit import PRESETS as MMDIT_PRESETS
 from tinyldm.models.mmdit import MMDiT, MMDiTConfig
+from tinyldm.models.pretrained import WEIGHTS
 from tinyldm.models.unet import PRESETS as UNET_PRESETS
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 from tinyldm.models.vq import PRESETS as VQ_PRESETS
 from tinyldm.models.vq import VQModel, VQModelConfig
-from tinyldm.runs import RunError, check_finite, load_weights, read_config
+from tinyldm.runs import RunError, check_finite, file_sha256, load_weights, read_config
 
 MODEL_TYPES = ("kl", "vq")
 BACKBONES = ("unet", "dit", "mmdit")
@@ -95,6 +99,90 @@ def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") ->
     model = build_from(run_dir, build_autoencoder, run["model_type"], run["model"])
     load_into(model, Path(run_dir) / "model.safetensors", "its config.json")
     return model.to(device).eval(), run
+
+
+# ---- stage 2's autoencoder: a train_vae.py run or a diffusers folder ------------------------------------------------
+
+@dataclass(frozen=True)
+class VAESource:
+    """Where stage 2's frozen autoencoder comes from and what it takes. train_ldm.py stores it in config.json as
+    "vae_source" (the scaling_factor and shift_factor it trained with beside it), so sampling decodes with the same."""
+
+    format: str  # "tinyldm" (a train_vae.py run folder) or "diffusers" (a model folder, or a pipeline's vae/)
+    folder: str  # the folder that holds its config.json and weights
+    weights: str  # its weights file
+    sha256: str  # of the weights file: part of the latent cache key, checked again when sampling
+    model_type: str  # "kl" (AutoencoderKL) or "vq" (VQModel)
+    image_size: int  # H = W it was trained at: its run's image size, or diffusers' sample_size
+    channels: int  # image channels it reads (in_channels)
+    downsample_factor: int  # f: an H×W image becomes (H/f)×(W/f) latents
+    scaling_factor: float | None  # stage 2 trains on (z − shift_factor)·scaling_factor; None: a run that never finished
+    shift_factor: float  # 0 for all but the SD3/FLUX VAEs (diffusers' None is 0)
+
+
+def vae_folder(path: str | Path) -> tuple[str, Path]:
+    """--vae PATH → ("tinyldm", the run folder) or ("diffusers", the model folder: PATH, PATH/vae or PATH/vqvae)."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path} does not exist; pass a train_vae.py run folder, a diffusers autoencoder folder "
+                       "(config.json + diffusion_pytorch_model.safetensors) or a pipeline folder with vae/")
+    for folder in (path, path / "vae", path / "vqvae"):
+        if (folder / "config.json").is_file():
+            if "_class_name" in read_config(folder):
+                return "diffusers", folder
+            if folder == path:
+                return "tinyldm", folder
+    raise RunError(f"{path} is neither a train_vae.py run folder nor a diffusers autoencoder folder (no "
+                   "config.json, and no vae/config.json); pass one of those")
+
+
+def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, VAESource]:
+    """A train_vae.py run folder or a diffusers AutoencoderKL / VQModel folder (or pipeline folder with vae/) →
+    (the autoencoder in eval mode, where it came from and what it expects)."""
+    fmt, folder = vae_folder(path)
+    if fmt == "tinyldm":
+        model, run = load_autoencoder(folder, device)
+        weights, model_type = folder / "model.safetensors", run["model_type"]
+        image_size, finished = run["data"]["image_size"], "latent_std" in run.get("results", {})
+    else:
+        model_type = "vq" if read_config(folder).get("_class_name") == "VQModel" else "kl"
+        cls = VQModel if model_type == "vq" else AutoencoderKL  # another class is refused by from_pretrained, by name
+        model = cls.from_pretrained(folder).to(device).eval()
+        weights = folder / WEIGHTS if (folder / WEIGHTS).is_file() else folder / "diffusion_pytorch_model.bin"
+        image_size, finished = model.config.sample_size, True
+    c = model.config
+    source = VAESource(fmt, str(folder), str(weights), file_sha256(weights), model_type, image_size, c.in_channels,
+                       2 ** (len(c.block_out_channels) - 1), float(c.scaling_factor) if finished else None,
+                       float(getattr(c, "shift_factor", None) or 0.0))
+    return model, source
+
+
+def load_run_vae(run: dict, device: str | torch.device = "cpu") -> nn.Module:
+    """The autoencoder a train_ldm.py run (its config) trained with, in eval mode; a notice if its weights changed
+    since (runs written before "vae_source" was stored are not checked)."""
+    vae, source = load_vae(run["vae"], device)
+    trained_with = run.get("vae_source", {}).get("sha256")
+    if trained_with is not None and trained_with != source.sha256:
+        print(f"notice: the autoencoder weights {source.weights} changed since this run was trained (sha256 "
+              f"{trained_with[:12]}… then, {source.sha256[:12]}… now); the images are decoded with the new ones",
+              flush=True)
+    return vae
+
+
+def autoencoder_split(vae_run: dict) -> dict:
+    """The data settings of a train_vae.py run as UserImageFolder takes them (size, channels, split, strictness)."""
+    d, a = vae_run["data"], vae_run["args"]
+    return {"image_size": d["image_size"], "channels": d["channels"], "val_fraction": a["val_fraction"],
+            "seed": a["seed"], "strict_size": a.get("strict_size", False)}
+
+
+def data_split(run: dict) -> dict:
+    """The data settings a train_ldm.py run read its images with (UserImageFolder's image_size, channels,
+    val_fraction, seed, strict_size). Runs store them as "split" (a diffusers autoencoder has no run to take them
+    from); runs written before took them from their autoencoder run, which is read for them."""
+    if "split" in run:
+        return {"image_size": run["image_size"], "channels": run["channels"], **run["split"]}
+    return autoencoder_split(read_run(run["vae"], "autoencoder", "train_vae.py"))
 
 
 def backbone_config(backbone: str, preset: str, latent_channels: int, latent_size: int, num_classes: int,
