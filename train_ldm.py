@@ -43,6 +43,7 @@ from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, 
 from tinyldm.runs import RunError, append_log, autocast_dtype, read_log, run_cli, unlock_run
 from tinyldm.train import (
     StopRequest,
+    adamw,
     apply_recipe,
     args_record,
     batch_indices,
@@ -165,6 +166,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                    help="after warmup: constant, or half-cosine decay to 0 at the last step")
     g.add_argument("--warmup", type=int, default=None, help="linear LR warmup steps")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm (0 = off)")
+    g.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True,
+                   help="AdamW's fused kernel (the same update, faster); --no-fused-optimizer: PyTorch's default")
     g.add_argument("--ema-decay", type=float, default=None, help="EMA decay (with warmup (1 + k)/(10 + k))")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone's training forward")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -192,7 +195,8 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
     rank, world, device = init_distributed(args.device)
     weights, train_state = None, None
     if args.resume is not None:
-        older_runs = {"precision": "bf16" if device.type == "cuda" else "fp32"}  # before --precision existed
+        older_runs = {"precision": "bf16" if device.type == "cuda" else "fp32",  # before --precision existed
+                      "fused_optimizer": False}  # and before --fused-optimizer
         args, weights, train_state = resume_run(args.resume, "ldm", "train_ldm.py", args, defaults,
                                                 RESUMABLE_OVERRIDES, STORED_ELSEWHERE, older_runs)
     resolve_defaults(args)
@@ -355,7 +359,7 @@ def build_training(args, bb_config: dict, world: int, device, amp: torch.dtype |
     if device.type == "cpu" and amp is not None:
         written_out_attention(model)  # CPU bf16: the flash-attention backward is 8× slower, the written-out 1.5× faster
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    opt = adamw(model.parameters(), args.lr, 0.0, args.fused_optimizer)
     gen = torch.Generator().manual_seed(args.seed)  # every per-step random draw, identical on all ranks
     step, train_seconds = 0, 0.0
     if train_state is not None:

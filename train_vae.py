@@ -37,6 +37,7 @@ from tinyldm.runs import (
 )
 from tinyldm.train import (
     StopRequest,
+    adamw,
     apply_recipe,
     args_record,
     batch_indices,
@@ -131,6 +132,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
                    help="after warmup: constant, or half-cosine decay to 0 at the last step (default: the recipe's)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
+    g.add_argument("--fused-optimizer", action=argparse.BooleanOptionalAction, default=True,
+                   help="AdamW's fused kernel (the same update, faster); --no-fused-optimizer: PyTorch's default")
     g = p.add_argument_group("loss weights (defaults follow the seed)")
     g.add_argument("--rec-loss", choices=["l1", "mse"], default="l1")
     g.add_argument("--kl-weight", type=float, default=1e-6)
@@ -291,7 +294,7 @@ def build_training(args, model_cfg: dict, device, weights: dict | None, train_st
     model = build_autoencoder(args.model, model_cfg).to(device)
     if init_weights is not None:
         model.load_state_dict(init_weights)  # built from the same config: every tensor fits
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    opt = adamw(model.parameters(), args.lr, args.weight_decay, args.fused_optimizer)
     if train_state is None:
         return model, opt, 0, 0.0
     restore(model, weights["model"], "model")
@@ -345,7 +348,8 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
     weights, train_state = None, None
     if args.resume is not None:
         older_runs = {"lr_schedule": "constant",  # what runs written before these options did
-                      "precision": "bf16" if resolve_device(args.device).type == "cuda" else "fp32"}
+                      "precision": "bf16" if resolve_device(args.device).type == "cuda" else "fp32",
+                      "fused_optimizer": False}
         args, weights, train_state = resume_run(args.resume, "autoencoder", "train_vae.py", args, defaults,
                                                 RESUMABLE_OVERRIDES, STORED_ELSEWHERE, older_runs)
         args.out = args.resume

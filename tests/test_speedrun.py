@@ -15,7 +15,7 @@ from tinyldm.models.dit import DiT
 from tinyldm.models.loading import backbone_config
 from tinyldm.models.mmdit import MMDiT
 from tinyldm.runs import autocast_dtype, cpu_has_bf16_matmul
-from tinyldm.train import apply_recipe, lr_at
+from tinyldm.train import adamw, apply_recipe, lr_at
 
 CPU = torch.device("cpu")
 
@@ -97,18 +97,38 @@ def test_autoencoder_shape_options_are_stored_and_resumed(tmp_path):
 
 
 def test_runs_from_before_the_new_options_resume_as_they_trained(tmp_path):
-    """A run written before --lr-schedule / --precision existed resumes with a constant LR in float32 (on the CPU),
-    not with today's tiny recipe (cosine, bf16 on AMX)."""
+    """A run written before --lr-schedule / --precision / --fused-optimizer existed resumes with a constant LR in
+    float32 (on the CPU) and PyTorch's default AdamW, not with today's tiny recipe (cosine, bf16 on AMX, fused)."""
     data = make_folder(tmp_path / "data", users=2, per_user=4, size=16)
     run = tmp_path / "vae"
     argv = ["--data", str(data), "--out", str(run), "--image-size", "16", "--batch-size", "2", "--val-fraction",
-            "0.25", "--warmup", "0", "--lr", "1e-3", "--lr-schedule", "constant", "--precision", "fp32"]
+            "0.25", "--warmup", "0", "--lr", "1e-3", "--lr-schedule", "constant", "--precision", "fp32",
+            "--no-fused-optimizer"]
     assert train_vae.main([*argv, "--max-steps", "4", "--stop-after", "2"]) == 0
     cfg = json.loads((run / "config.json").read_text())
-    del cfg["args"]["lr_schedule"], cfg["args"]["precision"]  # as an older train_vae.py wrote it
+    del cfg["args"]["lr_schedule"], cfg["args"]["precision"], cfg["args"]["fused_optimizer"]  # an older run
     (run / "config.json").write_text(json.dumps(cfg))
     assert train_vae.main(["--resume", str(run)]) == 0
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["args"]["lr_schedule"] == "constant" and cfg["args"]["precision"] == "fp32"
+    assert cfg["args"]["fused_optimizer"] is False
     lrs = [json.loads(line)["lr"] for line in (run / "log.jsonl").read_text().splitlines() if '"grad_norm"' in line]
     assert lrs == [1e-3] * 4
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_default_one():
+    """--fused-optimizer changes the kernel, not the update (Loshchilov & Hutter's AdamW, weight decay included)."""
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3), torch.randn(7)]
+    copies = [[p.clone().requires_grad_() for p in params] for _ in range(2)]
+    opts = [adamw(copies[0], 1e-2, 0.1, fused=True), adamw(copies[1], 1e-2, 0.1, fused=False)]
+    assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
+    for _ in range(5):
+        grads = [torch.rand_like(p) + 0.1 for p in params]  # one sign: every entry keeps moving
+        for ps, opt in zip(copies, opts):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b, start in zip(*copies, params):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert (a - start).abs().min() > 1e-3  # every entry moved (5 steps of lr 1e-2)

@@ -139,6 +139,13 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
     return order[i * batch_size:(i + 1) * batch_size]  # (batch_size,)
 
 
+def adamw(params, lr: float, weight_decay: float = 0.0, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019). fused: PyTorch's one-kernel implementation of the same update (the tiny
+    DiT's bf16 training step 1.13× faster on 2 CPU cores, docs/speedrun.md); False: PyTorch's default, what runs
+    written before --fused-optimizer trained with, so that resuming them stays exact."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **({"fused": True} if fused else {}))
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
