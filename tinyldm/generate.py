@@ -17,7 +17,7 @@ from tinyldm.diffusion import SAMPLERS, SPACINGS, SamplingConfig, Schedule, samp
 # larger than any user count × images per user, so no two images of one call (or of nearby seeds) share noise.
 SEED_STRIDE = 1_000_003
 USER_STRIDE = 10_007
-DEFAULT_SAMPLING = SamplingConfig()  # DPM-Solver++(2M), 20 steps, trailing, guidance w = 1.5, seed 0
+DEFAULT_SAMPLING = SamplingConfig()  # DPM-Solver++(2M), 20 steps, trailing, guidance w = 1.25, seed 0
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, defaults: SamplingConfig = DEFAULT_SAMPLING) -> None:

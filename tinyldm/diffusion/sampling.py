@@ -56,8 +56,8 @@ class SamplingConfig:
     steps: int = 20  # N: times where the network is asked (network calls: `nfe`)
     spacing: str = "trailing"  # time grid: leading | trailing | linspace | karras (Schedule.timesteps)
     eta: float = 0.0  # DDIM's η: 0 deterministic, 1 DDPM-like noise; only for sampler "ddim"
-    cfg_scale: float = 1.5  # classifier-free guidance w: 1 = conditional (no guidance), 0 = unconditional; 1.5 had
-    # the best Fréchet distance at ≥ 90 % condition accuracy for the tiny recipe (docs/speedrun.md)
+    cfg_scale: float = 1.25  # classifier-free guidance w: 1 = conditional (no guidance), 0 = unconditional; 1.25
+    # had the best Fréchet distance at ≥ 90 % condition accuracy for the tiny recipe (docs/speedrun.md)
     cfg_rescale: float = 0.0  # guidance rescale φ ∈ [0, 1] (Lin et al. 2023; 0.7 tames a large w)
     seed: int = 0  # same seed, same images (tinyldm.generate.initial_noise)
 
