@@ -362,6 +362,15 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
     return args, device, weights, train_state
 
 
+def make_run_config(args, model_cfg: dict, loss_weights, perceptual_active: bool, train_ds, n_val: int) -> dict:
+    """config.json: the model (to rebuild it), the loss, the data and every option (to repeat the run)."""
+    return {"kind": "autoencoder", "model_type": args.model, "model": model_cfg, "loss": asdict(loss_weights),
+            "perceptual_active": perceptual_active,
+            "data": {"root": str(args.data), "image_size": model_cfg["sample_size"], "channels": args.channels,
+                     "classes": train_ds.classes, "n_train": len(train_ds), "n_val": n_val},
+            "args": args_record(args, STORED_ELSEWHERE)}
+
+
 def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     # Set up the settings, the device and the seeds; the model's config (with --init: the pretrained model's).
     args, device, weights, train_state = set_up(args, defaults)
@@ -384,11 +393,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
 
     # config.json (everything needed to rebuild the model and repeat the run).
-    run_config = {"kind": "autoencoder", "model_type": args.model, "model": model_cfg,
-                  "loss": asdict(loss_weights), "perceptual_active": perceptual is not None,
-                  "data": {"root": str(args.data), "image_size": size, "channels": args.channels,
-                           "classes": train_ds.classes, "n_train": len(train_ds), "n_val": len(x_val)},
-                  "args": args_record(args, STORED_ELSEWHERE)}
+    run_config = make_run_config(args, model_cfg, loss_weights, perceptual is not None, train_ds, len(x_val))
     start_run_folder(run_dir, run_config, step)
     print((f"resumed {run_dir} at step {step}/{total_steps}\n" if step else "") +
           (f"fine-tuning the pretrained autoencoder {args.init}\n" if init_weights is not None else "") +
