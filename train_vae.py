@@ -62,6 +62,7 @@ RESUMABLE_OVERRIDES = ("epochs", "max_steps", "stop_after", "ckpt_every", "devic
 STORED_ELSEWHERE = {"model": ("model_type",), "data": ("data", "root"), "image_size": ("data", "image_size"),
                     "channels": ("data", "channels"), "latent_channels": ("model", "latent_channels"),
                     "block_out_channels": ("model", "block_out_channels"),
+                    "mid_attention": ("model", "mid_block_add_attention"),
                     "kl_weight": ("loss", "kl"),
                     "perceptual_weight": ("loss", "perceptual"), "freq_weight": ("loss", "freq"),
                     "rec_loss": ("loss", "rec_kind"), "freq_loss": ("loss", "freq_kind"),
@@ -112,6 +113,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                    metavar="C1,C2,…", help="widths per level (default: the preset's); f = 2^(levels − 1)")
     g.add_argument("--latent-channels", type=int, default=None,
                    help="channels of the latent (default: the preset's, 4; SD3/Flux use 16)")
+    g.add_argument("--mid-attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="self-attention in the encoder's and decoder's mid blocks, at the lowest resolution "
+                        "(default: the preset's: tiny none, seed yes as Stable Diffusion's VAE)")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, default=None,
                    help="folder with one sub-folder of images per user; default: the built-in simulated set "
@@ -231,6 +235,8 @@ def model_config(args: argparse.Namespace) -> dict:
         shape["sample_size"] = args.image_size
     if args.latent_channels:
         shape["latent_channels"] = args.latent_channels
+    if args.mid_attention is not None:
+        shape["mid_block_add_attention"] = args.mid_attention
     if args.block_out_channels:
         levels = len(args.block_out_channels)
         shape.update(block_out_channels=args.block_out_channels, down_block_types=["DownEncoderBlock2D"] * levels,
@@ -245,7 +251,8 @@ def pretrained_config(args: argparse.Namespace) -> tuple[dict, dict]:
     cfg = asdict(model.config)
     given = {"--model": (args.model, source.model_type), "--channels": (args.channels, cfg["in_channels"]),
              "--latent-channels": (args.latent_channels, cfg["latent_channels"]),
-             "--block-out-channels": (args.block_out_channels, cfg["block_out_channels"])}
+             "--block-out-channels": (args.block_out_channels, cfg["block_out_channels"]),
+             "--mid-attention": (args.mid_attention, cfg["mid_block_add_attention"])}
     for flag, (value, pretrained) in given.items():
         if value is not None and value != pretrained:
             shown = ",".join(map(str, pretrained)) if isinstance(pretrained, list) else pretrained

@@ -233,3 +233,32 @@ def test_euler_and_heun_on_a_flow_schedule_say_they_run_their_flow_form(name, fl
     with pytest.warns(UserWarning, match=f"runs '{flow_name}'"):
         out = sample(model, x, sched, name, steps=6, prediction="flow")
     assert torch.equal(out, sample(model, x, sched, flow_name, steps=6, prediction="flow"))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "dpmpp_2m", "ddpm", "euler_ancestral", "heun", "lms"])
+def test_the_schedule_is_read_once_per_grid_not_once_per_step(sampler, monkeypatch):
+    # The samplers' speed rests on this (issue 15): coefficients for the whole grid are computed before the loop, so
+    # the number of schedule evaluations does not grow with the number of steps.
+    sched = Schedule.vp("scaled_linear")
+    calls = []
+    alpha_sigma = Schedule.alpha_sigma
+    monkeypatch.setattr(Schedule, "alpha_sigma", lambda self, t: calls.append(1) or alpha_sigma(self, t))
+    counts = []
+    for steps in (5, 40):
+        calls.clear()
+        sample(lambda x, t: 0.5 * x, torch.randn(2, 3), sched, sampler, steps=steps,
+               generator=torch.Generator().manual_seed(0))
+        counts.append(len(calls))
+    assert counts[0] == counts[1], f"{sampler}: {counts[0]} schedule evaluations at 5 steps, {counts[1]} at 40"
+
+
+def test_denoiser_grid_lookup_equals_computing_each_time():
+    # make_denoiser with the grid looks α, σ and the network time up; without it, or off the grid, it computes them.
+    for sched, prediction in [(Schedule.vp("linear"), "eps"), (Schedule.flow(shift=3.0), "flow")]:
+        net = exact_network(sched, prediction)
+        ts = sched.timesteps(7, "trailing")
+        with_grid, without = make_denoiser(net, sched, prediction, ts), make_denoiser(net, sched, prediction)
+        x = _x()
+        for t in ts.tolist() + [0.5 * (ts[1] + ts[2]).item()]:  # every grid time, and one between two of them
+            torch.testing.assert_close(with_grid(x, t), without(x, torch.tensor(t, dtype=torch.float64)),
+                                       rtol=0, atol=0)

@@ -13,24 +13,33 @@ Lu et al. 2022a) evaluate the network at intermediate times instead. At σ_t = 0
 first order and lands on x_t = α_t x̂0_s.
 """
 
+import math
+
 import torch
 
-from .samplers import _randn, _report
+from .samplers import _randn, _report, grid_floats
 
 
 def _grid(sched, ts):
-    """α, σ and λ = log(α/σ) at the grid, float64, each (N+1,)."""
+    """The times, α, σ and λ = log(α/σ) at the grid, as lists of N+1 floats (λ = ±inf where σ or α is 0)."""
     alpha, sigma = sched.alpha_sigma(ts)
-    return alpha, sigma, alpha.log() - sigma.log()
+    return grid_floats(ts, alpha, sigma, alpha.log() - sigma.log())
 
 
 def _noise_prediction_grid(sched, ts, name):
-    alpha, sigma, lam = _grid(sched, ts)
+    times, alpha, sigma, lam = _grid(sched, ts)
     if alpha[0] == 0:
         raise ValueError(f"sampler {name!r} (noise prediction) divides by α_s and needs α > 0 at its first time, "
-                         f"but α = 0 at t = {ts[0].item():g}; use 'dpmpp_2m' / 'dpmpp_3m' (data prediction) or "
-                         f"pass timesteps that start below t = {ts[0].item():g}")
-    return alpha, sigma, lam
+                         f"but α = 0 at t = {times[0]:g}; use 'dpmpp_2m' / 'dpmpp_3m' (data prediction) or "
+                         f"pass timesteps that start below t = {times[0]:g}")
+    return times, alpha, sigma, lam
+
+
+def _alpha_sigma_at_lam(sched, lam: float) -> tuple[float, float, float]:
+    """The time whose λ is `lam` (DPM-Solver-2/3's intermediate points) and its α and σ, as floats."""
+    t = sched.t_from_lam(lam)
+    alpha, sigma = sched.alpha_sigma(t)
+    return t.item(), alpha.item(), sigma.item()
 
 
 def _eps(denoiser, x, t, alpha, sigma):
@@ -41,70 +50,67 @@ def _eps(denoiser, x, t, alpha, sigma):
 @torch.no_grad()
 def dpm_solver_1(denoiser, x, sched, ts, generator=None, callback=None):
     """DPM-Solver-1, Lu et al. 2022a, Eq. 3.7 (noise prediction; the same step as DDIM with η = 0)."""
-    alpha, sigma, lam = _noise_prediction_grid(sched, ts, "dpm_solver_1")
-    for i in range(len(ts) - 1):
-        x0_hat = denoiser(x, ts[i])
+    times, alpha, sigma, lam = _noise_prediction_grid(sched, ts, "dpm_solver_1")
+    for i in range(len(times) - 1):
+        x0_hat = denoiser(x, times[i])
         if sigma[i + 1] == 0:  # step to the data: the h → ∞ limit of Eq. 3.7
             x = alpha[i + 1] * x0_hat
         else:
             eps_s = (x - alpha[i] * x0_hat) / sigma[i]
             h = lam[i + 1] - lam[i]
-            x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * torch.expm1(h) * eps_s  # Eq. 3.7
-        _report(callback, i, ts[i], x, x0_hat)
+            x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * math.expm1(h) * eps_s  # Eq. 3.7
+        _report(callback, i, times[i], x, x0_hat)
     return x
 
 
 @torch.no_grad()
 def dpm_solver_2(denoiser, x, sched, ts, generator=None, callback=None, r1=0.5):
     """DPM-Solver-2 singlestep, Lu et al. 2022a, Algorithm 1 (r1 = 1/2): 2 network calls per step."""
-    alpha, sigma, lam = _noise_prediction_grid(sched, ts, "dpm_solver_2")
-    for i in range(len(ts) - 1):
-        x0_hat = denoiser(x, ts[i])
+    times, alpha, sigma, lam = _noise_prediction_grid(sched, ts, "dpm_solver_2")
+    for i in range(len(times) - 1):
+        x0_hat = denoiser(x, times[i])
         if sigma[i + 1] == 0:
             x = alpha[i + 1] * x0_hat
-            _report(callback, i, ts[i], x, x0_hat)
+            _report(callback, i, times[i], x, x0_hat)
             continue
         eps_s = (x - alpha[i] * x0_hat) / sigma[i]
         h = lam[i + 1] - lam[i]
         # 1. First-order step to the intermediate time s1 with λ_{s1} = λ_s + r1 h.
-        s1 = sched.t_from_lam(lam[i] + r1 * h)
-        alpha_s1, sigma_s1 = sched.alpha_sigma(s1)
-        u = (alpha_s1 / alpha[i]) * x - sigma_s1 * torch.expm1(r1 * h) * eps_s
+        s1, alpha_s1, sigma_s1 = _alpha_sigma_at_lam(sched, lam[i] + r1 * h)
+        u = (alpha_s1 / alpha[i]) * x - sigma_s1 * math.expm1(r1 * h) * eps_s
         # 2. Full step corrected with the noise predicted at s1.
         D1 = _eps(denoiser, u, s1, alpha_s1, sigma_s1) - eps_s
-        x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * torch.expm1(h) * eps_s \
-            - sigma[i + 1] / (2 * r1) * torch.expm1(h) * D1
-        _report(callback, i, ts[i], x, x0_hat)
+        x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * math.expm1(h) * eps_s \
+            - sigma[i + 1] / (2 * r1) * math.expm1(h) * D1
+        _report(callback, i, times[i], x, x0_hat)
     return x
 
 
 @torch.no_grad()
 def dpm_solver_3(denoiser, x, sched, ts, generator=None, callback=None, r1=1 / 3, r2=2 / 3):
     """DPM-Solver-3 singlestep, Lu et al. 2022a, Algorithm 2 (r1 = 1/3, r2 = 2/3): 3 network calls per step."""
-    alpha, sigma, lam = _noise_prediction_grid(sched, ts, "dpm_solver_3")
-    for i in range(len(ts) - 1):
-        x0_hat = denoiser(x, ts[i])
+    times, alpha, sigma, lam = _noise_prediction_grid(sched, ts, "dpm_solver_3")
+    for i in range(len(times) - 1):
+        x0_hat = denoiser(x, times[i])
         if sigma[i + 1] == 0:
             x = alpha[i + 1] * x0_hat
-            _report(callback, i, ts[i], x, x0_hat)
+            _report(callback, i, times[i], x, x0_hat)
             continue
         eps_s = (x - alpha[i] * x0_hat) / sigma[i]
         h = lam[i + 1] - lam[i]
         # 1. First-order step to s1 (λ_s + r1 h).
-        s1 = sched.t_from_lam(lam[i] + r1 * h)
-        alpha_s1, sigma_s1 = sched.alpha_sigma(s1)
-        u1 = (alpha_s1 / alpha[i]) * x - sigma_s1 * torch.expm1(r1 * h) * eps_s
+        s1, alpha_s1, sigma_s1 = _alpha_sigma_at_lam(sched, lam[i] + r1 * h)
+        u1 = (alpha_s1 / alpha[i]) * x - sigma_s1 * math.expm1(r1 * h) * eps_s
         D1 = _eps(denoiser, u1, s1, alpha_s1, sigma_s1) - eps_s
         # 2. Second-order step to s2 (λ_s + r2 h).
-        s2 = sched.t_from_lam(lam[i] + r2 * h)
-        alpha_s2, sigma_s2 = sched.alpha_sigma(s2)
-        u2 = (alpha_s2 / alpha[i]) * x - sigma_s2 * torch.expm1(r2 * h) * eps_s \
-            - (sigma_s2 * r2 / r1) * (torch.expm1(r2 * h) / (r2 * h) - 1) * D1
+        s2, alpha_s2, sigma_s2 = _alpha_sigma_at_lam(sched, lam[i] + r2 * h)
+        u2 = (alpha_s2 / alpha[i]) * x - sigma_s2 * math.expm1(r2 * h) * eps_s \
+            - (sigma_s2 * r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * D1
         D2 = _eps(denoiser, u2, s2, alpha_s2, sigma_s2) - eps_s
         # 3. Full step corrected with the noise predicted at s2.
-        x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * torch.expm1(h) * eps_s \
-            - (sigma[i + 1] / r2) * (torch.expm1(h) / h - 1) * D2
-        _report(callback, i, ts[i], x, x0_hat)
+        x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * math.expm1(h) * eps_s \
+            - (sigma[i + 1] / r2) * (math.expm1(h) / h - 1) * D2
+        _report(callback, i, times[i], x, x0_hat)
     return x
 
 
@@ -118,16 +124,16 @@ def _multistep_order(order: int, i: int, n: int, sigma_next, lower_order_final: 
 
 @torch.no_grad()
 def _dpmpp_multistep(denoiser, x, sched, ts, order, callback, lower_order_final):
-    alpha, sigma, lam = _grid(sched, ts)
-    n = len(ts) - 1
+    times, alpha, sigma, lam = _grid(sched, ts)
+    n = len(times) - 1
     m = []  # x̂0 at this and the previous steps, newest first (m0, m1, m2)
     for i in range(n):
         # 1. Predict x0 and pick this step's order.
-        x0_hat = denoiser(x, ts[i])
+        x0_hat = denoiser(x, times[i])
         m = [x0_hat] + m[:2]
         k = _multistep_order(order, i, n, sigma[i + 1], lower_order_final)
         h = lam[i + 1] - lam[i]
-        phi1 = torch.expm1(-h)  # e^{−h} − 1
+        phi1 = math.expm1(-h)  # e^{−h} − 1
         # 2. Step with (*), the derivatives estimated by divided differences in λ.
         if k == 1:  # DPM-Solver++(1), the same step as DDIM with η = 0
             x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * phi1 * m[0]
@@ -144,7 +150,7 @@ def _dpmpp_multistep(denoiser, x, sched, ts, order, callback, lower_order_final)
             phi3 = phi2 / h - 0.5
             x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * phi1 * m[0] \
                 + alpha[i + 1] * phi2 * D1 - alpha[i + 1] * phi3 * D2
-        _report(callback, i, ts[i], x, x0_hat)
+        _report(callback, i, times[i], x, x0_hat)
     return x
 
 
@@ -161,24 +167,24 @@ def dpmpp_3m(denoiser, x, sched, ts, generator=None, callback=None, lower_order_
 @torch.no_grad()
 def dpmpp_2m_sde(denoiser, x, sched, ts, generator=None, callback=None, lower_order_final=True):
     """SDE-DPM-Solver++(2M), Lu et al. 2022b, Appendix: the reverse SDE solved exactly in its linear part."""
-    alpha, sigma, lam = _grid(sched, ts)
-    n = len(ts) - 1
+    times, alpha, sigma, lam = _grid(sched, ts)
+    n = len(times) - 1
     m = []
     for i in range(n):
         # 1. Predict x0 and pick this step's order.
-        x0_hat = denoiser(x, ts[i])
+        x0_hat = denoiser(x, times[i])
         m = [x0_hat] + m[:2]
         k = _multistep_order(2, i, n, sigma[i + 1], lower_order_final)
         h = lam[i + 1] - lam[i]
-        one_minus_exp = -torch.expm1(-2 * h)  # 1 − e^{−2h}
+        one_minus_exp = -math.expm1(-2 * h)  # 1 − e^{−2h}
         # 2. First-order part: x_t = (σ_t/σ_s) e^{−h} x_s + α_t (1 − e^{−2h}) x̂0 (the DDPM posterior mean).
-        x = (sigma[i + 1] / sigma[i]) * torch.exp(-h) * x + alpha[i + 1] * one_minus_exp * m[0]
+        x = (sigma[i + 1] / sigma[i]) * math.exp(-h) * x + alpha[i + 1] * one_minus_exp * m[0]
         # 3. Second-order part: α_t ∫_0^h 2e^{−2(h−u)} u du · x̂0' = α_t (1 − (1 − e^{−2h})/(2h)) · h x̂0'.
         if k == 2:
             r = (lam[i] - lam[i - 1]) / h
             x = x + alpha[i + 1] * (1 - one_minus_exp / (2 * h)) * (m[0] - m[1]) / r
         # 4. Fresh noise of variance σ_t² (1 − e^{−2h}) (zero on the step to σ = 0).
         if sigma[i + 1] > 0:
-            x = x + sigma[i + 1] * one_minus_exp.sqrt() * _randn(x, generator)
-        _report(callback, i, ts[i], x, x0_hat)
+            x = x + sigma[i + 1] * math.sqrt(one_minus_exp) * _randn(x, generator)
+        _report(callback, i, times[i], x, x0_hat)
     return x

@@ -29,8 +29,11 @@ def check_prediction(sched: Schedule, prediction: str) -> None:
                          "choose 'eps', 'v' or 'x0'")
 
 
-def _bcast(c, x: torch.Tensor) -> torch.Tensor:
-    """A coefficient of shape () or (B,) as a tensor that broadcasts over x (B, ...), in x's dtype and device."""
+def _bcast(c, x: torch.Tensor) -> torch.Tensor | float:
+    """A coefficient of shape () or (B,) as a tensor that broadcasts over x (B, ...), in x's dtype and device; a
+    Python number stays one (the fastest scalar for an elementwise op, and the samplers' per-step coefficients)."""
+    if isinstance(c, (int, float)):
+        return c
     c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 

@@ -2,11 +2,15 @@
 
 Every sampler has the same signature and is a pure function:
     sampler(denoiser, x, sched, ts, generator=None, callback=None, **options) -> x at ts[-1]
-    denoiser(x, t) -> x̂0     the network wrapped to predict x0 (sample.py), t a 0-dim float64 schedule time
+    denoiser(x, t) -> x̂0     the network wrapped to predict x0 (sample.py), t a float schedule time
     x                         (B, ...) the state at ts[0]
     ts                        (N+1,) float64 decreasing schedule times; N steps; ts[-1] = sched.t_min is the data
     callback(i, t, x, x0_hat) after step i: t = ts[i] where the network was asked, x the new state at ts[i+1]
 Each step goes from time s = ts[i] to the next, smaller time t = ts[i+1] (the notation of Lu et al. 2022).
+
+Speed: a sampler reads the schedule once, for the whole grid, before its loop (`grid_floats`), and steps with
+plain Python floats; inside the loop only the state x is a tensor. A step then costs the network call and a
+handful of elementwise ops, with no schedule lookups, no tensor creation and no device syncs.
 
 Notation: alpha α, sigma σ (x_t = α x0 + σ ε), x0_hat x̂0, eps_hat ε̂ = (x − α x̂0)/σ, and the Karras/EDM
 variables sigma_tilde σ̃ = σ/α, x_tilde x̃ = x/α = x0 + σ̃ ε, in which the probability-flow ODE reads
@@ -25,6 +29,11 @@ def _report(callback, i, t, x, x0_hat):
         callback(i, t, x, x0_hat)
 
 
+def grid_floats(*grids: torch.Tensor) -> list[list[float]]:
+    """Per-step coefficient tensors (each (N+1,) or (N,), computed once for the whole grid) → lists of floats."""
+    return [grid.tolist() for grid in grids]
+
+
 def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """z ~ N(0, I) shaped like x, drawn on the generator's device (CPU unless the generator lives on x's device)."""
     device = generator.device if generator is not None else x.device
@@ -32,7 +41,7 @@ def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 
 
 def karras_variables(sched, ts: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(α, σ̃) on the grid, refusing a first time where α = 0 (σ̃ = ∞: zero terminal SNR, flow at t = 1)."""
+    """(α, σ̃) on the grid, (N+1,) each, refusing a first time where α = 0 (σ̃ = ∞: zero terminal SNR, flow at t = 1)."""
     alpha, sigma = sched.alpha_sigma(ts)
     if alpha[0] == 0:
         raise ValueError(f"sampler {name!r} works in σ̃ = σ/α and needs α > 0 at its first time, but α = 0 at "
@@ -62,16 +71,18 @@ def ddpm(denoiser, x, sched, ts, generator=None, callback=None, variance="fixed_
     """DDPM ancestral sampling, Ho et al. 2020, Algorithm 2 (posterior of Eq. 6–7 around the predicted x0)."""
     if variance not in DDPM_VARIANCES:
         raise ValueError(f"DDPM variance {variance!r} is not supported; choose one of {DDPM_VARIANCES}")
-    for i in range(len(ts) - 1):
+    # The posterior's coefficients for every step at once (step i goes from ts[i] to ts[i + 1]).
+    c_x0, c_xs, beta_tilde, beta = ddpm_posterior(sched, ts[:-1], ts[1:])  # (N,) each
+    noise_std = (beta_tilde if variance == "fixed_small" else beta).sqrt()
+    times, c_x0, c_xs, noise_std = grid_floats(ts, c_x0, c_xs, noise_std)
+    for i in range(len(times) - 1):
         # 1. Predict x0.
-        x0_hat = denoiser(x, ts[i])
+        x0_hat = denoiser(x, times[i])
         # 2. Take the posterior mean, then add its noise (none on the step to the data).
-        c_x0, c_xs, beta_tilde, beta = ddpm_posterior(sched, ts[i], ts[i + 1])
-        x = c_x0 * x0_hat + c_xs * x  # μ̃ (Eq. 7)
-        var = beta_tilde if variance == "fixed_small" else beta
-        if ts[i + 1] > sched.t_min:
-            x = x + var.sqrt() * _randn(x, generator)
-        _report(callback, i, ts[i], x, x0_hat)
+        x = c_x0[i] * x0_hat + c_xs[i] * x  # μ̃ (Eq. 7)
+        if times[i + 1] > sched.t_min:
+            x = x + noise_std[i] * _randn(x, generator)
+        _report(callback, i, times[i], x, x0_hat)
     return x
 
 
@@ -80,20 +91,22 @@ def ddim(denoiser, x, sched, ts, generator=None, callback=None, eta=0.0):
     """DDIM, Song et al. 2021, Eq. 12 with the noise level of Eq. 16 (η = 0 deterministic, η = 1 DDPM)."""
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM noise), got {eta}")
-    alpha, sigma = sched.alpha_sigma(ts)
-    for i in range(len(ts) - 1):
+    alpha, sigma = sched.alpha_sigma(ts)  # (N+1,)
+    # Noise level of every step (Eq. 16): η sqrt((1 − ᾱ_t)/(1 − ᾱ_s)) sqrt(1 − ᾱ_s/ᾱ_t), written for any (α, σ) as
+    # η σ_t sqrt(1 − e^{−2h}) with e^{−h} = α_s σ_t / (σ_s α_t); and what is left of σ_t for the predicted noise.
+    exp_neg_h = alpha[:-1] * sigma[1:] / (sigma[:-1] * alpha[1:])  # (N,)
+    eta_sigma = eta * sigma[1:] * (1 - exp_neg_h**2).sqrt()
+    eps_scale = (sigma[1:] ** 2 - eta_sigma**2).sqrt()
+    times, alpha, sigma, eta_sigma, eps_scale = grid_floats(ts, alpha, sigma, eta_sigma, eps_scale)
+    for i in range(len(times) - 1):
         # 1. Predict x0 and the noise it implies.
-        x0_hat = denoiser(x, ts[i])
+        x0_hat = denoiser(x, times[i])
         eps_hat = (x - alpha[i] * x0_hat) / sigma[i]
-        # 2. Noise level (Eq. 16): η sqrt((1 − ᾱ_t)/(1 − ᾱ_s)) sqrt(1 − ᾱ_s/ᾱ_t), written for any (α, σ) as
-        #    η σ_t sqrt(1 − e^{−2h}) with e^{−h} = α_s σ_t / (σ_s α_t).
-        exp_neg_h = alpha[i] * sigma[i + 1] / (sigma[i] * alpha[i + 1])
-        eta_sigma = eta * sigma[i + 1] * (1 - exp_neg_h**2).sqrt()
-        # 3. Point at x0, add the remaining predicted noise and fresh noise (Eq. 12).
-        x = alpha[i + 1] * x0_hat + (sigma[i + 1] ** 2 - eta_sigma**2).sqrt() * eps_hat
-        if eta > 0 and eta_sigma > 0:
-            x = x + eta_sigma * _randn(x, generator)
-        _report(callback, i, ts[i], x, x0_hat)
+        # 2. Point at x0, add the remaining predicted noise and fresh noise (Eq. 12).
+        x = alpha[i + 1] * x0_hat + eps_scale[i] * eps_hat
+        if eta_sigma[i] > 0:
+            x = x + eta_sigma[i] * _randn(x, generator)
+        _report(callback, i, times[i], x, x0_hat)
     return x
 
 
@@ -104,15 +117,16 @@ def euler(denoiser, x, sched, ts, generator=None, callback=None):
     It is the same update as DDIM: a first-order step with x̂0 held fixed lands on α_s x̂0 + σ_s ε̂ in any variables.
     On a flow schedule σ̃ = t/(1 − t) is infinite at t = 1; from there `flow_euler` steps in t (`sample` switches).
     """
-    alpha, sigma_tilde = karras_variables(sched, ts, "euler")
+    times, alpha, sigma_tilde = grid_floats(ts, *karras_variables(sched, ts, "euler"))
     x_tilde = x / alpha[0]
-    for i in range(len(ts) - 1):
+    for i in range(len(times) - 1):
         # 1. Evaluate the ODE's derivative d = dx̃/dσ̃.
-        x0_hat = denoiser(alpha[i] * x_tilde, ts[i])
+        x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         d = (x_tilde - x0_hat) / sigma_tilde[i]
         # 2. Euler step.
         x_tilde = x_tilde + (sigma_tilde[i + 1] - sigma_tilde[i]) * d
-        _report(callback, i, ts[i], alpha[i + 1] * x_tilde, x0_hat)
+        if callback is not None:
+            callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
 
 
@@ -128,17 +142,19 @@ def ancestral_sigmas(sigma_from, sigma_to) -> tuple[torch.Tensor, torch.Tensor]:
 def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
     """Euler ancestral (Karras et al. 2022's Euler with the DDPM-like noise split of Ho et al. 2020; k-diffusion)."""
     alpha, sigma_tilde = karras_variables(sched, ts, "euler_ancestral")
+    sigma_down, sigma_up = ancestral_sigmas(sigma_tilde[:-1], sigma_tilde[1:])  # (N,) each
+    times, alpha, sigma_tilde, sigma_down, sigma_up = grid_floats(ts, alpha, sigma_tilde, sigma_down, sigma_up)
     x_tilde = x / alpha[0]
-    for i in range(len(ts) - 1):
+    for i in range(len(times) - 1):
         # 1. Evaluate the derivative.
-        x0_hat = denoiser(alpha[i] * x_tilde, ts[i])
+        x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         d = (x_tilde - x0_hat) / sigma_tilde[i]
         # 2. Euler step down to σ_down, then fresh noise up to σ̃_t.
-        sigma_down, sigma_up = ancestral_sigmas(sigma_tilde[i], sigma_tilde[i + 1])
-        x_tilde = x_tilde + (sigma_down - sigma_tilde[i]) * d
-        if sigma_up > 0:
-            x_tilde = x_tilde + sigma_up * _randn(x, generator)
-        _report(callback, i, ts[i], alpha[i + 1] * x_tilde, x0_hat)
+        x_tilde = x_tilde + (sigma_down[i] - sigma_tilde[i]) * d
+        if sigma_up[i] > 0:
+            x_tilde = x_tilde + sigma_up[i] * _randn(x, generator)
+        if callback is not None:
+            callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
 
 
@@ -148,19 +164,20 @@ def heun(denoiser, x, sched, ts, generator=None, callback=None):
 
     On a flow schedule σ̃ is infinite at t = 1; from there `flow_heun` integrates in t (`sample` switches).
     """
-    alpha, sigma_tilde = karras_variables(sched, ts, "heun")
+    times, alpha, sigma_tilde = grid_floats(ts, *karras_variables(sched, ts, "heun"))
     x_tilde = x / alpha[0]
-    for i in range(len(ts) - 1):
+    for i in range(len(times) - 1):
         # 1. Euler step.
-        x0_hat = denoiser(alpha[i] * x_tilde, ts[i])
+        x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         d_cur = (x_tilde - x0_hat) / sigma_tilde[i]
         x_next = x_tilde + (sigma_tilde[i + 1] - sigma_tilde[i]) * d_cur
         # 2. Apply the 2nd-order correction, except on the step to σ̃ = 0 where d is undefined.
         if sigma_tilde[i + 1] > 0:
-            d_prime = (x_next - denoiser(alpha[i + 1] * x_next, ts[i + 1])) / sigma_tilde[i + 1]
+            d_prime = (x_next - denoiser(alpha[i + 1] * x_next, times[i + 1])) / sigma_tilde[i + 1]
             x_next = x_tilde + (sigma_tilde[i + 1] - sigma_tilde[i]) * (0.5 * d_cur + 0.5 * d_prime)
         x_tilde = x_next
-        _report(callback, i, ts[i], alpha[i + 1] * x_tilde, x0_hat)
+        if callback is not None:
+            callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
 
 
@@ -184,20 +201,22 @@ def lms(denoiser, x, sched, ts, generator=None, callback=None, order=4, first_or
     """
     if not 1 <= order <= 4:
         raise ValueError(f"LMS order must be 1, 2, 3 or 4, got {order}")
-    alpha, sigma_tilde = karras_variables(sched, ts, "lms")
-    sigma_list = sigma_tilde.tolist()
+    times, alpha, sigma_tilde = grid_floats(ts, *karras_variables(sched, ts, "lms"))
+    n = len(times) - 1
+    # The weights of every step, from the grid alone: step i integrates the interpolant through σ̃_i, σ̃_{i−1}, …
+    # (the last `order` of them; first order to σ̃ = 0 by default).
+    orders = [1 if sigma_tilde[i + 1] == 0 and first_order_final else min(order, i + 1) for i in range(n)]
+    weights = [lms_coefficients(sigma_tilde[i::-1][:k], sigma_tilde[i + 1]) for i, k in enumerate(orders)]
     x_tilde = x / alpha[0]
-    ds, sigmas = [], []  # d_i, d_{i−1}, … and σ̃_i, σ̃_{i−1}, …, newest first
-    for i in range(len(ts) - 1):
+    ds = []  # d_i, d_{i−1}, …, newest first
+    for i in range(n):
         # 1. Evaluate the derivative and keep the last `order` of them.
-        x0_hat = denoiser(alpha[i] * x_tilde, ts[i])
+        x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         ds = [(x_tilde - x0_hat) / sigma_tilde[i]] + ds[: order - 1]
-        sigmas = [sigma_list[i]] + sigmas[: order - 1]
-        # 2. Step with the integrated Lagrange interpolant of the history (first order to σ̃ = 0 by default).
-        k = 1 if sigma_list[i + 1] == 0 and first_order_final else len(ds)
-        c = lms_coefficients(sigmas[:k], sigma_list[i + 1])
-        x_tilde = x_tilde + sum(c_j * d_j for c_j, d_j in zip(c, ds[:k]))
-        _report(callback, i, ts[i], alpha[i + 1] * x_tilde, x0_hat)
+        # 2. Step with the integrated Lagrange interpolant of the history.
+        x_tilde = x_tilde + sum(c_j * d_j for c_j, d_j in zip(weights[i], ds))
+        if callback is not None:
+            callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
 
 
@@ -206,13 +225,14 @@ def flow_euler(denoiser, x, sched, ts, generator=None, callback=None):
     """Euler on the rectified-flow ODE dx/dt = v, Liu et al. 2022 (as SD3 samples, Esser et al. 2024)."""
     if sched.kind != "flow":
         raise ValueError("sampler 'flow_euler' needs a Schedule.flow(); for a VP schedule use 'euler' or 'ddim'")
-    for i in range(len(ts) - 1):
+    times = ts.tolist()
+    for i in range(len(times) - 1):
         # 1. Velocity implied by the x0 prediction: v = ε − x0 = (x_t − x0)/t.
-        x0_hat = denoiser(x, ts[i])
-        v_hat = (x - x0_hat) / ts[i]
+        x0_hat = denoiser(x, times[i])
+        v_hat = (x - x0_hat) / times[i]
         # 2. Euler step in t.
-        x = x + (ts[i + 1] - ts[i]) * v_hat
-        _report(callback, i, ts[i], x, x0_hat)
+        x = x + (times[i + 1] - times[i]) * v_hat
+        _report(callback, i, times[i], x, x0_hat)
     return x
 
 
@@ -225,16 +245,17 @@ def flow_heun(denoiser, x, sched, ts, generator=None, callback=None):
     """
     if sched.kind != "flow":
         raise ValueError("sampler 'flow_heun' needs a Schedule.flow(); for a VP schedule use 'heun'")
-    for i in range(len(ts) - 1):
-        h = ts[i + 1] - ts[i]
+    times = ts.tolist()
+    for i in range(len(times) - 1):
+        h = times[i + 1] - times[i]
         # 1. Euler predictor.
-        x0_hat = denoiser(x, ts[i])
-        v_cur = (x - x0_hat) / ts[i]  # v = ε − x0 = (x_t − x0)/t
+        x0_hat = denoiser(x, times[i])
+        v_cur = (x - x0_hat) / times[i]  # v = ε − x0 = (x_t − x0)/t
         x_next = x + h * v_cur
         # 2. Trapezoidal corrector with the velocity at the predicted point.
-        if ts[i + 1] > 0:
-            v_next = (x_next - denoiser(x_next, ts[i + 1])) / ts[i + 1]
+        if times[i + 1] > 0:
+            v_next = (x_next - denoiser(x_next, times[i + 1])) / times[i + 1]
             x_next = x + h * (0.5 * v_cur + 0.5 * v_next)
         x = x_next
-        _report(callback, i, ts[i], x, x0_hat)
+        _report(callback, i, times[i], x, x0_hat)
     return x

@@ -88,13 +88,26 @@ def nfe(sampler: str, steps: int, denoise_to_zero: bool = True) -> int:
     return k * (steps - 1) + (1 if denoise_to_zero else 0)
 
 
-def make_denoiser(net, sched: Schedule, prediction: str):
-    """D(x, t) → x̂0: call net(x, model_time(t)) with t as a (B,) tensor and convert its output to x0."""
+def make_denoiser(net, sched: Schedule, prediction: str, ts: torch.Tensor | None = None):
+    """D(x, t) → x̂0: call net(x, model_time(t)) with t as a (B,) tensor and convert its output to x0.
 
-    def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t_model = torch.full((x.shape[0],), float(sched.model_time(t)), device=x.device,
+    t is a schedule time (float or 0-dim tensor). With the sampling grid `ts`, α_t, σ_t and the network's time are
+    looked up for each grid time (computed once, for the whole grid); other times are computed when asked.
+    """
+    grid = {}  # schedule time → (α_t, σ_t, network time), floats
+    if ts is not None:
+        alpha, sigma = sched.alpha_sigma(ts)
+        grid = dict(zip(ts.tolist(), zip(alpha.tolist(), sigma.tolist(), sched.model_time(ts).tolist())))
+
+    def denoiser(x: torch.Tensor, t) -> torch.Tensor:
+        t = float(t)
+        if t in grid:
+            alpha, sigma, t_net = grid[t]
+        else:
+            alpha, sigma = (c.item() for c in sched.alpha_sigma(t))
+            t_net = float(sched.model_time(t))
+        t_model = torch.full((x.shape[0],), t_net, device=x.device,
                              dtype=torch.promote_types(x.dtype, torch.float32))  # (B,)
-        alpha, sigma = sched.alpha_sigma(t)
         return to_x0(net(x, t_model), x, alpha, sigma, prediction)
 
     return denoiser
@@ -150,8 +163,8 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
         net = lambda x, t: model(x, t, cond)
     else:
         net = model
-    denoiser = make_denoiser(net, sched, prediction)
-    # 4. Run the sampler, reporting each step.
+    denoiser = make_denoiser(net, sched, prediction, ts)
+    # 4. Run the sampler, reporting each step (no reporting at all when nobody listens: it costs an op per step).
     options = {"ddim": {"eta": eta}, "ddpm": {"variance": ddpm_variance}}.get(sampler, {}) | (sampler_options or {})
     bar = tqdm(total=len(ts) - 1, desc=sampler, disable=not progress)
 
@@ -161,6 +174,7 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
             callback(i, float(t), x, x0_hat)
 
     try:
-        return SAMPLERS[sampler](denoiser, noise, sched, ts, generator=generator, callback=report, **options)
+        return SAMPLERS[sampler](denoiser, noise, sched, ts, generator=generator,
+                                 callback=report if progress or callback is not None else None, **options)
     finally:
         bar.close()

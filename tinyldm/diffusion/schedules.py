@@ -171,10 +171,14 @@ class Schedule:
 
     # α_t, σ_t and λ_t.
     def _tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """α and λ at the integer times −1, 0, …, T−1; shapes (T+1,)."""
-        alpha_bar = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])  # ᾱ_{−1} = 1
-        lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # λ = ½ log(ᾱ/(1 − ᾱ)); ±inf at the ends
-        return alpha_bar.sqrt(), lam
+        """α and λ at the integer times −1, 0, …, T−1; shapes (T+1,). Built on first use and kept (the schedule is
+        immutable), so a lookup costs a few small ops, not a rebuild of the whole table."""
+        tables = self.__dict__.get("_cached_tables")
+        if tables is None:
+            alpha_bar = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])  # ᾱ_{−1} = 1
+            lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # λ = ½ log(ᾱ/(1 − ᾱ)); ±inf at the ends
+            tables = self.__dict__["_cached_tables"] = (alpha_bar.sqrt(), lam)
+        return tables
 
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(α_t, σ_t) as float64 tensors shaped like t."""
