@@ -11,7 +11,7 @@ import torch
 def classifier_free_guidance(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     """ε̂ = ε̂_u + w (ε̂_c − ε̂_u), w = cfg_scale: 0 unconditional, 1 conditional, > 1 guided (Ho & Salimans 2022,
     Eq. 6)."""
-    return pred_uncond + cfg_scale * (pred_cond - pred_uncond)
+    return torch.lerp(pred_uncond, pred_cond, cfg_scale)  # lerp(a, b, w) = a + w (b − a): one op, not three
 
 
 def rescale_guidance(pred_cfg: torch.Tensor, pred_cond: torch.Tensor, cfg_rescale: float) -> torch.Tensor:
@@ -40,7 +40,7 @@ def guided_model(model, cond, null_cond, cfg_scale: float, cfg_rescale: float = 
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = model(torch.cat([x, x]), torch.cat([t, t]), both_cond)  # (2B, ...) one forward
-        pred_cond, pred_uncond = out.chunk(2)
+        pred_cond, pred_uncond = out[: len(x)], out[len(x):]
         return rescale_guidance(classifier_free_guidance(pred_cond, pred_uncond, cfg_scale), pred_cond, cfg_rescale)
 
     return guided

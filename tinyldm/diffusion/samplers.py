@@ -8,9 +8,10 @@ Every sampler has the same signature and is a pure function:
     callback(i, t, x, x0_hat) after step i: t = ts[i] where the network was asked, x the new state at ts[i+1]
 Each step goes from time s = ts[i] to the next, smaller time t = ts[i+1] (the notation of Lu et al. 2022).
 
-Speed: a sampler reads the schedule once, for the whole grid, before its loop (`grid_floats`), and steps with
-plain Python floats; inside the loop only the state x is a tensor. A step then costs the network call and a
-handful of elementwise ops, with no schedule lookups, no tensor creation and no device syncs.
+Speed: a sampler reads the schedule once, for the whole grid, before its loop: the coefficients of every step as
+Python floats for its decisions (`grid_floats`) and as 0-dim tensors in x's dtype and device for its arithmetic
+(`per_step`). A step then costs the network call and a handful of elementwise ops, with no schedule lookups, no
+tensor creation and no device syncs.
 
 Notation: alpha α, sigma σ (x_t = α x0 + σ ε), x0_hat x̂0, eps_hat ε̂ = (x − α x̂0)/σ, and the Karras/EDM
 variables sigma_tilde σ̃ = σ/α, x_tilde x̃ = x/α = x0 + σ̃ ε, in which the probability-flow ODE reads
@@ -32,6 +33,13 @@ def _report(callback, i, t, x, x0_hat):
 def grid_floats(*grids: torch.Tensor) -> list[list[float]]:
     """Per-step coefficient tensors (each (N+1,) or (N,), computed once for the whole grid) → lists of floats."""
     return [grid.tolist() for grid in grids]
+
+
+def per_step(x: torch.Tensor, *grids: torch.Tensor) -> list[list[torch.Tensor]]:
+    """Per-step coefficient tensors → lists of 0-dim tensors in x's dtype and device. Multiplying x by one of these
+    is a single op; by a Python float (or a float64 tensor) it is two, the scalar's cast costing as much as the
+    multiply itself on a latent-sized tensor."""
+    return [list(grid.to(dtype=x.dtype, device=x.device).unbind()) for grid in grids]
 
 
 def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -74,7 +82,8 @@ def ddpm(denoiser, x, sched, ts, generator=None, callback=None, variance="fixed_
     # The posterior's coefficients for every step at once (step i goes from ts[i] to ts[i + 1]).
     c_x0, c_xs, beta_tilde, beta = ddpm_posterior(sched, ts[:-1], ts[1:])  # (N,) each
     noise_std = (beta_tilde if variance == "fixed_small" else beta).sqrt()
-    times, c_x0, c_xs, noise_std = grid_floats(ts, c_x0, c_xs, noise_std)
+    times = ts.tolist()
+    c_x0, c_xs, noise_std = per_step(x, c_x0, c_xs, noise_std)
     for i in range(len(times) - 1):
         # 1. Predict x0.
         x0_hat = denoiser(x, times[i])
@@ -97,14 +106,15 @@ def ddim(denoiser, x, sched, ts, generator=None, callback=None, eta=0.0):
     exp_neg_h = alpha[:-1] * sigma[1:] / (sigma[:-1] * alpha[1:])  # (N,)
     eta_sigma = eta * sigma[1:] * (1 - exp_neg_h**2).sqrt()
     eps_scale = (sigma[1:] ** 2 - eta_sigma**2).sqrt()
-    times, alpha, sigma, eta_sigma, eps_scale = grid_floats(ts, alpha, sigma, eta_sigma, eps_scale)
+    times, noisy = grid_floats(ts, eta_sigma > 0)
+    alpha, sigma, eta_sigma, eps_scale = per_step(x, alpha, sigma, eta_sigma, eps_scale)
     for i in range(len(times) - 1):
         # 1. Predict x0 and the noise it implies.
         x0_hat = denoiser(x, times[i])
         eps_hat = (x - alpha[i] * x0_hat) / sigma[i]
         # 2. Point at x0, add the remaining predicted noise and fresh noise (Eq. 12).
         x = alpha[i + 1] * x0_hat + eps_scale[i] * eps_hat
-        if eta_sigma[i] > 0:
+        if noisy[i]:
             x = x + eta_sigma[i] * _randn(x, generator)
         _report(callback, i, times[i], x, x0_hat)
     return x
@@ -117,14 +127,16 @@ def euler(denoiser, x, sched, ts, generator=None, callback=None):
     It is the same update as DDIM: a first-order step with x̂0 held fixed lands on α_s x̂0 + σ_s ε̂ in any variables.
     On a flow schedule σ̃ = t/(1 − t) is infinite at t = 1; from there `flow_euler` steps in t (`sample` switches).
     """
-    times, alpha, sigma_tilde = grid_floats(ts, *karras_variables(sched, ts, "euler"))
+    alpha, sigma_tilde = karras_variables(sched, ts, "euler")
+    times = ts.tolist()
+    alpha, sigma_tilde, step = per_step(x, alpha, sigma_tilde, sigma_tilde.diff())  # step: σ̃_{i+1} − σ̃_i
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
         # 1. Evaluate the ODE's derivative d = dx̃/dσ̃.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         d = (x_tilde - x0_hat) / sigma_tilde[i]
         # 2. Euler step.
-        x_tilde = x_tilde + (sigma_tilde[i + 1] - sigma_tilde[i]) * d
+        x_tilde = x_tilde + step[i] * d
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
@@ -143,15 +155,16 @@ def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
     """Euler ancestral (Karras et al. 2022's Euler with the DDPM-like noise split of Ho et al. 2020; k-diffusion)."""
     alpha, sigma_tilde = karras_variables(sched, ts, "euler_ancestral")
     sigma_down, sigma_up = ancestral_sigmas(sigma_tilde[:-1], sigma_tilde[1:])  # (N,) each
-    times, alpha, sigma_tilde, sigma_down, sigma_up = grid_floats(ts, alpha, sigma_tilde, sigma_down, sigma_up)
+    times, noisy = grid_floats(ts, sigma_up > 0)
+    alpha, sigma_tilde, step, sigma_up = per_step(x, alpha, sigma_tilde, sigma_down - sigma_tilde[:-1], sigma_up)
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
         # 1. Evaluate the derivative.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         d = (x_tilde - x0_hat) / sigma_tilde[i]
-        # 2. Euler step down to σ_down, then fresh noise up to σ̃_t.
-        x_tilde = x_tilde + (sigma_down[i] - sigma_tilde[i]) * d
-        if sigma_up[i] > 0:
+        # 2. Euler step down to σ_down (step = σ_down − σ̃_i), then fresh noise up to σ̃_t.
+        x_tilde = x_tilde + step[i] * d
+        if noisy[i]:
             x_tilde = x_tilde + sigma_up[i] * _randn(x, generator)
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
@@ -164,17 +177,19 @@ def heun(denoiser, x, sched, ts, generator=None, callback=None):
 
     On a flow schedule σ̃ is infinite at t = 1; from there `flow_heun` integrates in t (`sample` switches).
     """
-    times, alpha, sigma_tilde = grid_floats(ts, *karras_variables(sched, ts, "heun"))
+    alpha, sigma_tilde = karras_variables(sched, ts, "heun")
+    times, to_data = grid_floats(ts, sigma_tilde == 0)
+    alpha, sigma_tilde, step = per_step(x, alpha, sigma_tilde, sigma_tilde.diff())  # step: σ̃_{i+1} − σ̃_i
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
         # 1. Euler step.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         d_cur = (x_tilde - x0_hat) / sigma_tilde[i]
-        x_next = x_tilde + (sigma_tilde[i + 1] - sigma_tilde[i]) * d_cur
+        x_next = x_tilde + step[i] * d_cur
         # 2. Apply the 2nd-order correction, except on the step to σ̃ = 0 where d is undefined.
-        if sigma_tilde[i + 1] > 0:
+        if not to_data[i + 1]:
             d_prime = (x_next - denoiser(alpha[i + 1] * x_next, times[i + 1])) / sigma_tilde[i + 1]
-            x_next = x_tilde + (sigma_tilde[i + 1] - sigma_tilde[i]) * (0.5 * d_cur + 0.5 * d_prime)
+            x_next = x_tilde + step[i] * (0.5 * d_cur + 0.5 * d_prime)
         x_tilde = x_next
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)

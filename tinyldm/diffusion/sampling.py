@@ -88,26 +88,29 @@ def nfe(sampler: str, steps: int, denoise_to_zero: bool = True) -> int:
     return k * (steps - 1) + (1 if denoise_to_zero else 0)
 
 
-def make_denoiser(net, sched: Schedule, prediction: str, ts: torch.Tensor | None = None):
+def make_denoiser(net, sched: Schedule, prediction: str, ts: torch.Tensor | None = None,
+                  like: torch.Tensor | None = None):
     """D(x, t) → x̂0: call net(x, model_time(t)) with t as a (B,) tensor and convert its output to x0.
 
-    t is a schedule time (float or 0-dim tensor). With the sampling grid `ts`, α_t, σ_t and the network's time are
-    looked up for each grid time (computed once, for the whole grid); other times are computed when asked.
+    t is a schedule time (float or 0-dim tensor). Given the sampling grid `ts` and a tensor `like` the state (its
+    dtype and device), α_t, σ_t and the network's time are prepared once for every grid time and looked up; other
+    times are computed when asked.
     """
-    grid = {}  # schedule time → (α_t, σ_t, network time), floats
-    if ts is not None:
-        alpha, sigma = sched.alpha_sigma(ts)
-        grid = dict(zip(ts.tolist(), zip(alpha.tolist(), sigma.tolist(), sched.model_time(ts).tolist())))
+    grid = {}  # schedule time → (α_t, σ_t, the network's time for a batch like `like`), ready for x
+    if ts is not None and like is not None:
+        alpha, sigma = (c.to(dtype=like.dtype, device=like.device) for c in sched.alpha_sigma(ts))
+        t_net = sched.model_time(ts).to(dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
+        t_net = t_net[:, None].expand(len(ts), like.shape[0])  # (N+1, B), a view
+        grid = dict(zip(ts.tolist(), zip(alpha.unbind(), sigma.unbind(), t_net.unbind())))
 
     def denoiser(x: torch.Tensor, t) -> torch.Tensor:
         t = float(t)
-        if t in grid:
-            alpha, sigma, t_net = grid[t]
+        if t in grid and grid[t][2].shape[0] == x.shape[0]:
+            alpha, sigma, t_model = grid[t]
         else:
-            alpha, sigma = (c.item() for c in sched.alpha_sigma(t))
-            t_net = float(sched.model_time(t))
-        t_model = torch.full((x.shape[0],), t_net, device=x.device,
-                             dtype=torch.promote_types(x.dtype, torch.float32))  # (B,)
+            alpha, sigma = sched.alpha_sigma(t)
+            t_model = torch.full((x.shape[0],), float(sched.model_time(t)), device=x.device,
+                                 dtype=torch.promote_types(x.dtype, torch.float32))  # (B,)
         return to_x0(net(x, t_model), x, alpha, sigma, prediction)
 
     return denoiser
@@ -163,7 +166,7 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
         net = lambda x, t: model(x, t, cond)
     else:
         net = model
-    denoiser = make_denoiser(net, sched, prediction, ts)
+    denoiser = make_denoiser(net, sched, prediction, ts, like=noise)
     # 4. Run the sampler, reporting each step (no reporting at all when nobody listens: it costs an op per step).
     options = {"ddim": {"eta": eta}, "ddpm": {"variance": ddpm_variance}}.get(sampler, {}) | (sampler_options or {})
     bar = tqdm(total=len(ts) - 1, desc=sampler, disable=not progress)

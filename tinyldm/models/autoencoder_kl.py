@@ -230,9 +230,11 @@ class AutoencoderKLConfig:
 
 PRESETS = {
     # 64×64 → 32×32×4 (f=2): what `make demo` and the tests train on CPU. f=2 reaches the identity target in a
-    # third of the steps f=4 ([32, 64, 128] → 16×16×4) needs, at the same step cost (docs/speedrun.md).
+    # third of the steps f=4 ([32, 64, 128] → 16×16×4) needs, at the same step cost; no mid-block attention (over
+    # 32×32 = 1,024 positions it was 35 % of a float32 training step and bought no accuracy; docs/speedrun.md).
     "tiny": dict(block_out_channels=[32, 64], layers_per_block=1, norm_num_groups=16, sample_size=64,
-                 down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2),
+                 down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                 mid_block_add_attention=False),
     # 256×256 → 32×32×4 (f=8): the Stable Diffusion VAE, exactly.
     "seed": dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, sample_size=256),
 }
