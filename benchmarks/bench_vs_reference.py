@@ -31,7 +31,8 @@ What is timed
   reports VmHWM after the step: the resident peak of the step, weights and imports included. Not ru_maxrss: on
   Linux a child starts with its parent's peak (exec keeps the larger of the two), here the main process's several
   GB, for either library. diffusers' weights are pages of the safetensors file, mapped and read in at first use,
-  so its RSS after loading is small.
+  so its RSS after loading is small. A third child runs tinyldm with gradient checkpointing (the config's
+  `gradient_checkpointing`), and the row's note gives its peak and what it saves.
 
 Rules: two untimed warm-ups per side, then --rounds rounds (--big-rounds for SD-VAE, SD-1.x UNet and DiT-XL/2,
 whose fwd+bwd takes 5–20 s a call) alternating tinyldm, diffusers, tinyldm, diffusers, …
