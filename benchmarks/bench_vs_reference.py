@@ -57,7 +57,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -68,6 +67,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import cpu_name
 
 from tinyldm.diffusion import Schedule, sample
 from tinyldm.models.autoencoder_kl import AutoencoderKL
@@ -537,16 +537,6 @@ def import_diffusers():
     return diffusers
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", help="comma-separated parts (samplers, models, big, medium, tiny) or rows "
@@ -571,7 +561,7 @@ def main():
     elif diffusers.__version__ != DIFFUSERS_VERSION:
         print(f"note: diffusers {diffusers.__version__}, not the {DIFFUSERS_VERSION} this comparison was written for",
               flush=True)
-    env = {"cpu": cpu_model(), "cpus": f"{len(os.sched_getaffinity(0))} of {os.cpu_count()}",
+    env = {"cpu": cpu_name(), "cpus": f"{len(os.sched_getaffinity(0))} of {os.cpu_count()}",
            "torch": torch.__version__, "diffusers": diffusers.__version__ if diffusers else None,
            "threads": torch.get_num_threads(), "rounds": args.rounds, "big_rounds": args.big_rounds}
     header = (f"CPU: {env['cpu']} ({env['cpus']} logical CPUs usable) · torch {env['torch']} · diffusers "

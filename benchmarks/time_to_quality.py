@@ -32,6 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from timing import cpu_name  # noqa: E402
+
 import train_ldm  # noqa: E402
 import train_vae  # noqa: E402
 from tinyldm.diffusion import SamplingConfig  # noqa: E402
@@ -118,16 +120,6 @@ def summary(args, extra: list[str], ceiling: float, rows: list[dict], sampling: 
             "seconds_to_target": first["train_s"] if first else None,
             "steps_to_target": first["step"] if first else None,
             "sampling": vars(sampling) if args.stage == "ldm" else None}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def table(results: list[dict]) -> str:

@@ -1,7 +1,10 @@
-"""One timing rule for every benchmark: two warm-up calls, then the median of `repeats` timed calls."""
+"""One timing rule for every benchmark: two warm-up calls, then the median of `repeats` timed calls; and the CPU's
+name, which every timing is quoted with."""
 
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,3 +23,14 @@ def median_seconds(step, repeats: int = 5, device: str | torch.device = "cpu") -
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo, as `lscpu` prints it), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
