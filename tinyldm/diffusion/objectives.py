@@ -30,11 +30,12 @@ def check_prediction(sched: Schedule, prediction: str) -> None:
 
 
 def _bcast(c, x: torch.Tensor) -> torch.Tensor | float:
-    """A coefficient of shape () or (B,) as a tensor that broadcasts over x (B, ...), in x's dtype and device; a
-    Python number stays one (the fastest scalar for an elementwise op, and the samplers' per-step coefficients)."""
+    """A coefficient of shape () or (B,) as a tensor that broadcasts over x (B, ...), in x's dtype and device. A
+    Python number, or a 0-dim tensor already in x's dtype and device (the samplers' per-step coefficients), is
+    returned as it is."""
     if isinstance(c, (int, float)) or (torch.is_tensor(c) and c.dim() == 0 and c.dtype == x.dtype
                                        and c.device == x.device):
-        return c  # ready as it is (the samplers' per-step coefficients)
+        return c
     c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
