@@ -23,6 +23,7 @@ All tables are float64.
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -170,22 +171,20 @@ class Schedule:
         return t.clamp(self.t_min, self.t_max)
 
     # α_t, σ_t and λ_t.
+    @cached_property
     def _tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """α and λ at the integer times −1, 0, …, T−1; shapes (T+1,). Built on first use and kept (the schedule is
         immutable), so a lookup costs a few small ops, not a rebuild of the whole table."""
-        tables = self.__dict__.get("_cached_tables")
-        if tables is None:
-            alpha_bar = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])  # ᾱ_{−1} = 1
-            lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # λ = ½ log(ᾱ/(1 − ᾱ)); ±inf at the ends
-            tables = self.__dict__["_cached_tables"] = (alpha_bar.sqrt(), lam)
-        return tables
+        alpha_bar = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])  # ᾱ_{−1} = 1
+        lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # λ = ½ log(ᾱ/(1 − ᾱ)); ±inf at the ends
+        return alpha_bar.sqrt(), lam
 
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(α_t, σ_t) as float64 tensors shaped like t."""
         t = self._as_time(t)
         if self.kind == "flow":
             return 1 - t, t.clone()
-        a, lam = self._tables()
+        a, lam = self._tables
         pos = t + 1  # position in the tables, 0 … T
         i = pos.floor().clamp(max=self.num_train_timesteps - 1).long()
         w = pos - i
@@ -215,7 +214,7 @@ class Schedule:
         lam = torch.as_tensor(lam, dtype=torch.float64)
         if self.kind == "flow":
             return torch.sigmoid(-lam)  # λ = log((1 − t)/t)
-        a, table = self._tables()
+        a, table = self._tables
         # Interval i with table[i] ≥ λ ≥ table[i + 1]; the table decreases from +inf.
         i = (torch.searchsorted(-table, -lam, right=True) - 1).clamp(0, self.num_train_timesteps - 1)
         lam0, lam1 = table[i], table[i + 1]
