@@ -244,6 +244,7 @@ def test_the_schedule_is_read_once_per_grid_not_once_per_step(sampler, monkeypat
     alpha_sigma = Schedule.alpha_sigma
     monkeypatch.setattr(Schedule, "alpha_sigma", lambda self, t: calls.append(1) or alpha_sigma(self, t))
     counts = []
+    assert not sched.alpha_is_zero_at_t_max  # a fact of the schedule, computed on first use and kept: not per call
     for steps in (5, 40):
         calls.clear()
         sample(lambda x, t: 0.5 * x, torch.randn(2, 3), sched, sampler, steps=steps,

@@ -148,3 +148,12 @@ def test_to_config_and_from_config_rebuild_the_same_schedule(sched):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="expected 'vp' or 'flow'"):
         Schedule.from_config({"kind": "ve"})
+
+
+def test_alpha_is_zero_at_t_max_exactly_for_flow_and_zero_terminal_snr():
+    # `sample` consults this before evaluating α at the grid's first time (ε-prediction needs α > 0 there).
+    assert Schedule.flow().alpha_is_zero_at_t_max and Schedule.flow(shift=3.0).alpha_is_zero_at_t_max
+    assert Schedule.vp("scaled_linear", zero_terminal_snr=True).alpha_is_zero_at_t_max
+    for beta_schedule in ("linear", "scaled_linear", "cosine"):
+        sched = Schedule.vp(beta_schedule)
+        assert not sched.alpha_is_zero_at_t_max and sched.alpha(sched.t_max) > 0

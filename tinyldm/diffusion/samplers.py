@@ -11,8 +11,8 @@ Each step goes from time s = ts[i] to the next, smaller time t = ts[i+1] (the no
 Speed: a sampler reads the schedule once, for the whole grid, before its loop: the coefficients of every step as
 Python floats for its decisions (`grid_floats`) and as 0-dim tensors in x's dtype and device for its arithmetic
 (`per_step`); a step size that only scales what is added is a float given to `torch.add(x, d, alpha=h)`, which
-computes x + h·d in one op. A step then costs the network call and a handful of elementwise ops, with no schedule lookups, no
-tensor creation and no device syncs.
+computes x + h·d in one op. A step then costs the network call and a handful of elementwise ops, with no schedule
+lookups, no tensor creation and no device syncs.
 
 Notation: alpha α, sigma σ (x_t = α x0 + σ ε), x0_hat x̂0, eps_hat ε̂ = (x − α x̂0)/σ, and the Karras/EDM
 variables sigma_tilde σ̃ = σ/α, x_tilde x̃ = x/α = x0 + σ̃ ε, in which the probability-flow ODE reads

@@ -165,7 +165,7 @@ class Schedule:
 
     def _as_time(self, t) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float64)
-        if t.numel() and (t.min() < self.t_min - 1e-9 or t.max() > self.t_max + 1e-9):
+        if t.numel() and ((t < self.t_min - 1e-9) | (t > self.t_max + 1e-9)).any():  # one check, one sync
             raise ValueError(f"time {t.min().item()} … {t.max().item()} is outside this schedule's "
                              f"[{self.t_min}, {self.t_max}] ({self.kind}; see `Schedule.t_min`, `t_max`)")
         return t.clamp(self.t_min, self.t_max)
@@ -178,6 +178,12 @@ class Schedule:
         alpha_bar = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])  # ᾱ_{−1} = 1
         lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # λ = ½ log(ᾱ/(1 − ᾱ)); ±inf at the ends
         return alpha_bar.sqrt(), lam
+
+    @cached_property
+    def alpha_is_zero_at_t_max(self) -> bool:
+        """Whether α = 0 at the noisiest time t_max (flow at t = 1, a VP schedule rescaled to zero terminal SNR): the
+        only time where α can be 0, so callers that must refuse α = 0 (ε-prediction, σ̃ = σ/α) look here first."""
+        return bool(self.alpha(self.t_max) == 0)
 
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(α_t, σ_t) as float64 tensors shaped like t."""
