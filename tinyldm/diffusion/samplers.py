@@ -10,9 +10,8 @@ Each step goes from time s = ts[i] to the next, smaller time t = ts[i+1] (the no
 
 Speed: a sampler reads the schedule once, for the whole grid, before its loop: the coefficients of every step as
 Python floats for its decisions (`grid_floats`) and as 0-dim tensors in x's dtype and device for its arithmetic
-(`per_step`); a step size that only scales what is added is a float given to `torch.add(x, d, alpha=h)`, which
-computes x + h·d in one op. A step then costs the network call and a handful of elementwise ops, with no schedule
-lookups, no tensor creation and no device syncs.
+(`per_step`). A step then costs the network call and a handful of elementwise ops, with no schedule lookups, no
+tensor creation and no device syncs.
 
 Notation: alpha α, sigma σ (x_t = α x0 + σ ε), x0_hat x̂0, eps_hat ε̂ = (x − α x̂0)/σ, and the Karras/EDM
 variables sigma_tilde σ̃ = σ/α, x_tilde x̃ = x/α = x0 + σ̃ ε, in which the probability-flow ODE reads
@@ -83,15 +82,15 @@ def ddpm(denoiser, x, sched, ts, generator=None, callback=None, variance="fixed_
     # The posterior's coefficients for every step at once (step i goes from ts[i] to ts[i + 1]).
     c_x0, c_xs, beta_tilde, beta = ddpm_posterior(sched, ts[:-1], ts[1:])  # (N,) each
     noise_std = (beta_tilde if variance == "fixed_small" else beta).sqrt()
-    times, noise_std = grid_floats(ts, noise_std)
-    c_x0, c_xs = per_step(x, c_x0, c_xs)
+    times = ts.tolist()
+    c_x0, c_xs, noise_std = per_step(x, c_x0, c_xs, noise_std)
     for i in range(len(times) - 1):
         # 1. Predict x0.
         x0_hat = denoiser(x, times[i])
         # 2. Take the posterior mean, then add its noise (none on the step to the data).
         x = c_x0[i] * x0_hat + c_xs[i] * x  # μ̃ (Eq. 7)
         if times[i + 1] > sched.t_min:
-            x = torch.add(x, _randn(x, generator), alpha=noise_std[i])  # μ̃ + sqrt(β̃) z
+            x = x + noise_std[i] * _randn(x, generator)
         _report(callback, i, times[i], x, x0_hat)
     return x
 
@@ -129,15 +128,15 @@ def euler(denoiser, x, sched, ts, generator=None, callback=None):
     On a flow schedule σ̃ = t/(1 − t) is infinite at t = 1; from there `flow_euler` steps in t (`sample` switches).
     """
     alpha, sigma_tilde = karras_variables(sched, ts, "euler")
-    times, step = grid_floats(ts, sigma_tilde.diff())  # step: σ̃_{i+1} − σ̃_i
-    alpha, sigma_tilde = per_step(x, alpha, sigma_tilde)
+    times = ts.tolist()
+    alpha, sigma_tilde, step = per_step(x, alpha, sigma_tilde, sigma_tilde.diff())  # step: σ̃_{i+1} − σ̃_i
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
         # 1. Evaluate the ODE's derivative d = dx̃/dσ̃.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         d = (x_tilde - x0_hat) / sigma_tilde[i]
-        # 2. Euler step x̃ + (σ̃_{i+1} − σ̃_i) d, one op: add's alpha is a plain number, no tensor made or cast.
-        x_tilde = torch.add(x_tilde, d, alpha=step[i])
+        # 2. Euler step.
+        x_tilde = x_tilde + step[i] * d
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
@@ -156,17 +155,17 @@ def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
     """Euler ancestral (Karras et al. 2022's Euler with the DDPM-like noise split of Ho et al. 2020; k-diffusion)."""
     alpha, sigma_tilde = karras_variables(sched, ts, "euler_ancestral")
     sigma_down, sigma_up = ancestral_sigmas(sigma_tilde[:-1], sigma_tilde[1:])  # (N,) each
-    times, noisy, step, sigma_up = grid_floats(ts, sigma_up > 0, sigma_down - sigma_tilde[:-1], sigma_up)
-    alpha, sigma_tilde = per_step(x, alpha, sigma_tilde)
+    times, noisy = grid_floats(ts, sigma_up > 0)
+    alpha, sigma_tilde, step, sigma_up = per_step(x, alpha, sigma_tilde, sigma_down - sigma_tilde[:-1], sigma_up)
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
         # 1. Evaluate the derivative.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         d = (x_tilde - x0_hat) / sigma_tilde[i]
-        # 2. Euler step down to σ_down (step = σ_down − σ̃_i), then fresh noise up to σ̃_t (one op each, as in euler).
-        x_tilde = torch.add(x_tilde, d, alpha=step[i])
+        # 2. Euler step down to σ_down (step = σ_down − σ̃_i), then fresh noise up to σ̃_t.
+        x_tilde = x_tilde + step[i] * d
         if noisy[i]:
-            x_tilde = torch.add(x_tilde, _randn(x, generator), alpha=sigma_up[i])
+            x_tilde = x_tilde + sigma_up[i] * _randn(x, generator)
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
