@@ -181,8 +181,8 @@ class Schedule:
 
     @cached_property
     def alpha_is_zero_at_t_max(self) -> bool:
-        """Whether α = 0 at the noisiest time t_max (flow at t = 1, a VP schedule rescaled to zero terminal SNR): the
-        only time where α can be 0, so callers that must refuse α = 0 (ε-prediction, σ̃ = σ/α) look here first."""
+        """Whether α = 0 at the noisiest time t_max (flow at t = 1, a VP schedule rescaled to zero terminal SNR), the
+        only time where α can be 0: `sample` looks here before it evaluates α to refuse ε-prediction at α = 0."""
         return bool(self.alpha(self.t_max) == 0)
 
     def alpha_sigma(self, t) -> tuple[torch.Tensor, torch.Tensor]:
