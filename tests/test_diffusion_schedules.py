@@ -157,3 +157,16 @@ def test_alpha_is_zero_at_t_max_exactly_for_flow_and_zero_terminal_snr():
     for beta_schedule in ("linear", "scaled_linear", "cosine"):
         sched = Schedule.vp(beta_schedule)
         assert not sched.alpha_is_zero_at_t_max and sched.alpha(sched.t_max) > 0
+
+
+@pytest.mark.parametrize("sched", [Schedule.vp("linear"), Schedule.vp("cosine"),
+                                   Schedule.vp("scaled_linear", zero_terminal_snr=True)], ids=repr)
+def test_integer_times_read_the_tables_and_agree_with_the_interpolation(sched):
+    # Integer times (leading/trailing grids) take a shortcut: α and σ straight from the tables. With one fractional
+    # time in the same call every time goes through the log-SNR interpolation; both must give the same numbers.
+    ts = torch.arange(-1.0, sched.num_train_timesteps, dtype=torch.float64)
+    alpha, sigma = sched.alpha_sigma(ts)
+    alpha_i, sigma_i = (c[:-1] for c in sched.alpha_sigma(torch.cat([ts, ts.new_tensor([0.5])])))
+    torch.testing.assert_close(alpha, alpha_i, rtol=0, atol=1e-12)
+    torch.testing.assert_close(sigma, sigma_i, rtol=0, atol=1e-12)
+    torch.testing.assert_close(alpha**2, torch.cat([ts.new_ones(1), sched.alphas_cumprod]), rtol=0, atol=1e-15)

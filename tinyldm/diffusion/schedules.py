@@ -172,12 +172,12 @@ class Schedule:
 
     # α_t, σ_t and λ_t.
     @cached_property
-    def _tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """α and λ at the integer times −1, 0, …, T−1; shapes (T+1,). Built on first use and kept (the schedule is
-        immutable), so a lookup costs a few small ops, not a rebuild of the whole table."""
+    def _tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """α, σ and λ at the integer times −1, 0, …, T−1; shapes (T+1,). Built on first use and kept (the schedule
+        is immutable), so a lookup costs a few small ops, not a rebuild of the whole table."""
         alpha_bar = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])  # ᾱ_{−1} = 1
         lam = 0.5 * (alpha_bar.log() - (1 - alpha_bar).log())  # λ = ½ log(ᾱ/(1 − ᾱ)); ±inf at the ends
-        return alpha_bar.sqrt(), lam
+        return alpha_bar.sqrt(), (1 - alpha_bar).sqrt(), lam
 
     @cached_property
     def alpha_is_zero_at_t_max(self) -> bool:
@@ -190,8 +190,10 @@ class Schedule:
         t = self._as_time(t)
         if self.kind == "flow":
             return 1 - t, t.clone()
-        a, lam = self._tables
+        a, s, lam = self._tables
         pos = t + 1  # position in the tables, 0 … T
+        if (pos == pos.round()).all():  # integer times (every leading or trailing grid): the tables themselves
+            return a[pos.long()], s[pos.long()]
         i = pos.floor().clamp(max=self.num_train_timesteps - 1).long()
         w = pos - i
         lam0, lam1 = lam[i], lam[i + 1]
@@ -220,7 +222,7 @@ class Schedule:
         lam = torch.as_tensor(lam, dtype=torch.float64)
         if self.kind == "flow":
             return torch.sigmoid(-lam)  # λ = log((1 − t)/t)
-        a, table = self._tables
+        a, _, table = self._tables
         # Interval i with table[i] ≥ λ ≥ table[i + 1]; the table decreases from +inf.
         i = (torch.searchsorted(-table, -lam, right=True) - 1).clamp(0, self.num_train_timesteps - 1)
         lam0, lam1 = table[i], table[i + 1]
