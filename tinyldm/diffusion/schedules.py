@@ -193,7 +193,8 @@ class Schedule:
         a, s, lam = self._tables
         pos = t + 1  # position in the tables, 0 … T
         if (pos == pos.round()).all():  # integer times (every leading or trailing grid): the tables themselves
-            return a[pos.long()], s[pos.long()]
+            k = pos.long()
+            return a[k], s[k]
         i = pos.floor().clamp(max=self.num_train_timesteps - 1).long()
         w = pos - i
         lam0, lam1 = lam[i], lam[i + 1]
