@@ -171,8 +171,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--ema-decay", type=float, default=None, help="EMA decay (with warmup (1 + k)/(10 + k))")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone's training forward")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="bf16 autocast: auto = on CUDA and on CPUs with AMX-BF16 (there 1.5× faster with the "
-                        "written-out attention), float32 elsewhere and with --compile on the CPU")
+                   help="bf16 autocast: auto = on CUDA and on CPUs that multiply bf16 in hardware (AMX-BF16: 1.5× "
+                        "faster with the written-out attention; AVX512-BF16: 1.5×), float32 elsewhere and with "
+                        "--compile on the CPU")
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, default=None, help="run folder (default runs/ldm-<backbone>-<preset>)")
     g.add_argument("--resume", type=Path, default=None, help="continue this run folder exactly")

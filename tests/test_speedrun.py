@@ -49,6 +49,22 @@ def test_precision_choices_and_the_compile_guard():
         autocast_dtype(CPU, "fp16")
 
 
+@pytest.mark.parametrize("amx, avx512_bf16, onednn_bf16, expected", [
+    (True, False, True, True),     # Intel Sapphire Rapids and later: AMX-BF16 tiles
+    (False, True, True, True),     # AMD Zen 4, Intel Cooper Lake: AVX512-BF16 dot products
+    (False, False, True, False),   # AVX-512 without BF16 (Skylake): bf16 would be emulated
+    (False, True, False, False),   # oneDNN capped below bf16 (e.g. ONEDNN_MAX_CPU_ISA=AVX2): emulated
+    (False, False, False, False),  # AVX2 only
+])
+def test_bf16_is_chosen_only_where_the_cpu_multiplies_it_in_hardware(monkeypatch, amx, avx512_bf16, onednn_bf16,
+                                                                     expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+    assert cpu_has_bf16_matmul() is expected
+    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if expected else None)
+
+
 @pytest.mark.parametrize("kind", ["dit", "mmdit"])
 def test_written_out_attention_is_the_same_function(kind):
     torch.manual_seed(0)

@@ -56,8 +56,9 @@ def resolve_device(name: str = "auto") -> torch.device:
 def cpu_has_bf16_matmul() -> bool:
     """True where the CPU multiplies bfloat16 in hardware: Intel AMX-BF16 tiles, or the AVX512-BF16 dot-product
     instructions (AMD Zen 4, Intel Cooper Lake and later). There bf16 autocast made the tiny autoencoder's training
-    step 2.6× (AMX) and 1.4× (AVX512-BF16, AMD EPYC) faster (docs/speedrun.md); elsewhere (AVX2, AVX-512 without
-    BF16) bf16 is emulated and slower than float32."""
+    step 2.6× (AMX) and 1.7× (AVX512-BF16, AMD EPYC) faster (docs/speedrun.md); elsewhere (AVX2, AVX-512 without
+    BF16) bf16 is emulated and slower than float32. oneDNN's own check is part of it, so capping its instruction
+    set (ONEDNN_MAX_CPU_ISA=AVX2) turns bf16 off too."""
     try:
         in_hardware = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
         return bool(in_hardware) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -66,7 +67,7 @@ def cpu_has_bf16_matmul() -> bool:
 
 
 def autocast_dtype(device: torch.device, precision: str, compiled: bool = False) -> torch.dtype | None:
-    """--precision → the autocast dtype (None = float32 throughout). auto: bf16 on CUDA and on CPUs with AMX-BF16,
+    """--precision → the autocast dtype (None = float32 throughout). auto: bf16 on CUDA and on CPUs with bf16 hardware,
     float32 elsewhere; bf16 on a CPU without it is allowed (slow, but the same numbers).
 
     torch.compile together with CPU bf16 autocast is refused on torch 2.13: it gave exactly-zero encoder gradients on
