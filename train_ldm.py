@@ -358,7 +358,7 @@ def build_training(args, bb_config: dict, world: int, device, amp: torch.dtype |
     generator, step, training seconds), from the checkpoint when resuming."""
     model = build_backbone(args.backbone, bb_config).to(device)
     if device.type == "cpu" and amp is not None:
-        written_out_attention(model)  # CPU bf16: the flash-attention backward is 8× slower, the written-out 1.5× faster
+        written_out_attention(model)  # CPU bf16: SDPA's flash backward is slow there, the written-out 1.5× faster
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = adamw(model.parameters(), args.lr, 0.0, args.fused_optimizer)
     gen = torch.Generator().manual_seed(args.seed)  # every per-step random draw, identical on all ranks

@@ -188,7 +188,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 def written_out_attention(model: nn.Module) -> nn.Module:
     """Switch every attention in `model` to attend's written-out formula (the same math; tested equal). Used for
-    bf16 training on CPUs, where the written-out path's matmuls run on AMX and SDPA's flash backward is 8× slower."""
+    bf16 training on CPUs, where the written-out path's matmuls run on the bf16 hardware (AMX or AVX512-BF16) and
+    SDPA's flash backward does not: the tiny DiT's bf16 step is 1.5× faster this way (benchmarks/bench_precision.py)."""
     for m in model.modules():
         if hasattr(m, "reference"):
             m.reference = True
