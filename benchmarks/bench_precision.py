@@ -69,6 +69,7 @@ VARIANTS = {
     "autoencoder bf16": lambda: autoencoder_step(False, True),
     "autoencoder bf16 channels_last": lambda: autoencoder_step(True, True),
     "DiT float32 (SDPA)": lambda: dit_step(False, False),
+    "DiT float32 (written-out attention)": lambda: dit_step(True, False),
     "DiT bf16 (SDPA)": lambda: dit_step(False, True),
     "DiT bf16 (written-out attention)": lambda: dit_step(True, True),
 }
