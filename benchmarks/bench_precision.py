@@ -97,7 +97,8 @@ def main():
             times[name].append((time.perf_counter() - t0) / args.steps)
     print("| step | ms per step (median) | float32 / this |\n|---|---|---|")
     for name, ts in times.items():
-        base = statistics.median(times[name.split(" ")[0] + " float32" + (" (SDPA)" if name.startswith("DiT") else "")])
+        model = name.split()[0]  # "autoencoder" or "DiT"; each model's first variant is its float32 baseline
+        base = statistics.median(next(v for n, v in times.items() if n.split()[0] == model))
         print(f"| {name} | {statistics.median(ts) * 1000:.0f} | {base / statistics.median(ts):.2f}× |")
 
 
