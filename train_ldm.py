@@ -40,7 +40,7 @@ from tinyldm.models.loading import (
     vae_folder,
 )
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name, finite
-from tinyldm.runs import RunError, append_log, autocast_dtype, read_log, run_cli, unlock_run
+from tinyldm.runs import RunError, append_log, autocast_dtype, precision_words, read_log, run_cli, unlock_run
 from tinyldm.train import (
     StopRequest,
     adamw,
@@ -435,13 +435,14 @@ def rank0_decides(flags: list[bool], world: int, device) -> list[bool]:
 
 
 def print_start(run_dir: Path, model, step: int, total_steps: int, n: int, latent_shape, num_classes: int, args,
-                world: int, device, sched: Schedule) -> None:
+                world: int, device, amp: torch.dtype | None, sched: Schedule) -> None:
     if step:
         print(f"resumed {run_dir} at step {step}/{total_steps}")
     print(model.summary())
     print(f"{n} latents {'×'.join(map(str, latent_shape))} of {num_classes} users, global batch "
           f"{args.batch_size * args.grad_accum} ({args.batch_size} × {args.grad_accum} accumulation, {world} "
-          f"process(es)), {total_steps} steps on {device}; schedule {sched}, prediction {args.prediction}")
+          f"process(es)), {total_steps} steps on {device}, {precision_words(device, amp)}; schedule {sched}, "
+          f"prediction {args.prediction}")
 
 
 def done_message(run_dir: Path, step: int, train_seconds: float, spent_minutes: float | None) -> str:
@@ -481,7 +482,8 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     config = run_config(args, bb_config, sched, stage1, classes, latent_shape, world)
     if main_rank:
         start_run_folder(run_dir, config, step)
-        print_start(run_dir, model, step, total_steps, n, latent_shape, len(classes), args, world, device, sched)
+        print_start(run_dir, model, step, total_steps, n, latent_shape, len(classes), args, world, device, amp,
+                    sched)
 
     # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130.
     bar = tqdm(total=total_steps, initial=step, desc=f"train_ldm {args.backbone}", unit="step", disable=not main_rank,

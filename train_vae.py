@@ -29,6 +29,7 @@ from tinyldm.runs import (
     append_log,
     atomic_write_json,
     autocast_dtype,
+    precision_words,
     read_config,
     read_log,
     resolve_device,
@@ -406,7 +407,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
           (f"fine-tuning the pretrained autoencoder {args.init}\n" if init_weights is not None else "") +
           f"{model.summary()}\n"
           f"{len(train_ds)} train / {len(x_val)} val images of {len(train_ds.classes)} users at {size}×{size}; "
-          f"{total_steps} steps on {device}")
+          f"{total_steps} steps on {device}, {precision_words(device, amp)}")
 
     # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130.
     bar = tqdm(total=total_steps, initial=step, desc="train_vae", unit="step", dynamic_ncols=True)

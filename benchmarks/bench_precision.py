@@ -21,7 +21,7 @@ from timing import cpu_name
 from tinyldm.layers import written_out_attention
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss
 from tinyldm.models.loading import autoencoder_config, backbone_config, build_autoencoder, build_backbone
-from tinyldm.runs import autocast_dtype, cpu_has_bf16_matmul
+from tinyldm.runs import autocast_dtype, cpu_bf16_hardware
 from tinyldm.train import adamw
 
 
@@ -82,7 +82,7 @@ def main():
     args = p.parse_args()
     chosen = autocast_dtype(torch.device("cpu"), "auto")
     print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads, kernels "
-          f"{torch.backends.cpu.get_cpu_capability()}; bf16 in hardware: {cpu_has_bf16_matmul()} → --precision auto "
+          f"{torch.backends.cpu.get_cpu_capability()}; bf16 in hardware: {cpu_bf16_hardware()} → --precision auto "
           f"trains in {'bf16' if chosen else 'float32'}")
     steps = {name: make() for name, make in VARIANTS.items()}
     for step in steps.values():

@@ -14,7 +14,7 @@ from tinyldm.layers import written_out_attention
 from tinyldm.models.dit import DiT
 from tinyldm.models.loading import backbone_config
 from tinyldm.models.mmdit import MMDiT
-from tinyldm.runs import autocast_dtype, cpu_has_bf16_matmul
+from tinyldm.runs import autocast_dtype, cpu_bf16_hardware, precision_words
 from tinyldm.train import adamw, apply_recipe, lr_at
 
 CPU = torch.device("cpu")
@@ -40,7 +40,7 @@ def test_seed_preset_keeps_the_seeds_hyper_parameters():
 def test_precision_choices_and_the_compile_guard():
     assert autocast_dtype(CPU, "fp32") is None
     assert autocast_dtype(CPU, "bf16") == torch.bfloat16
-    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if cpu_has_bf16_matmul() else None)
+    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if cpu_bf16_hardware() else None)
     # torch.compile + CPU bf16 autocast gave zero or NaN gradients on torch 2.13: never together.
     assert autocast_dtype(CPU, "auto", compiled=True) is None
     with pytest.raises(ValueError, match="--compile with --precision bf16"):
@@ -50,19 +50,28 @@ def test_precision_choices_and_the_compile_guard():
 
 
 @pytest.mark.parametrize("amx, avx512_bf16, onednn_bf16, expected", [
-    (True, False, True, True),     # Intel Sapphire Rapids and later: AMX-BF16 tiles
-    (False, True, True, True),     # AMD Zen 4, Intel Cooper Lake: AVX512-BF16 dot products
-    (False, False, True, False),   # AVX-512 without BF16 (Skylake): bf16 would be emulated
-    (False, True, False, False),   # oneDNN capped below bf16 (e.g. ONEDNN_MAX_CPU_ISA=AVX2): emulated
-    (False, False, False, False),  # AVX2 only
+    (True, False, True, "AMX-BF16"),      # Intel Sapphire Rapids and later: AMX-BF16 tiles
+    (True, True, True, "AMX-BF16"),       # both: the tiles are what oneDNN uses
+    (False, True, True, "AVX512-BF16"),   # AMD Zen 4, Intel Cooper Lake: AVX512-BF16 dot products
+    (False, False, True, None),           # AVX-512 without BF16 (Skylake): bf16 would be emulated
+    (False, True, False, None),           # oneDNN capped below bf16 (e.g. ONEDNN_MAX_CPU_ISA=AVX2): emulated
+    (False, False, False, None),          # AVX2 only
 ])
 def test_bf16_is_chosen_only_where_the_cpu_multiplies_it_in_hardware(monkeypatch, amx, avx512_bf16, onednn_bf16,
                                                                      expected):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
-    assert cpu_has_bf16_matmul() is expected
-    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if expected else None)
+    assert cpu_bf16_hardware() == expected
+    amp = autocast_dtype(CPU, "auto")
+    assert amp == (torch.bfloat16 if expected else None)
+    # The start-up line says what was chosen and, on a CPU, why.
+    words = precision_words(CPU, amp)
+    assert words == (f"bf16 autocast ({expected})" if expected else "float32 (this CPU has no bf16 hardware)")
+    assert precision_words(CPU, None) == ("float32" if expected else "float32 (this CPU has no bf16 hardware)")
+    forced = precision_words(CPU, autocast_dtype(CPU, "bf16"))
+    assert forced == (f"bf16 autocast ({expected})" if expected else
+                      "bf16 autocast (emulated: no bf16 hardware, slower than float32)")
 
 
 @pytest.mark.parametrize("kind", ["dit", "mmdit"])

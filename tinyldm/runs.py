@@ -53,17 +53,22 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """True where the CPU multiplies bfloat16 in hardware: Intel AMX-BF16 tiles, or the AVX512-BF16 dot-product
-    instructions (AMD Zen 4, Intel Cooper Lake and later). There bf16 autocast made the tiny autoencoder's training
-    step 2.6× (AMX) and 1.7× (AVX512-BF16, AMD EPYC) faster (docs/speedrun.md); elsewhere (AVX2, AVX-512 without
-    BF16) bf16 is emulated and slower than float32. oneDNN's own check is part of it, so capping its instruction
-    set (ONEDNN_MAX_CPU_ISA=AVX2) turns bf16 off too."""
+def cpu_bf16_hardware() -> str | None:
+    """What multiplies bfloat16 in hardware on this CPU: "AMX-BF16" (Intel's matrix tiles), "AVX512-BF16" (the
+    dot-product instructions of AMD Zen 4 and Intel Cooper Lake and later) or None. There bf16 autocast made the tiny
+    autoencoder's training step 2.6× (AMX) and 1.85× (AVX512-BF16, AMD EPYC) faster (docs/speedrun.md); elsewhere
+    (AVX2, AVX-512 without BF16) bf16 is emulated, 10–30× slower than float32. oneDNN's own check is part of it, so
+    capping its instruction set (ONEDNN_MAX_CPU_ISA=AVX2) turns bf16 off too."""
     try:
-        in_hardware = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-        return bool(in_hardware) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return None
+        if torch.cpu._is_amx_tile_supported():
+            return "AMX-BF16"
+        if torch.cpu._is_avx512_bf16_supported():
+            return "AVX512-BF16"
     except (AttributeError, RuntimeError):  # an older or other torch build: play safe
-        return False
+        pass
+    return None
 
 
 def autocast_dtype(device: torch.device, precision: str, compiled: bool = False) -> torch.dtype | None:
@@ -81,9 +86,22 @@ def autocast_dtype(device: torch.device, precision: str, compiled: bool = False)
             raise ValueError("--compile with --precision bf16 on the CPU gives wrong gradients (torch 2.13: zero "
                              "or NaN); drop one of them")
         return None
-    if precision == "bf16" or device.type == "cuda" or cpu_has_bf16_matmul():
+    if precision == "bf16" or device.type == "cuda" or cpu_bf16_hardware() is not None:
         return torch.bfloat16
     return None
+
+
+def precision_words(device: torch.device, amp: torch.dtype | None) -> str:
+    """The start-up line's words for the precision a run trains in, with the reason on a CPU, so that a float32 run
+    on a CPU without bf16 hardware explains its speed (and a forced bf16 one its slowness)."""
+    if device.type != "cpu":
+        return "bf16 autocast" if amp is not None else "float32"
+    hardware = cpu_bf16_hardware()
+    if amp is None:
+        return "float32" + ("" if hardware else " (this CPU has no bf16 hardware)")
+    if hardware:
+        return f"bf16 autocast ({hardware})"
+    return "bf16 autocast (emulated: no bf16 hardware, slower than float32)"
 
 
 # ---- atomic files and weights ---------------------------------------------------------------------------------------
