@@ -160,7 +160,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 … or mps")
     g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast for the forward pass; auto = bf16 on CUDA and on CPUs that multiply bf16 in "
-                        "hardware (AMX-BF16: 2.6× faster; AVX512-BF16: 1.7×), float32 elsewhere")
+                        "hardware (AMX-BF16: 2.6× faster; AVX512-BF16: 1.85×), float32 elsewhere")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 = load in the main process)")
     args = p.parse_args(argv)
     check_ranges(p, args, OPTION_RANGES)

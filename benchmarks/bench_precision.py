@@ -21,8 +21,20 @@ from timing import cpu_name
 from tinyldm.layers import written_out_attention
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss
 from tinyldm.models.loading import autoencoder_config, backbone_config, build_autoencoder, build_backbone
-from tinyldm.runs import autocast_dtype, cpu_bf16_hardware
+from tinyldm.runs import autocast_dtype, precision_words
 from tinyldm.train import adamw
+
+
+def training_step(model, opt, loss_of, bf16: bool):
+    """The scripts' step around a loss: the forward under autocast, the gradient clipped to norm 1, fused AdamW."""
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_of()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return step
 
 
 def autoencoder_step(channels_last: bool, bf16: bool):
@@ -33,16 +45,11 @@ def autoencoder_step(channels_last: bool, bf16: bool):
     opt = adamw(model.parameters(), 1e-3, 0.0, True)
     x = (torch.rand(8, 3, 64, 64) * 2 - 1).contiguous(memory_format=fmt)  # (B, 3, 64, 64)
 
-    def step():  # train_vae.py's step: the loss under autocast, the weights' gradient clipped to norm 1
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            x_hat, posterior = model(x)
-            loss, _ = autoencoder_loss(x, x_hat.float(), AutoencoderLossWeights(),
-                                       posterior_mean=posterior.mean, posterior_logvar=posterior.logvar)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    return step
+    def loss_of():  # train_vae.py's loss: L1 + KL + FFT
+        x_hat, posterior = model(x)
+        return autoencoder_loss(x, x_hat.float(), AutoencoderLossWeights(),
+                                posterior_mean=posterior.mean, posterior_logvar=posterior.logvar)[0]
+    return training_step(model, opt, loss_of, bf16)
 
 
 def dit_step(written_out: bool, bf16: bool):
@@ -53,14 +60,8 @@ def dit_step(written_out: bool, bf16: bool):
     opt = adamw(model.parameters(), 1e-3, 0.0, True)
     x, t, y = torch.randn(32, 4, 32, 32), torch.rand(32), torch.randint(0, 31, (32,))  # flow: t ∈ [0, 1]
 
-    def step():  # train_ldm.py's step (flow loss on random data: the time is what is measured)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = (model(x, t, y).float() - x).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    return step
+    # train_ldm.py's flow loss on random data: the time is what is measured
+    return training_step(model, opt, lambda: (model(x, t, y).float() - x).square().mean(), bf16)
 
 
 VARIANTS = {
@@ -80,10 +81,10 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
     args = p.parse_args()
-    chosen = autocast_dtype(torch.device("cpu"), "auto")
+    cpu = torch.device("cpu")
     print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads, kernels "
-          f"{torch.backends.cpu.get_cpu_capability()}; bf16 in hardware: {cpu_bf16_hardware()} → --precision auto "
-          f"trains in {'bf16' if chosen else 'float32'}")
+          f"{torch.backends.cpu.get_cpu_capability()}; --precision auto trains in "
+          f"{precision_words(cpu, autocast_dtype(cpu, 'auto'))}")
     steps = {name: make() for name, make in VARIANTS.items()}
     for step in steps.values():
         for _ in range(3):
