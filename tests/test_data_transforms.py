@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tinyldm.data import SpectrogramAugment
+from tinyldm.data.transforms import random_crops
 
 
 def image(C=3, H=8, W=12, seed=0):
@@ -99,3 +100,27 @@ def test_blur_is_applied_to_about_half_the_images_and_never_shifts_them():
         torch.testing.assert_close(y.mean((1, 2)), x.mean((1, 2)), atol=0.05, rtol=0)
     with pytest.raises(ValueError, match="blur must be >= 0"):
         SpectrogramAugment(blur=-1)
+
+
+def test_random_crops_are_aligned_windows_of_each_image():
+    x = torch.rand(16, 3, 12, 20, generator=torch.Generator().manual_seed(0))
+    y = random_crops(x, 8, 2, torch.Generator().manual_seed(1))
+    assert y.shape == (16, 3, 8, 8)
+    offsets = set()
+    for b in range(16):  # each crop is exactly one window of its own image, at even offsets
+        hits = [(t, s) for t in range(0, 5) for s in range(0, 13) if torch.equal(x[b, :, t:t + 8, s:s + 8], y[b])]
+        assert len(hits) == 1 and all(v % 2 == 0 for v in hits[0]), hits
+        offsets.add(hits[0])
+    assert len(offsets) > 8  # per-image offsets, not one for the batch
+    assert torch.equal(y, random_crops(x, 8, 2, torch.Generator().manual_seed(1)))  # a function of the generator
+    tall = random_crops(x, 12, 4, torch.Generator().manual_seed(2))  # H = 12 = size: only the columns move
+    starts = [[s for s in (0, 4, 8) if torch.equal(x[b, :, :, s:s + 12], tall[b])] for b in range(16)]
+    assert all(len(s) == 1 for s in starts), starts
+
+
+def test_random_crops_refuse_a_size_off_the_grid_or_too_large():
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        random_crops(x, 5, 2, torch.Generator())
+    with pytest.raises(ValueError, match="at most the image size"):
+        random_crops(x, 10, 2, torch.Generator())

@@ -51,10 +51,10 @@ def test_loss_falls_and_outputs_are_written(tmp_path):
         assert model(x)[0].shape == x.shape
 
 
-@pytest.mark.parametrize("model", ["kl", "vq"])
-def test_interrupt_and_resume_equals_uninterrupted(tmp_path, model):
+@pytest.mark.parametrize("model, extra", [("kl", []), ("vq", []), ("kl", ["--crop-size", "16"])])
+def test_interrupt_and_resume_equals_uninterrupted(tmp_path, model, extra):
     data = make_folder(tmp_path / "data")
-    common = ["--data", str(data), "--model", model, "--max-steps", "10", "--ckpt-every", "3", *ARGS]
+    common = ["--data", str(data), "--model", model, "--max-steps", "10", "--ckpt-every", "3", *ARGS, *extra]
     assert train_vae.main([*common, "--out", str(tmp_path / "straight")]) == 0
     assert train_vae.main([*common, "--out", str(tmp_path / "broken"), "--stop-after", "4"]) == 0
     torch.manual_seed(1234)  # disturb the global RNG: resume must restore it
@@ -93,6 +93,10 @@ def test_bad_input_gets_one_line(tmp_path, capsys):
     Image.new("RGB", (48, 40)).save(mixed / "user_01" / "odd.png")
     msg = error_of(capsys, ["--data", str(mixed), "--out", str(tmp_path / "r4"), "--strict-size", *ARGS])
     assert "odd.png" in msg
+
+    data = make_folder(tmp_path / "d6")
+    msg = error_of(capsys, ["--data", str(data), "--out", str(tmp_path / "r6"), "--crop-size", "15", *ARGS])
+    assert "--crop-size 15" in msg and "multiple" in msg
 
     not_a_run = tmp_path / "not_a_run"
     not_a_run.mkdir()

@@ -117,3 +117,18 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     y = torch.nn.functional.conv2d(y, g[:, None, None, :], groups=C)  # along time   (1, C, H + 2r, W)
     y = torch.nn.functional.conv2d(y, g[:, None, :, None], groups=C)  # along Doppler (1, C, H, W)
     return y[0]
+
+
+def random_crops(x: torch.Tensor, size: int, multiple: int, generator: torch.Generator) -> torch.Tensor:
+    """x (B, C, H, W) → (B, C, size, size): one window per image at a random offset that is a multiple of `multiple`.
+
+    For training a fully convolutional autoencoder on patches (the SD autoencoders were trained on 256² crops and
+    run at 512²): a step costs size² / (H W) of a full-image step. Offsets on the autoencoder's downsampling grid
+    (multiple = f) keep every crop's latent pixels aligned with the full image's.
+    """
+    B, _, H, W = x.shape
+    if size % multiple or size > min(H, W):
+        raise ValueError(f"crop size {size} must be a multiple of {multiple} and at most the image size {H}×{W}")
+    top = torch.randint((H - size) // multiple + 1, (B,), generator=generator) * multiple  # (B,)
+    left = torch.randint((W - size) // multiple + 1, (B,), generator=generator) * multiple  # (B,)
+    return torch.stack([x[b, :, t:t + size, s:s + size] for b, (t, s) in enumerate(zip(top.tolist(), left.tolist()))])
