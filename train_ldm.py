@@ -80,7 +80,7 @@ GRID_SEED = 1234  # progress grids: the same noise at every step, so the rows sh
 # The settings each preset trains with unless told otherwise. tiny and small: the fastest to quality measured on 2 CPU
 # cores with the tiny preset (docs/speedrun.md, benchmarks/time_to_quality.py); seed: the seed's own
 # hyper-parameters (DDPM ε-prediction; MMDiT is always trained with rectified flow).
-FAST_RECIPE = dict(prediction="flow", flow_shift=3.0, epochs=85, batch_size=32, grad_accum=1, lr=4e-3, warmup=100,
+FAST_RECIPE = dict(prediction="flow", flow_shift=3.0, epochs=65, batch_size=32, grad_accum=1, lr=4e-3, warmup=100,
                    lr_schedule="cosine", ema_decay=0.999)
 RECIPES = {
     "tiny": FAST_RECIPE,

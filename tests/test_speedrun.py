@@ -31,7 +31,8 @@ def test_recipe_fills_only_what_the_command_line_left_unset():
 
 def test_seed_preset_keeps_the_seeds_hyper_parameters():
     """What our users asked for: the seed preset trains exactly as the seed does."""
-    assert train_vae.RECIPES["seed"] == dict(epochs=100, batch_size=16, lr=1e-4, warmup=0, lr_schedule="constant")
+    assert train_vae.RECIPES["seed"] == dict(epochs=100, batch_size=16, crop_size=0, lr=1e-4, warmup=0,
+                                             lr_schedule="constant")  # whole images, as the seed trains
     seed = train_ldm.RECIPES["seed"]
     assert (seed["prediction"], seed["epochs"], seed["batch_size"], seed["grad_accum"], seed["lr"],
             seed["ema_decay"]) == ("eps", 200, 8, 4, 1e-4, 0.9999)
