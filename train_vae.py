@@ -137,7 +137,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                    help="train on random square crops of this many pixels, one per image and step; the autoencoder is "
                         "convolutional, so it still runs on whole images (tiny: 32 on 64×64, 3.8× cheaper a step and "
                         "better reconstructions, docs/speedrun.md); 0 or ≥ the image size = whole images "
-                        "(default: the recipe's)")
+                        "(default: the recipe's for an autoencoder without mid attention, else whole images)")
     g.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: the recipe's)")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup", type=int, default=None, help="linear LR warmup steps (default: the recipe's)")
@@ -388,8 +388,11 @@ def make_run_config(args, model_cfg: dict, loss_weights, perceptual_active: bool
 
 def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     # Set up the settings, the device and the seeds; the model's config (with --init: the pretrained model's).
+    crop_given = args.crop_size is not None or args.resume is not None  # else the recipe's
     args, device, weights, train_state = set_up(args, defaults)
     model_cfg, init_weights = model_setup(args, args.resume, train_state is not None)
+    if not crop_given and model_cfg.get("mid_block_add_attention", True):
+        args.crop_size = 0  # the recipe's crops were measured on the attention-free autoencoder only
     run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
     claim_run_folder(run_dir, "train_vae.py", args.data)  # one writer: a second one is refused before any work
 

@@ -106,3 +106,16 @@ def test_bad_input_gets_one_line(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert "is a file" in error_of(capsys, ["--data", str(data), "--out", str(a_file), *ARGS])
+
+
+def test_the_recipes_crops_only_for_the_autoencoder_without_attention(tmp_path):
+    """tiny KL (no mid attention) trains on the recipe's 32×32 crops; the tiny VQ (mid attention: crops would
+    train it on fewer positions than it runs on, unmeasured) on whole images unless --crop-size says otherwise."""
+    data = make_folder(tmp_path / "data", size=64)
+    common = ["--data", str(data), "--max-steps", "1", "--batch-size", "4", "--val-fraction", "0.25"]
+    crops = {}
+    for name, extra in {"kl": ["--model", "kl"], "vq": ["--model", "vq"],
+                        "vq16": ["--model", "vq", "--crop-size", "16"]}.items():
+        assert train_vae.main([*common, *extra, "--out", str(tmp_path / name)]) == 0
+        crops[name] = json.loads((tmp_path / name / "config.json").read_text())["args"]["crop_size"]
+    assert crops == {"kl": 32, "vq": 0, "vq16": 16}
