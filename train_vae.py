@@ -386,13 +386,38 @@ def make_run_config(args, model_cfg: dict, loss_weights, perceptual_active: bool
             "args": args_record(args, STORED_ELSEWHERE)}
 
 
+def crop_for(args, crop_given: bool, model_cfg: dict, size: int, factor: int) -> int:
+    """The side of the training crops in pixels, 0 for whole images. The recipe's crops were measured on the
+    autoencoder without mid attention only, so one with it trains on whole images unless --crop-size (or the run
+    being resumed) says otherwise; images no larger than the crop are used whole; a crop lies on the downsampling
+    grid."""
+    if not crop_given and model_cfg.get("mid_block_add_attention", True):
+        args.crop_size = 0  # recorded so in config.json
+    crop = args.crop_size if args.crop_size and args.crop_size < size else 0
+    if crop % factor:
+        raise ValueError(f"--crop-size {crop} must be a multiple of the autoencoder's downsampling factor {factor} "
+                         "(crops on its grid); or 0 for whole images")
+    return crop
+
+
+def optimizer_step(model, opt, x, args, loss_weights, perceptual, amp, step: int, run_dir: Path):
+    """Loss, gradient (stop if either is not finite), one clipped AdamW step (--precision: bf16 autocast).
+    Returns the loss terms and the gradient norm before clipping."""
+    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        loss, terms = compute_loss(model, args.model, x, loss_weights, perceptual)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
+    check_finite_step(loss.item(), grad_norm, step, run_dir, opt.param_groups[0]["lr"])
+    opt.step()
+    return terms, grad_norm
+
+
 def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     # Set up the settings, the device and the seeds; the model's config (with --init: the pretrained model's).
     crop_given = args.crop_size is not None or args.resume is not None  # else the recipe's
     args, device, weights, train_state = set_up(args, defaults)
     model_cfg, init_weights = model_setup(args, args.resume, train_state is not None)
-    if not crop_given and model_cfg.get("mid_block_add_attention", True):
-        args.crop_size = 0  # the recipe's crops were measured on the attention-free autoencoder only
     run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
     claim_run_folder(run_dir, "train_vae.py", args.data)  # one writer: a second one is refused before any work
 
@@ -409,10 +434,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     amp = autocast_dtype(device, args.precision)
     steps_per_epoch = len(x_train) // args.batch_size
     factor = model.config.downsample_factor
-    crop = args.crop_size if args.crop_size and args.crop_size < size else 0  # images no larger are used whole
-    if crop % factor:
-        raise ValueError(f"--crop-size {crop} must be a multiple of the autoencoder's downsampling factor {factor} "
-                         "(crops on its grid); or 0 for whole images")
+    crop = crop_for(args, crop_given, model_cfg, size, factor)
     total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
 
     # config.json (everything needed to rebuild the model and repeat the run).
@@ -437,15 +459,9 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
             x = to_float(x_train[batch_indices(step, len(x_train), args.batch_size, args.seed)], device)  # (B, C, H, W)
             if crop:  # (B, C, crop, crop), the offsets a function of the step (resume stays exact)
                 x = random_crops(x, crop, factor, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
-            # 2. Loss, gradient (stop if either is not finite), one clipped AdamW step (--precision: bf16 autocast).
+            # 2. One optimizer step at the step's learning rate.
             set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
-            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                loss, terms = compute_loss(model, args.model, x, loss_weights, perceptual)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
-            check_finite_step(loss.item(), grad_norm, step, run_dir, opt.param_groups[0]["lr"])
-            opt.step()
+            terms, grad_norm = optimizer_step(model, opt, x, args, loss_weights, perceptual, amp, step, run_dir)
             step += 1
             train_seconds += time.time() - t0  # the training clock: validation, pictures and checkpoints not counted
             # 3. Log; at the end of an epoch validate and draw; every --ckpt-every steps a checkpoint.
