@@ -5,21 +5,25 @@
     python benchmarks/bench_mfu.py --model sd-unet --batch-size 128 --channels-last --compile
     python benchmarks/bench_mfu.py --model dit-s --device cpu --batch-size 2 --steps 2   # the script itself, on a CPU
 
-MFU = (model FLOPs of one step / seconds per step) / the card's dense bf16 peak. The FLOPs are counted, not
-estimated: `torch.utils.flop_counter.FlopCounterMode` adds up every matmul, convolution and attention of one eager
-forward + backward (2·M·N·K per matmul; elementwise work, norms and the optimizer are not counted, as in the
-usual definition). The peak is the data-sheet number for the card (H100/H200 SXM: 989.4 TFLOP/s dense bf16); the
-script also times one large bf16 matmul, the rate this card really reaches, and prints the step's share of that.
+The step is the training scripts' (`timing.training_step`: autocast forward, backward, gradient clipped to norm
+1, AdamW, fused on a GPU). MFU = (model FLOPs of one step / seconds per step) / the card's dense bf16 peak. The
+FLOPs are counted, not estimated: `torch.utils.flop_counter.FlopCounterMode` adds up every matmul, convolution
+and attention of one eager step (2·M·N·K per matmul; elementwise work, norms and the optimizer are not counted,
+as in the usual definition). The peak is the data-sheet number for the card (H100/H200 SXM: 989.4 TFLOP/s dense
+bf16); the script also times one large bf16 matmul, the rate this card really reaches, and prints the step's share
+of that.
 """
 
 import argparse
 import time
 
 import torch
+from timing import training_step
 from torch.utils.flop_counter import FlopCounterMode
 
 from tinyldm.models.dit import DiT
 from tinyldm.models.unet import UNet2DConditionModel
+from tinyldm.train import adamw
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "A100": 312.0, "L4": 121.0}
@@ -53,7 +57,7 @@ def matmul_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -> flo
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
 
 
-def make_batch(model, batch_size: int, device: torch.device, channels_last: bool):
+def make_batch(batch_size: int, device: torch.device, channels_last: bool):
     """Noisy latents x (B, 4, 32, 32), timesteps t (B,), user ids y (B,) and the regression target (B, 4, 32, 32)."""
     x = torch.randn(batch_size, 4, 32, 32, device=device)
     if channels_last:
@@ -63,17 +67,20 @@ def make_batch(model, batch_size: int, device: torch.device, channels_last: bool
     return x, t, y, torch.randn_like(x)
 
 
-def loss_of(forward, x, t, y, target, bf16: bool):
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = forward(x, t, y)
-    return (out.float()[:, :4] - target).square().mean()  # [:, :4]: DiT-XL/2 also predicts the variance
+def step_of(model, forward, opt, batch, bf16: bool):
+    """One training step of `forward` (the model or its compiled version) on batch = (x, t, y, target)."""
+    x, t, y, target = batch
+
+    def loss_of():
+        return (forward(x, t, y).float()[:, :4] - target).square().mean()  # [:, :4]: DiT-XL/2 also predicts σ
+
+    return training_step(model, opt, loss_of, bf16, x.device.type)
 
 
-def count_step_flops(model, batch) -> int:
-    """Matmul/conv/attention FLOPs of one eager forward + backward on `batch`."""
+def count_flops(step) -> int:
+    """Matmul/conv/attention FLOPs of one call of `step` (run eagerly)."""
     with FlopCounterMode(display=False) as counter:
-        loss_of(model, *batch, bf16=True).backward()
-    model.zero_grad(set_to_none=True)
+        step()
     return counter.get_total_flops()
 
 
@@ -101,14 +108,15 @@ def main(argv=None):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     n_params = sum(q.numel() for q in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    opt = adamw(model.parameters(), 1e-4, fused=device.type == "cuda")
 
     batch_size = args.batch_size
     while True:  # the largest batch ≤ --batch-size that fits (found eagerly)
         try:
-            batch = make_batch(model, batch_size, device, args.channels_last)
-            flops = count_step_flops(model, batch)
-            eager = time_steps(model, opt, batch, bf16, args.steps)
+            batch = make_batch(batch_size, device, args.channels_last)
+            eager_step = step_of(model, model, opt, batch, bf16)
+            flops = count_flops(eager_step)
+            eager = time_steps(eager_step, device, args.steps)
             break
         except torch.OutOfMemoryError:
             opt.zero_grad(set_to_none=True)
@@ -127,22 +135,18 @@ def main(argv=None):
     ceiling = matmul_tflops(device) if device.type == "cuda" else None
     report("eager", eager, flops, batch_size, peak, ceiling, device)
     if args.compile:
-        report("torch.compile", time_steps(torch.compile(model), opt, batch, bf16, args.steps), flops, batch_size,
-               peak, ceiling, device)
+        compiled_step = step_of(model, torch.compile(model), opt, batch, bf16)
+        report("torch.compile", time_steps(compiled_step, device, args.steps), flops, batch_size, peak, ceiling,
+               device)
     if device.type == "cuda":
         print(f"  ({torch.cuda.get_device_name(device)}: data-sheet peak {peak} TFLOP/s, a large bf16 matmul "
               f"reaches {ceiling:.0f})")
 
 
-def time_steps(forward, opt, batch, bf16: bool, steps: int) -> tuple[float, float, float]:
-    """(warm-up seconds, seconds per training step, peak GiB) of `steps` steps after 3 warm-up steps (which pay
-    compiling and autotuning)."""
-    def step():
-        loss_of(forward, *batch, bf16=bf16).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    cuda = batch[0].device.type == "cuda"
+def time_steps(step, device: torch.device, steps: int) -> tuple[float, float, float]:
+    """(warm-up seconds, seconds per training step, peak GiB) of `steps` calls of `step` after 3 warm-up calls
+    (which pay compiling and autotuning). The mean of one timed stretch: a GPU runs ahead of Python."""
+    cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     t0 = time.perf_counter()
     for _ in range(3):
@@ -168,6 +172,7 @@ def report(name, timing, flops, batch_size, peak, ceiling, device):
         mfu = f"MFU {100 * achieved / peak:.1f} %, " if peak else ""
         line += f"; {mfu}{100 * achieved / ceiling:.1f} % of the matmul ceiling; peak memory {mem:.1f} GiB"
     print(line, flush=True)
+
 
 if __name__ == "__main__":
     main()

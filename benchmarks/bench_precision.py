@@ -16,25 +16,13 @@ import statistics
 import time
 
 import torch
-from timing import cpu_name
+from timing import cpu_name, training_step
 
 from tinyldm.layers import written_out_attention
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss
 from tinyldm.models.loading import autoencoder_config, backbone_config, build_autoencoder, build_backbone
 from tinyldm.runs import autocast_dtype, precision_words
 from tinyldm.train import adamw
-
-
-def training_step(model, opt, loss_of, bf16: bool):
-    """The scripts' step around a loss: the forward under autocast, the gradient clipped to norm 1, fused AdamW."""
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_of()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    return step
 
 
 def autoencoder_step(channels_last: bool, bf16: bool):

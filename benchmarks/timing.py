@@ -1,5 +1,6 @@
-"""One timing rule for every benchmark: two warm-up calls, then the median of `repeats` timed calls; and the CPU's
-name, which every timing is quoted with."""
+"""One timing rule for every benchmark: two warm-up calls, then the median of `repeats` timed calls; the CPU's
+name, which every timing is quoted with; and the training scripts' step around a loss, which the training
+benchmarks time."""
 
 import platform
 import statistics
@@ -23,6 +24,18 @@ def median_seconds(step, repeats: int = 5, device: str | torch.device = "cpu") -
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def training_step(model, opt, loss_of, bf16: bool, device_type: str = "cpu"):
+    """The scripts' step around a loss: the forward under autocast, the gradient clipped to norm 1, AdamW."""
+    def step():
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_of()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return step
 
 
 def cpu_name() -> str:
