@@ -42,7 +42,11 @@ NOT_REPRODUCED = {
     "dpmpp_2m_sde_midpoint": "not reproduced",
 }
 DPMPP_3M = ("dpmpp_3m_linspace", "dpmpp_3m_trailing_20_steps")  # tinyldm's 3M differs on purpose (D2's factor 2)
-REPRODUCED = [name for name in CASES if name not in NOT_REPRODUCED and name not in DPMPP_3M]
+# The cosine schedule without zero terminal SNR has ᾱ(999) = 2.4e-9: the first Euler step takes σ̃ from 2.0e4 to 4.4.
+# diffusers writes it x̃ + (σ̃_1 − σ̃_0) d, which cancels in float32 (x̃ ≈ 2e4 ± 1e-3, the result ≈ 4.4); tinyldm
+# writes it x̂0 + (σ̃_1/σ̃_0)(x̃ − x̂0) (samplers.euler), which does not. Both are compared with the float64 run.
+CANCELS_IN_DIFFUSERS = ("euler_cosine_linspace",)
+REPRODUCED = [name for name in CASES if name not in (*NOT_REPRODUCED, *DPMPP_3M, *CANCELS_IN_DIFFUSERS)]
 TOL = {"rtol": 1e-5, "atol": 1e-6}  # float32 rounding over ≤ 20 steps on both sides
 
 
@@ -56,7 +60,7 @@ def schedule_of(case) -> Schedule:
     return dataclasses.replace(diffusers_schedule(case["scheduler"], **case["config"]), alphas_cumprod=table)
 
 
-def run_ours(case, grid=None, steps=None):
+def run_ours(case, grid=None, steps=None, dtype=torch.float32):
     """Our run of a case from the recorded noise: (final sample, [(time told to the network, its input x)])."""
     sched = schedule_of(case)
     grid = grid or diffusers_grid(case["scheduler"], steps or case["steps"], sched, **settings(case))
@@ -66,7 +70,7 @@ def run_ours(case, grid=None, steps=None):
         calls.append((t[0].item(), x.clone()))
         return net(x, t)
 
-    out = sample_like_diffusers(spy, FIXTURE["noise"], grid, generator=torch.Generator().manual_seed(
+    out = sample_like_diffusers(spy, FIXTURE["noise"].to(dtype), grid, generator=torch.Generator().manual_seed(
         FIXTURE["step_seed"]))
     return out, calls
 
@@ -101,6 +105,25 @@ def test_reproduces_the_diffusers_trajectory(name):
     case, ours = CASES[name], run_ours(CASES[name])
     assert_same_run(ours, case)
     assert (len(ours[1]) < len(case["call_t"])) == (name == "ddim_leading_alpha0_noop")  # the one no-op step
+
+
+def errors_from_float64(case) -> tuple[float, float]:
+    """(tinyldm's, diffusers') largest difference from tinyldm's float64 run, over network inputs and result."""
+    exact = run_ours(case, dtype=torch.float64)
+    n = len(exact[1])
+    ours = max_difference(run_ours(case), {"call_x": torch.stack([x for _, x in exact[1]]), "final": exact[0]})
+    theirs = max((case["call_x"][:n] - torch.stack([x for _, x in exact[1]])).abs().max().item(),
+                 (case["final"] - exact[0]).abs().max().item())
+    return ours, theirs
+
+
+@pytest.mark.parametrize("name", CANCELS_IN_DIFFUSERS)
+def test_where_diffusers_euler_step_cancels_tinyldm_keeps_float64_accuracy(name):
+    case = CASES[name]
+    assert run_ours(case)[1][0][0] == case["call_t"][0]  # the same grid: diffusers' first network time
+    ours, theirs = errors_from_float64(case)
+    assert ours < TOL["atol"]  # float32 rounding only
+    assert 1e-4 < theirs < 1e-3  # diffusers: the same trajectory, to its cancellation error (3e-4 when recorded)
 
 
 @pytest.mark.parametrize("name", list(NOT_REPRODUCED))
@@ -429,6 +452,10 @@ def report():
         keys = {k: v for k, v in settings(case).items() if not k.startswith("beta_")}
         if name in NOT_REPRODUCED:
             ours, verdict = nearest_run(case), f"no: {NOT_REPRODUCED[name]}"
+        elif name in CANCELS_IN_DIFFUSERS:
+            ours_error, theirs_error = errors_from_float64(case)
+            ours, verdict = run_ours(case), (f"yes, to diffusers' cancellation error (from the float64 run: tinyldm "
+                                             f"{ours_error:.1e}, diffusers {theirs_error:.1e})")
         elif name in DPMPP_3M:
             halved = (dpmpp_3m_runs(case)[1] - case["final"]).abs().max().item()
             ours, verdict = run_ours(case), f"no: D2's factor 2 (with D2/2: {halved:.1e})"

@@ -40,7 +40,7 @@ def guided_model(model, cond, null_cond, cfg_scale: float, cfg_rescale: float = 
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = model(torch.cat([x, x]), torch.cat([t, t]), both_cond)  # (2B, ...) one forward
-        pred_cond, pred_uncond = out[: len(x)], out[len(x):]  # (B, ...) each; slices cost less than chunk
+        pred_cond, pred_uncond = out.chunk(2)  # (B, ...) each
         return rescale_guidance(classifier_free_guidance(pred_cond, pred_uncond, cfg_scale), pred_cond, cfg_rescale)
 
     return guided

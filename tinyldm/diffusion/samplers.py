@@ -106,14 +106,17 @@ def ddim(denoiser, x, sched, ts, generator=None, callback=None, eta=0.0):
     exp_neg_h = alpha[:-1] * sigma[1:] / (sigma[:-1] * alpha[1:])  # (N,)
     eta_sigma = eta * sigma[1:] * (1 - exp_neg_h**2).sqrt()
     eps_scale = (sigma[1:] ** 2 - eta_sigma**2).sqrt()
+    # Eq. 12, x_t = α_t x̂0 + eps_scale ε̂ with ε̂ = (x_s − α_s x̂0)/σ_s, collected per input (like DDPM's posterior
+    # mean): x_t = c_x0 x̂0 + c_xs x_s, two coefficients per step.
+    c_xs = eps_scale / sigma[:-1]
+    c_x0 = alpha[1:] - c_xs * alpha[:-1]
     times, noisy = grid_floats(ts, eta_sigma > 0)
-    alpha, sigma, eta_sigma, eps_scale = per_step(x, alpha, sigma, eta_sigma, eps_scale)
+    c_x0, c_xs, eta_sigma = per_step(x, c_x0, c_xs, eta_sigma)
     for i in range(len(times) - 1):
-        # 1. Predict x0 and the noise it implies.
+        # 1. Predict x0.
         x0_hat = denoiser(x, times[i])
-        eps_hat = (x - alpha[i] * x0_hat) / sigma[i]
-        # 2. Point at x0, add the remaining predicted noise and fresh noise (Eq. 12).
-        x = alpha[i + 1] * x0_hat + eps_scale[i] * eps_hat
+        # 2. Point at x0, add the remaining predicted noise (Eq. 12, collected) and fresh noise.
+        x = c_x0[i] * x0_hat + c_xs[i] * x
         if noisy[i]:
             x = x + eta_sigma[i] * _randn(x, generator)
         _report(callback, i, times[i], x, x0_hat)
@@ -129,14 +132,14 @@ def euler(denoiser, x, sched, ts, generator=None, callback=None):
     """
     alpha, sigma_tilde = karras_variables(sched, ts, "euler")
     times = ts.tolist()
-    alpha, sigma_tilde, step = per_step(x, alpha, sigma_tilde, sigma_tilde.diff())  # step: σ̃_{i+1} − σ̃_i
+    alpha, shrink = per_step(x, alpha, sigma_tilde[1:] / sigma_tilde[:-1])  # (N+1,), (N,): σ̃_{i+1}/σ̃_i
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
-        # 1. Evaluate the ODE's derivative d = dx̃/dσ̃.
+        # 1. Evaluate the ODE's derivative d = dx̃/dσ̃ = (x̃ − x̂0)/σ̃_i, through x̂0.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
-        d = (x_tilde - x0_hat) / sigma_tilde[i]
-        # 2. Euler step.
-        x_tilde = x_tilde + step[i] * d
+        # 2. Euler step x̃ ← x̃ + (σ̃_{i+1} − σ̃_i) d = x̂0 + (σ̃_{i+1}/σ̃_i)(x̃ − x̂0): the part of x̃ that is not x̂0
+        #    shrinks with σ̃. One op: lerp(a, b, w) = a + w (b − a).
+        x_tilde = torch.lerp(x0_hat, x_tilde, shrink[i])
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
@@ -156,14 +159,14 @@ def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
     alpha, sigma_tilde = karras_variables(sched, ts, "euler_ancestral")
     sigma_down, sigma_up = ancestral_sigmas(sigma_tilde[:-1], sigma_tilde[1:])  # (N,) each
     times, noisy = grid_floats(ts, sigma_up > 0)
-    alpha, sigma_tilde, step, sigma_up = per_step(x, alpha, sigma_tilde, sigma_down - sigma_tilde[:-1], sigma_up)
+    alpha, shrink, sigma_up = per_step(x, alpha, sigma_down / sigma_tilde[:-1], sigma_up)  # shrink: σ_down/σ̃_i
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
-        # 1. Evaluate the derivative.
+        # 1. Evaluate the derivative d = (x̃ − x̂0)/σ̃_i, through x̂0.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
-        d = (x_tilde - x0_hat) / sigma_tilde[i]
-        # 2. Euler step down to σ_down (step = σ_down − σ̃_i), then fresh noise up to σ̃_t.
-        x_tilde = x_tilde + step[i] * d
+        # 2. Euler step down to σ_down, x̃ + (σ_down − σ̃_i) d = x̂0 + (σ_down/σ̃_i)(x̃ − x̂0) (as in `euler`), then
+        #    fresh noise up to σ̃_{i+1}.
+        x_tilde = torch.lerp(x0_hat, x_tilde, shrink[i])
         if noisy[i]:
             x_tilde = x_tilde + sigma_up[i] * _randn(x, generator)
         if callback is not None:
