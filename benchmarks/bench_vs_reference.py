@@ -3,6 +3,7 @@
     python benchmarks/bench_vs_reference.py                              # everything (~13 min on 2 cores)
     python benchmarks/bench_vs_reference.py --only samplers,tiny         # the quick parts (~1 min)
     python benchmarks/bench_vs_reference.py --only sd1-unet --big-rounds 5 --threads 1 --json sd1.json
+    python benchmarks/bench_vs_reference.py --only models --kernels      # + where each network's time goes
 
 diffusers is no dependency of tinyldm. Install it in a scratch virtualenv that shares the project's packages:
 
@@ -33,6 +34,11 @@ What is timed
   GB, for either library. diffusers' weights are pages of the safetensors file, mapped and read in at first use,
   so its RSS after loading is small. A third child runs tinyldm with gradient checkpointing (the config's
   `gradient_checkpointing`), and the row's note gives its peak and what it saves.
+- kernels (--kernels, models only, with diffusers): each timed step once more on both sides under torch.profiler
+  (3 calls; 1 for the big models), summing self CPU times: all ops, and the compute kernels both libraries call
+  with the same shapes (convolution, matmul, attention, group/layer norm, forward and backward). The floor,
+  diffusers' share of time in those kernels, is the ratio tinyldm would reach if every other op it runs cost
+  nothing: a floor above 0.9 means no rewrite of the model files that keeps the same kernels can be 0.9× diffusers.
 
 Rules: two untimed warm-ups per side, then --rounds rounds (--big-rounds for SD-VAE, SD-1.x UNet and DiT-XL/2,
 whose fwd+bwd takes 5–20 s a call) alternating tinyldm, diffusers, tinyldm, diffusers, …
@@ -411,7 +417,8 @@ def time_model(case: ModelCase, mode: str, ours, theirs, rounds: int, check: str
     return Row(what, "ms", [s * 1e3 for s in a], [s * 1e3 for s in b] if b else None, check)
 
 
-def bench_model(case: ModelCase, diffusers, rounds: int) -> list[Row]:
+def bench_model(case: ModelCase, diffusers, rounds: int, kernels: list[str] | None = None) -> list[Row]:
+    """The case's timed rows; with a `kernels` list (--kernels) its lines of the kernel table are appended to it."""
     print(f"{case.name}: building", flush=True)
     ours = build_tinyldm(case)
     theirs, rows = None, []
@@ -430,11 +437,56 @@ def bench_model(case: ModelCase, diffusers, rounds: int) -> list[Row]:
         for mode in ("forward", "fwd+bwd"):
             if (case.forward_shape if mode == "forward" else case.train_shape) is not None:
                 rows.append(report(time_model(case, mode, ours, theirs, rounds, check)))
+                if kernels is not None and theirs is not None:
+                    kernels.append(kernel_line(case, mode, ours, theirs, 1 if case.group == "big" else 3))
         del ours, theirs
         gc.collect()
         if case.peak_rss:
             rows.append(report(peak_rss_row(case, folder if diffusers is not None else None)))
     return rows
+
+
+# ---- where the time goes (--kernels) ---------------------------------------------------------------------------------
+
+# The compute kernels both libraries call, with the same shapes and the same number of times: convolutions, matrix
+# products, attention and normalisation, forward and backward.
+KERNELS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::mm", "aten::addmm", "aten::bmm",
+           "aten::_scaled_dot_product_flash_attention_for_cpu",
+           "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "aten::native_group_norm",
+           "aten::native_group_norm_backward", "aten::native_layer_norm", "aten::native_layer_norm_backward")
+
+
+def kernel_time(step, calls: int) -> tuple[float, float]:
+    """(ms per call in all ops, ms per call in KERNELS) of step() under torch.profiler, summing self CPU times."""
+    step()
+    with torch.profiler.profile() as prof:
+        for _ in range(calls):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / calls / 1e3
+    return total, sum(e.self_cpu_time_total for e in events if e.key in KERNELS) / calls / 1e3
+
+
+def kernel_line(case: ModelCase, mode: str, ours, theirs, calls: int) -> str:
+    """A line of the --kernels table. Its floor is diffusers' share of time in the kernels: the kernels are the same
+    calls on the same shapes in both libraries, so that is the ratio tinyldm would reach if every op outside them
+    cost it nothing. (Kernel times of single profiled calls vary by ±10 % from run to run; a share, read from one
+    run, does not.) The profiler adds a little to every op, and diffusers runs more ops, so the floor printed is if
+    anything below the true one."""
+    make_step = forward_step if mode == "forward" else train_step
+    inputs = make_inputs(case.forward_shape if mode == "forward" else case.train_shape)
+    for model in (ours, theirs):
+        model.train(mode != "forward")
+    (a, a_kernels), (b, b_kernels) = (kernel_time(make_step(call, case.family, model, inputs), calls)
+                                      for call, model in ((call_tinyldm, ours), (call_diffusers, theirs)))
+    line = (f"| {case.name} {mode} | {a:,.1f} · {a_kernels:,.1f} ({a_kernels / a:.0%}) | {b:,.1f} · "
+            f"{b_kernels:,.1f} ({b_kernels / b:.0%}) | {a / b:.2f} | **{b_kernels / b:.2f}** |")
+    print(f"  kernels: {line}", flush=True)
+    return line
+
+
+KERNEL_HEADER = ("| network, mode | tinyldm: ms in all · in kernels (share) | diffusers: the same | ratio under the "
+                 "profiler | floor: diffusers' share in the kernels |\n|---|---:|---:|---:|---:|")
 
 
 # ---- peak memory, in a fresh process per library ---------------------------------------------------------------------
@@ -545,6 +597,9 @@ def main():
     p.add_argument("--big-rounds", type=int, default=3, help="rounds for SD-VAE, SD-1.x UNet and DiT-XL/2")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--json", type=Path, help="also write the numbers, every round included, to this file")
+    p.add_argument("--kernels", action="store_true",
+                   help="also profile each network step on both sides: the time in the shared compute kernels "
+                        "(convolution, matmul, attention, norms) and the floor that leaves for the ratio")
     p.add_argument("--peak-rss-child", nargs=3, metavar=("ROW", "LIBRARY", "FOLDER"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
@@ -574,16 +629,20 @@ def main():
     if "samplers" in keys:
         print("samplers", flush=True)
         rows += bench_samplers(diffusers, args.rounds)
+    kernels = [] if args.kernels else None
     for key in keys:
         if key in CASES:
             case = CASES[key]
-            rows += bench_model(case, diffusers, args.big_rounds if case.group == "big" else args.rounds)
+            rows += bench_model(case, diffusers, args.big_rounds if case.group == "big" else args.rounds, kernels)
 
     # Report.
     print()
     print(header)
     print()
     print(markdown_table(rows))
+    if kernels:
+        print(f"\nWhere the time goes (torch.profiler, self CPU time per call):\n{KERNEL_HEADER}")
+        print("\n".join(kernels))
     if args.json:
         args.json.write_text(json.dumps({**env, "rows": [r.as_dict() for r in rows]}, indent=1))
         print(f"\nwrote {args.json}")
