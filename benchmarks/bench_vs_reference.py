@@ -613,6 +613,8 @@ def main():
     diffusers = import_diffusers()
     if diffusers is None:
         print(INSTALL_HINT, flush=True)
+        if args.kernels:
+            print("--kernels compares the two libraries' profiles, so without diffusers it is skipped", flush=True)
     elif diffusers.__version__ != DIFFUSERS_VERSION:
         print(f"note: diffusers {diffusers.__version__}, not the {DIFFUSERS_VERSION} this comparison was written for",
               flush=True)
