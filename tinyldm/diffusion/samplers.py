@@ -135,7 +135,7 @@ def euler(denoiser, x, sched, ts, generator=None, callback=None):
     alpha, shrink = per_step(x, alpha, sigma_tilde[1:] / sigma_tilde[:-1])  # (N+1,), (N,): σ̃_{i+1}/σ̃_i
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
-        # 1. Evaluate the ODE's derivative d = dx̃/dσ̃ = (x̃ − x̂0)/σ̃_i, through x̂0.
+        # 1. Predict x0; the ODE's derivative is d = dx̃/dσ̃ = (x̃ − x̂0)/σ̃_i.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         # 2. Euler step x̃ ← x̃ + (σ̃_{i+1} − σ̃_i) d = x̂0 + (σ̃_{i+1}/σ̃_i)(x̃ − x̂0): the part of x̃ that is not x̂0
         #    shrinks with σ̃. One op: lerp(a, b, w) = a + w (b − a).
@@ -162,7 +162,7 @@ def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
     alpha, shrink, sigma_up = per_step(x, alpha, sigma_down / sigma_tilde[:-1], sigma_up)  # shrink: σ_down/σ̃_i
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
-        # 1. Evaluate the derivative d = (x̃ − x̂0)/σ̃_i, through x̂0.
+        # 1. Predict x0; the derivative is d = (x̃ − x̂0)/σ̃_i.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         # 2. Euler step down to σ_down, x̃ + (σ_down − σ̃_i) d = x̂0 + (σ_down/σ̃_i)(x̃ − x̂0) (as in `euler`), then
         #    fresh noise up to σ̃_{i+1}.
