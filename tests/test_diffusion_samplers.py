@@ -1,8 +1,11 @@
 """Sampler identities, exact cases, closed forms, guidance, bookkeeping and errors (analytic denoisers, float64)."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tinyldm.diffusion import (
     SAMPLERS,
@@ -251,6 +254,46 @@ def test_the_schedule_is_read_once_per_grid_not_once_per_step(sampler, monkeypat
                generator=torch.Generator().manual_seed(0))
         counts.append(len(calls))
     assert counts[0] == counts[1], f"{sampler}: {counts[0]} schedule evaluations at 5 steps, {counts[1]} at 40"
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that run under it, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+# Tensor ops one step may run (at most; today exactly), besides the network (here one op, 0.5·x) and with
+# ε-prediction: the denoiser's x̂0 = (x − σ ε̂)/α is 3 of them, so Euler's step is α·x̃ for the network and one lerp,
+# DDIM's c_x0 x̂0 + c_xs x three, DDPM's posterior mean three plus noise (randn, ·σ, +). Calls: network calls per step.
+OPS_PER_STEP = {"euler": (5, 1), "ddim": (6, 1), "ddpm": (9, 1), "euler_ancestral": (8, 1), "dpmpp_2m": (9, 1),
+                "lms": (15, 1), "heun": (19, 2)}
+GUIDANCE_OPS = 4  # per network call: the doubled batch and time (2 cats), the split, the lerp of Ho & Salimans
+
+
+@pytest.mark.parametrize("sampler", list(OPS_PER_STEP))
+@pytest.mark.parametrize("guided", [False, True])
+def test_a_step_is_a_few_tensor_ops_and_no_device_sync(sampler, guided):
+    # The samplers' speed (issue 15): a step costs the network and a handful of elementwise ops, with no schedule
+    # lookups and no .item() / float(tensor) (`_local_scalar_dense`: a device sync on a GPU). Counted as the
+    # difference between runs of 40 and 10 steps, over 30.
+    sched, per_run = Schedule.vp("scaled_linear"), []
+    options = dict(cfg_scale=4.0, cond=torch.tensor([1, 2]), null_cond=torch.tensor([0, 0])) if guided else {}
+    for steps in (10, 10, 40):  # the first run builds the schedule's tables (once per schedule): not counted
+        with OpCounter() as counter:
+            sample(lambda x, t, cond=None: 0.5 * x, torch.randn(2, 4, 8, 8), sched, sampler, steps=steps,
+                   generator=torch.Generator().manual_seed(0), **options)
+        per_run = [*per_run[-1:], counter.ops]
+    per_step = {op: (per_run[1][op] - per_run[0][op]) / 30 for op in per_run[1] | per_run[0]}
+    per_step = {op: n for op, n in per_step.items() if n}
+    assert "_local_scalar_dense" not in per_step, per_step
+    ops, calls = OPS_PER_STEP[sampler]
+    assert sum(per_step.values()) <= ops + calls * (1 + (GUIDANCE_OPS if guided else 0)), per_step  # a budget
 
 
 def test_denoiser_grid_lookup_equals_computing_each_time():
