@@ -61,6 +61,7 @@ gradients) and about 8 GB in each peak-RSS child.
 
 import argparse
 import gc
+import inspect
 import json
 import os
 import statistics
@@ -179,8 +180,14 @@ SAMPLERS = {
     "euler": ("Euler", "EulerDiscreteScheduler", {}),
     "dpmpp_2m": ("DPM++(2M)", "DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2)),
     "ddpm": ("DDPM", "DDPMScheduler", dict(clip_sample=False)),
+    "euler_ancestral": ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
+    "heun": ("Heun", "HeunDiscreteScheduler", {}),
+    "lms": ("LMS", "LMSDiscreteScheduler", {}),
+    "dpmpp_3m": ("DPM++(3M)", "DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=3)),
+    "dpmpp_2m_sde": ("DPM++(2M) SDE", "DPMSolverMultistepScheduler",
+                     dict(algorithm_type="sde-dpmsolver++", solver_order=2, solver_type="heun")),
 }
-STOCHASTIC = ("ddpm",)
+STOCHASTIC = ("ddpm", "euler_ancestral", "dpmpp_2m_sde")
 
 
 def trivial_model(x: torch.Tensor, t, cond=None) -> torch.Tensor:
@@ -208,9 +215,10 @@ def diffusers_sampling(scheduler, noise: torch.Tensor, cfg_scale: float | None):
     """The loop of diffusers' pipelines, with classifier-free guidance u + w(c − u) on the doubled batch."""
     cond, null_cond = conditions()
     both = torch.cat([null_cond, cond])  # diffusers' order: unconditional first
+    stochastic = "generator" in inspect.signature(scheduler.step).parameters  # Heun's and LMS's step take none
 
     def run() -> torch.Tensor:
-        generator = torch.Generator().manual_seed(0)
+        generator = {"generator": torch.Generator().manual_seed(0)} if stochastic else {}
         scheduler.set_timesteps(STEPS)
         x = noise * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
@@ -220,7 +228,7 @@ def diffusers_sampling(scheduler, noise: torch.Tensor, cfg_scale: float | None):
             else:
                 u, c = trivial_model(torch.cat([inp] * 2), t, both).chunk(2)
                 out = u + cfg_scale * (c - u)
-            x = scheduler.step(out, t, x, generator=generator).prev_sample
+            x = scheduler.step(out, t, x, **generator).prev_sample
         return x
 
     return run

@@ -18,9 +18,9 @@ variables sigma_tilde σ̃ = σ/α, x_tilde x̃ = x/α = x0 + σ̃ ε, in which 
 dx̃/dσ̃ = (x̃ − x̂0)/σ̃ (Karras et al. 2022, Eq. 4 with α folded in).
 """
 
-import numpy as np
+import math
+
 import torch
-from numpy.polynomial import Polynomial
 
 DDPM_VARIANCES = ("fixed_small", "fixed_large")
 
@@ -46,6 +46,12 @@ def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """z ~ N(0, I) shaped like x, drawn on the generator's device (CPU unless the generator lives on x's device)."""
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+
+def _add_noise(x: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """x + std·z, z ~ N(0, I): a stochastic step's fresh noise, std a per-step 0-dim tensor (one op for the sum:
+    addcmul(x, a, b) = x + a·b)."""
+    return torch.addcmul(x, std, _randn(x, generator))
 
 
 def karras_variables(sched, ts: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +96,7 @@ def ddpm(denoiser, x, sched, ts, generator=None, callback=None, variance="fixed_
         # 2. Take the posterior mean, then add its noise (none on the step to the data).
         x = c_x0[i] * x0_hat + c_xs[i] * x  # μ̃ (Eq. 7)
         if times[i + 1] > sched.t_min:
-            x = x + noise_std[i] * _randn(x, generator)
+            x = _add_noise(x, noise_std[i], generator)
         _report(callback, i, times[i], x, x0_hat)
     return x
 
@@ -118,7 +124,7 @@ def ddim(denoiser, x, sched, ts, generator=None, callback=None, eta=0.0):
         # 2. Point at x0, add the remaining predicted noise (Eq. 12, collected) and fresh noise.
         x = c_x0[i] * x0_hat + c_xs[i] * x
         if noisy[i]:
-            x = x + eta_sigma[i] * _randn(x, generator)
+            x = _add_noise(x, eta_sigma[i], generator)
         _report(callback, i, times[i], x, x0_hat)
     return x
 
@@ -168,7 +174,7 @@ def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
         #    fresh noise up to σ̃_{i+1}.
         x_tilde = torch.lerp(x0_hat, x_tilde, shrink[i])
         if noisy[i]:
-            x_tilde = x_tilde + sigma_up[i] * _randn(x, generator)
+            x_tilde = _add_noise(x_tilde, sigma_up[i], generator)
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
@@ -182,17 +188,20 @@ def heun(denoiser, x, sched, ts, generator=None, callback=None):
     """
     alpha, sigma_tilde = karras_variables(sched, ts, "heun")
     times, to_data = grid_floats(ts, sigma_tilde == 0)
-    alpha, sigma_tilde, step = per_step(x, alpha, sigma_tilde, sigma_tilde.diff())  # step: σ̃_{i+1} − σ̃_i
+    shrink = sigma_tilde[1:] / sigma_tilde[:-1]  # σ̃_{i+1}/σ̃_i, as in `euler`
+    half_step_over_next = torch.where(sigma_tilde[1:] > 0, sigma_tilde.diff() / (2 * sigma_tilde[1:]), 0)  # Δ/2σ̃_{i+1}
+    alpha, shrink, half_step_over_next = per_step(x, alpha, shrink, half_step_over_next)
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
-        # 1. Euler step.
+        # 1. Euler step (as in `euler`): x̃' = x̃ + Δ d = x̂0 + (σ̃_{i+1}/σ̃_i)(x̃ − x̂0), Δ = σ̃_{i+1} − σ̃_i.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
-        d_cur = (x_tilde - x0_hat) / sigma_tilde[i]
-        x_next = x_tilde + step[i] * d_cur
-        # 2. Apply the 2nd-order correction, except on the step to σ̃ = 0 where d is undefined.
+        x_next = torch.lerp(x0_hat, x_tilde, shrink[i])
+        # 2. Apply the 2nd-order correction, the trapezoid x̃ + Δ (d + d')/2 with d' = (x̃' − x̂0')/σ̃_{i+1} the
+        #    derivative at x̃'; as Δ d = x̃' − x̃ it is (x̃ + x̃')/2 + (Δ/2σ̃_{i+1})(x̃' − x̂0') (addcmul(a, b, c) =
+        #    a + b·c). Not on the step to σ̃ = 0, where d' is undefined.
         if not to_data[i + 1]:
-            d_prime = (x_next - denoiser(alpha[i + 1] * x_next, times[i + 1])) / sigma_tilde[i + 1]
-            x_next = x_tilde + step[i] * (0.5 * d_cur + 0.5 * d_prime)
+            x0_next = denoiser(alpha[i + 1] * x_next, times[i + 1])
+            x_next = torch.addcmul(torch.lerp(x_tilde, x_next, 0.5), half_step_over_next[i], x_next - x0_next)
         x_tilde = x_next
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
@@ -200,15 +209,20 @@ def heun(denoiser, x, sched, ts, generator=None, callback=None):
 
 
 def lms_coefficients(sigmas: list[float], sigma_next: float) -> list[float]:
-    """c_j = ∫_{σ̃_i}^{σ̃_{i+1}} ℓ_j(τ) dτ, ℓ_j the Lagrange basis through sigmas = [σ̃_i, σ̃_{i−1}, …] (exact)."""
-    coefficients = []
-    for j, sigma_j in enumerate(sigmas):
-        others = [s for m, s in enumerate(sigmas) if m != j]
-        numerator = Polynomial.fromroots(others) if others else Polynomial([1.0])
-        basis = numerator / float(np.prod([sigma_j - s for s in others]))  # ℓ_j(τ)
-        antiderivative = basis.integ()
-        coefficients.append(float(antiderivative(sigma_next) - antiderivative(sigmas[0])))
-    return coefficients
+    """c_j = ∫_{σ̃_i}^{σ̃_{i+1}} ℓ_j(τ) dτ, ℓ_j the Lagrange basis through sigmas = [σ̃_i, σ̃_{i−1}, …] (at most 4).
+
+    ℓ_j has degree ≤ 3, so two-point Gauss–Legendre quadrature is exact (Abramowitz & Stegun 25.4.29):
+    ∫_a^b f = (b − a)/2 · (f(m − r) + f(m + r)), m = (a + b)/2, r = (b − a)/(2√3).
+    """
+    if not 1 <= len(sigmas) <= 4:
+        raise ValueError(f"LMS interpolates through 1 to 4 points, got {len(sigmas)}")
+    a, b = sigmas[0], sigma_next
+    middle, offset = (a + b) / 2, (b - a) / (2 * math.sqrt(3))
+
+    def basis(j: int, tau: float) -> float:  # ℓ_j(τ) = Π_{m ≠ j} (τ − σ̃_m)/(σ̃_j − σ̃_m)
+        return math.prod((tau - s) / (sigmas[j] - s) for m, s in enumerate(sigmas) if m != j)
+
+    return [(b - a) / 2 * (basis(j, middle - offset) + basis(j, middle + offset)) for j in range(len(sigmas))]
 
 
 @torch.no_grad()
@@ -231,8 +245,9 @@ def lms(denoiser, x, sched, ts, generator=None, callback=None, order=4, first_or
         # 1. Evaluate the derivative and keep the last `order` of them.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         ds = [(x_tilde - x0_hat) / sigma_tilde[i]] + ds[: order - 1]
-        # 2. Step with the integrated Lagrange interpolant of the history.
-        x_tilde = x_tilde + sum(c_j * d_j for c_j, d_j in zip(weights[i], ds))
+        # 2. Step with the integrated Lagrange interpolant of the history: x̃ + Σ_j c_j d_j, a fused op per term.
+        for c_j, d_j in zip(weights[i], ds):
+            x_tilde = torch.add(x_tilde, d_j, alpha=c_j)
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
     return alpha[-1] * x_tilde
