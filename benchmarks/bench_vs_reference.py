@@ -48,7 +48,8 @@ per-round ratios (< 1: tinyldm is faster or smaller), with their range in bracke
 Parts and rows (--only takes a comma-separated list of either), with the wall time each took on a 2-core AMD
 EPYC at --threads 1 --rounds 2 --big-rounds 2 (another job sharing the machine), and the time expected at the
 defaults (5 rounds, 3 for the big models) with one thread; two threads take roughly 0.6× that (~13 min in all):
-    samplers  ddim, euler, dpmpp_2m, ddpm (± guidance)               0.5 min    expected 0.5 min
+    samplers  ddim, euler, dpmpp_2m, ddpm, euler_ancestral, heun,     0.5 min    expected 1 min
+              lms, dpmpp_3m, dpmpp_2m_sde (± guidance)
     big       sd-vae                                                 1.8 min             2 min
               sd1-unet (+ peak RSS)                                  5.7 min             6.5 min
               dit-xl2 (+ peak RSS)                                   4.8 min             5.5 min
@@ -200,13 +201,14 @@ def conditions() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([1]), torch.tensor([USERS])
 
 
-def tinyldm_sampling(sampler: str, noise: torch.Tensor, cfg_scale: float | None):
+def tinyldm_sampling(sampler: str, noise: torch.Tensor, cfg_scale: float | None, options: dict | None = None):
     sched = Schedule.vp("scaled_linear")  # built once, as diffusers' scheduler object is
     cond, null_cond = conditions() if cfg_scale is not None else (None, None)
 
     def run() -> torch.Tensor:
         return sample(trivial_model, noise, sched, sampler, steps=STEPS, spacing="trailing", prediction="eps",
-                      cfg_scale=cfg_scale, cond=cond, null_cond=null_cond, generator=torch.Generator().manual_seed(0))
+                      cfg_scale=cfg_scale, cond=cond, null_cond=null_cond, generator=torch.Generator().manual_seed(0),
+                      sampler_options=options)
 
     return run
 
@@ -239,11 +241,13 @@ def make_scheduler(diffusers, class_name: str, **settings):
 
 
 def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale) -> str:
-    """The final samples' max |difference|, and for DDIM and Euler the difference once the known cause is removed.
+    """The final samples' max |difference|, and for DDIM, Euler, Heun and LMS the difference once the known cause is
+    removed.
 
-    DDIM with set_alpha_to_one=False ends its last step at ᾱ_0 (t = 0), tinyldm at the data (t = −1); Euler on a
-    trailing grid starts at init_noise_sigma·z = σ̃_max·z, that is σ_{t0}·z in tinyldm's units, tinyldm at z
-    (tinyldm/diffusion/diffusers_grids.py, items 1 and 4).
+    DDIM with set_alpha_to_one=False ends its last step at ᾱ_0 (t = 0), tinyldm at the data (t = −1); Euler, Heun and
+    LMS on a trailing grid start at init_noise_sigma·z = σ̃_max·z, that is σ_{t0}·z in tinyldm's units, tinyldm at z,
+    and diffusers' LMS keeps order 4 on its step to σ̃ = 0 (docs/coming_from_diffusers.md, items 1, 4 and 6).
+    DPM++(3M) differs on purpose (D2's factor 2).
     """
     if sampler in STOCHASTIC:
         return "stochastic: other noise draws, not compared"
@@ -253,12 +257,16 @@ def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale) -> st
         to_data = make_scheduler(diffusers, class_name, **{**settings, "set_alpha_to_one": True})
         diff = (ours() - diffusers_sampling(to_data, noise, cfg_scale)()).abs().max().item()
         text += f"; {diff:.1e} with set_alpha_to_one=True (diffusers' last step to the data too)"
-    if sampler == "euler":
+    if sampler in ("euler", "heun", "lms"):
         sched = Schedule.vp("scaled_linear")
         _, sigma_max = sched.alpha_sigma(torch.tensor(sched.t_max, dtype=torch.float64))
-        started_alike = tinyldm_sampling(sampler, noise * float(sigma_max), cfg_scale)
+        full_order = {"first_order_final": False} if sampler == "lms" else None  # diffusers' LMS: order 4 to σ = 0
+        started_alike = tinyldm_sampling(sampler, noise * float(sigma_max), cfg_scale, full_order)
         diff = (started_alike() - theirs()).abs().max().item()
-        text += f"; {diff:.1e} with tinyldm started at σ_t0·z, as diffusers' init_noise_sigma"
+        text += (f"; {diff:.1e} with tinyldm started at σ_t0·z, as diffusers' init_noise_sigma"
+                 f"{' (and first_order_final=False)' if full_order else ''}")
+    if sampler == "dpmpp_3m":
+        text += " (on purpose: D2's factor 2, docs/coming_from_diffusers.md)"
     return text
 
 
