@@ -269,13 +269,13 @@ class OpCounter(TorchDispatchMode):
 
 
 # Tensor ops one step may run (at most; today exactly), besides the network (here one op, 0.5·x) and with
-# ε-prediction. The denoiser's x̂0 = (x − σ ε̂)/α is 3 of them, so: Euler α·x̃ for the network and one lerp (5);
-# DDIM c_x0 x̂0 + c_xs x (6); DDPM its posterior mean the same way and noise, randn and one addcmul (8); Euler
-# ancestral Euler's and the noise (7); Heun Euler's, then α·x̃', x̂0' and the trapezoid's lerp, sub, addcmul (12);
-# LMS d = (x̃ − x̂0)/σ̃ and one fused add per term of order 4 (10); DPM++(2M) 6 of its own (9). Calls: network calls
-# per step.
-OPS_PER_STEP = {"euler": (5, 1), "ddim": (6, 1), "ddpm": (8, 1), "euler_ancestral": (7, 1), "dpmpp_2m": (9, 1),
-                "lms": (10, 1), "heun": (12, 2)}
+# ε-prediction. The denoiser's x̂0 = (x − σ ε̂)/α is 2 of them (an addcmul, a div), so: Euler α·x̃ for the network
+# and one lerp (4); DDIM c_x0 x̂0 + c_xs x (5); DDPM its posterior mean the same way and noise, randn and one addcmul
+# (7); Euler ancestral Euler's and the noise (6); Heun Euler's, then α·x̃', x̂0' and the trapezoid's lerp, sub,
+# addcmul (10); LMS d = (x̃ − x̂0)/σ̃ and one fused add per term of order 4 (9); DPM++(2M) 6 of its own (8). Calls:
+# network calls per step.
+OPS_PER_STEP = {"euler": (4, 1), "ddim": (5, 1), "ddpm": (7, 1), "euler_ancestral": (6, 1), "dpmpp_2m": (8, 1),
+                "lms": (9, 1), "heun": (10, 2)}
 GUIDANCE_OPS = 4  # per network call: the doubled batch and time (2 cats), the split, the lerp of Ho & Salimans
 
 

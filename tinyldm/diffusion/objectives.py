@@ -44,7 +44,7 @@ def to_x0(pred: torch.Tensor, x_t: torch.Tensor, alpha, sigma, prediction: str) 
     """x0 implied by a network output `pred` at x_t with coefficients α_t, σ_t."""
     alpha, sigma = _bcast(alpha, x_t), _bcast(sigma, x_t)
     if prediction == "eps":
-        return (x_t - sigma * pred) / alpha  # x̂0 = (x_t − σ ε̂)/α
+        return torch.addcmul(x_t, sigma, pred, value=-1) / alpha  # x̂0 = (x_t − σ ε̂)/α, x_t − σ ε̂ in one op
     if prediction == "v":
         return (alpha * x_t - sigma * pred) / (alpha**2 + sigma**2)  # x̂0 = α x_t − σ v̂ when α² + σ² = 1
     if prediction == "x0":
