@@ -29,29 +29,47 @@ def check_prediction(sched: Schedule, prediction: str) -> None:
                          "choose 'eps', 'v' or 'x0'")
 
 
-def _bcast(c, x: torch.Tensor) -> torch.Tensor | float:
-    """A coefficient of shape () or (B,) as a tensor that broadcasts over x (B, ...), in x's dtype and device. A
-    Python number, or a 0-dim tensor already in x's dtype and device (the samplers' per-step coefficients), is
+def _bcast(c, x: torch.Tensor) -> torch.Tensor:
+    """A coefficient (a number, or a tensor of shape () or (B,)) as a tensor that broadcasts over x (B, ...), in x's
+    dtype and device. A 0-dim tensor already in x's dtype and device (the samplers' per-step coefficients) is
     returned as it is."""
-    if isinstance(c, (int, float)) or (torch.is_tensor(c) and c.dim() == 0 and c.dtype == x.dtype
-                                       and c.device == x.device):
+    if torch.is_tensor(c) and c.dim() == 0 and c.dtype == x.dtype and c.device == x.device:
         return c
     c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
 
+def x0_coefficients(alpha, sigma, prediction: str):
+    """(c_x, c_pred) with x̂0 = c_x·x_t + c_pred·pred: every prediction is affine in x_t and the network's output.
+
+    From x_t = α x0 + σ ε:
+        eps   x̂0 = (x_t − σ ε̂)/α
+        v     x̂0 = (α x_t − σ v̂)/(α² + σ²)      (v = α ε − σ x0; α² + σ² = 1 on a VP schedule)
+        x0    x̂0 = pred
+        flow  x̂0 = (x_t − σ û)/(α + σ)          (u = ε − x0; α + σ = 1 on a flow schedule)
+    α, σ: numbers or tensors; the coefficients come back in their kind, shape and dtype.
+    """
+    if prediction == "eps":
+        return 1 / alpha, -sigma / alpha
+    if prediction == "v":
+        norm = alpha**2 + sigma**2
+        return alpha / norm, -sigma / norm
+    if prediction == "x0":
+        return 0 * alpha, 0 * alpha + 1
+    if prediction == "flow":
+        return 1 / (alpha + sigma), -sigma / (alpha + sigma)
+    raise ValueError(f"prediction {prediction!r} is not supported; choose one of {PREDICTIONS}")
+
+
+def apply_x0_coefficients(pred: torch.Tensor, x_t: torch.Tensor, c_x, c_pred) -> torch.Tensor:
+    """x̂0 = c_x·x_t + c_pred·pred (`x0_coefficients`) in two ops: addcmul(a, b, c) = a + b·c."""
+    return torch.addcmul(_bcast(c_x, x_t) * x_t, _bcast(c_pred, x_t), pred)
+
+
 def to_x0(pred: torch.Tensor, x_t: torch.Tensor, alpha, sigma, prediction: str) -> torch.Tensor:
     """x0 implied by a network output `pred` at x_t with coefficients α_t, σ_t."""
-    alpha, sigma = _bcast(alpha, x_t), _bcast(sigma, x_t)
-    if prediction == "eps":
-        return torch.addcmul(x_t, sigma, pred, value=-1) / alpha  # x̂0 = (x_t − σ ε̂)/α, x_t − σ ε̂ in one op
-    if prediction == "v":
-        return (alpha * x_t - sigma * pred) / (alpha**2 + sigma**2)  # x̂0 = α x_t − σ v̂ when α² + σ² = 1
-    if prediction == "x0":
-        return pred
-    if prediction == "flow":
-        return (x_t - sigma * pred) / (alpha + sigma)  # x̂0 = x_t − t û when α + σ = 1
-    raise ValueError(f"prediction {prediction!r} is not supported; choose one of {PREDICTIONS}")
+    c_x, c_pred = x0_coefficients(alpha, sigma, prediction)
+    return pred if prediction == "x0" else apply_x0_coefficients(pred, x_t, c_x, c_pred)
 
 
 def from_x0(x0: torch.Tensor, x_t: torch.Tensor, alpha, sigma, prediction: str) -> torch.Tensor:

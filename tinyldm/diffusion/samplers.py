@@ -94,7 +94,7 @@ def ddpm(denoiser, x, sched, ts, generator=None, callback=None, variance="fixed_
         # 1. Predict x0.
         x0_hat = denoiser(x, times[i])
         # 2. Take the posterior mean, then add its noise (none on the step to the data).
-        x = c_x0[i] * x0_hat + c_xs[i] * x  # μ̃ (Eq. 7)
+        x = torch.addcmul(c_xs[i] * x, c_x0[i], x0_hat)  # μ̃ = c_x0 x̂0 + c_xs x_s (Eq. 7); addcmul(a, b, c) = a + b·c
         if times[i + 1] > sched.t_min:
             x = _add_noise(x, noise_std[i], generator)
         _report(callback, i, times[i], x, x0_hat)
@@ -122,7 +122,7 @@ def ddim(denoiser, x, sched, ts, generator=None, callback=None, eta=0.0):
         # 1. Predict x0.
         x0_hat = denoiser(x, times[i])
         # 2. Point at x0, add the remaining predicted noise (Eq. 12, collected) and fresh noise.
-        x = c_x0[i] * x0_hat + c_xs[i] * x
+        x = torch.addcmul(c_xs[i] * x, c_x0[i], x0_hat)
         if noisy[i]:
             x = _add_noise(x, eta_sigma[i], generator)
         _report(callback, i, times[i], x, x0_hat)
@@ -189,19 +189,20 @@ def heun(denoiser, x, sched, ts, generator=None, callback=None):
     alpha, sigma_tilde = karras_variables(sched, ts, "heun")
     times, to_data = grid_floats(ts, sigma_tilde == 0)
     shrink = sigma_tilde[1:] / sigma_tilde[:-1]  # σ̃_{i+1}/σ̃_i, as in `euler`
-    half_step_over_next = torch.where(sigma_tilde[1:] > 0, sigma_tilde.diff() / (2 * sigma_tilde[1:]), 0)  # Δ/2σ̃_{i+1}
-    alpha, shrink, half_step_over_next = per_step(x, alpha, shrink, half_step_over_next)
+    stretch = torch.where(sigma_tilde[1:] > 0, 2 - sigma_tilde[:-1] / sigma_tilde[1:], 0)  # 1 + Δ/σ̃_{i+1}
+    alpha, shrink, stretch = per_step(x, alpha, shrink, stretch)
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
         # 1. Euler step (as in `euler`): x̃' = x̃ + Δ d = x̂0 + (σ̃_{i+1}/σ̃_i)(x̃ − x̂0), Δ = σ̃_{i+1} − σ̃_i.
         x0_hat = denoiser(alpha[i] * x_tilde, times[i])
         x_next = torch.lerp(x0_hat, x_tilde, shrink[i])
         # 2. Apply the 2nd-order correction, the trapezoid x̃ + Δ (d + d')/2 with d' = (x̃' − x̂0')/σ̃_{i+1} the
-        #    derivative at x̃'; as Δ d = x̃' − x̃ it is (x̃ + x̃')/2 + (Δ/2σ̃_{i+1})(x̃' − x̂0') (addcmul(a, b, c) =
-        #    a + b·c). Not on the step to σ̃ = 0, where d' is undefined.
+        #    derivative at x̃'. As x̃ + Δ d = x̃', it is the mean of x̃ and x̃' + Δ d', an Euler step from x̃' with
+        #    its own slope, which is x̂0' + (1 + Δ/σ̃_{i+1})(x̃' − x̂0'): two lerps. Not on the step to σ̃ = 0,
+        #    where d' is undefined.
         if not to_data[i + 1]:
             x0_next = denoiser(alpha[i + 1] * x_next, times[i + 1])
-            x_next = torch.addcmul(torch.lerp(x_tilde, x_next, 0.5), half_step_over_next[i], x_next - x0_next)
+            x_next = torch.lerp(x_tilde, torch.lerp(x0_next, x_next, stretch[i]), 0.5)
         x_tilde = x_next
         if callback is not None:
             callback(i, times[i], alpha[i + 1] * x_tilde, x0_hat)
@@ -260,11 +261,10 @@ def flow_euler(denoiser, x, sched, ts, generator=None, callback=None):
         raise ValueError("sampler 'flow_euler' needs a Schedule.flow(); for a VP schedule use 'euler' or 'ddim'")
     times = ts.tolist()
     for i in range(len(times) - 1):
-        # 1. Velocity implied by the x0 prediction: v = ε − x0 = (x_t − x0)/t.
+        # 1. Predict x0; the velocity is v = ε − x0 = (x_t − x̂0)/t.
         x0_hat = denoiser(x, times[i])
-        v_hat = (x - x0_hat) / times[i]
-        # 2. Euler step in t.
-        x = x + (times[i + 1] - times[i]) * v_hat
+        # 2. Euler step in t, x + (t_{i+1} − t_i) v = x̂0 + (t_{i+1}/t_i)(x − x̂0) (as `euler` in σ̃): one lerp.
+        x = torch.lerp(x0_hat, x, times[i + 1] / times[i])
         _report(callback, i, times[i], x, x0_hat)
     return x
 
@@ -280,15 +280,14 @@ def flow_heun(denoiser, x, sched, ts, generator=None, callback=None):
         raise ValueError("sampler 'flow_heun' needs a Schedule.flow(); for a VP schedule use 'heun'")
     times = ts.tolist()
     for i in range(len(times) - 1):
-        h = times[i + 1] - times[i]
-        # 1. Euler predictor.
+        # 1. Euler predictor (as in `flow_euler`): x' = x + h v = x̂0 + (t_{i+1}/t_i)(x − x̂0), h = t_{i+1} − t_i.
         x0_hat = denoiser(x, times[i])
-        v_cur = (x - x0_hat) / times[i]  # v = ε − x0 = (x_t − x0)/t
-        x_next = x + h * v_cur
-        # 2. Trapezoidal corrector with the velocity at the predicted point.
+        x_next = torch.lerp(x0_hat, x, times[i + 1] / times[i])
+        # 2. Trapezoidal corrector x + h (v + v')/2 with the velocity v' = (x' − x̂0')/t_{i+1} at the predicted
+        #    point: the mean of x and x' + h v' = x̂0' + (1 + h/t_{i+1})(x' − x̂0') (as in `heun`).
         if times[i + 1] > 0:
-            v_next = (x_next - denoiser(x_next, times[i + 1])) / times[i + 1]
-            x_next = x + h * (0.5 * v_cur + 0.5 * v_next)
+            x0_next = denoiser(x_next, times[i + 1])
+            x_next = torch.lerp(x, torch.lerp(x0_next, x_next, 2 - times[i] / times[i + 1]), 0.5)
         x = x_next
         _report(callback, i, times[i], x, x0_hat)
     return x

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import dpm_solver, samplers
 from .guidance import guided_model
-from .objectives import check_prediction, to_x0
+from .objectives import apply_x0_coefficients, check_prediction, x0_coefficients
 from .schedules import SPACINGS, Schedule
 
 SAMPLERS = {
@@ -92,26 +92,32 @@ def make_denoiser(net, sched: Schedule, prediction: str, ts: torch.Tensor | None
                   like: torch.Tensor | None = None):
     """D(x, t) → x̂0: call net(x, model_time(t)) with t as a (B,) tensor and convert its output to x0.
 
-    t is a schedule time (float or 0-dim tensor). Given the sampling grid `ts` and a tensor `like` the state (its
-    dtype and device), α_t, σ_t and the network's time are prepared once for every grid time and looked up; other
-    times are computed when asked.
+    t is a schedule time (float or 0-dim tensor). The conversion is x̂0 = c_x·x + c_pred·out, two ops whatever the
+    prediction (objectives.x0_coefficients). Given the sampling grid `ts` and a tensor `like` the state (its dtype and
+    device), c_x, c_pred and the network's time are prepared once for every grid time and looked up; other times
+    are computed when asked, the same way.
     """
-    grid = {}  # schedule time → (α_t, σ_t, the network's time for a batch like `like`), ready for x
+
+    def coefficients(t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # float64 from the schedule, then x's dtype and device: the same numbers on and off the grid
+        return tuple(c.to(dtype=x.dtype, device=x.device) for c in x0_coefficients(*sched.alpha_sigma(t), prediction))
+
+    grid = {}  # schedule time → (c_x, c_pred, the network's time for a batch like `like`), ready for x
     if ts is not None and like is not None:
-        alpha, sigma = (c.to(dtype=like.dtype, device=like.device) for c in sched.alpha_sigma(ts))
+        c_x, c_pred = coefficients(ts, like)  # (N+1,) each
         t_net = sched.model_time(ts).to(dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
         t_net = t_net[:, None].expand(len(ts), like.shape[0])  # (N+1, B), a view
-        grid = dict(zip(ts.tolist(), zip(alpha.unbind(), sigma.unbind(), t_net.unbind())))
+        grid = dict(zip(ts.tolist(), zip(c_x.unbind(), c_pred.unbind(), t_net.unbind())))
 
     def denoiser(x: torch.Tensor, t) -> torch.Tensor:
         t = float(t)
         if t in grid and grid[t][2].shape[0] == x.shape[0]:
-            alpha, sigma, t_model = grid[t]
+            c_x, c_pred, t_model = grid[t]
         else:
-            alpha, sigma = sched.alpha_sigma(t)
+            c_x, c_pred = coefficients(torch.tensor(t, dtype=torch.float64), x)
             t_model = torch.full((x.shape[0],), float(sched.model_time(t)), device=x.device,
                                  dtype=torch.promote_types(x.dtype, torch.float32))  # (B,)
-        return to_x0(net(x, t_model), x, alpha, sigma, prediction)
+        return apply_x0_coefficients(net(x, t_model), x, c_x, c_pred)  # x̂0 = c_x·x + c_pred·out
 
     return denoiser
 
