@@ -14,7 +14,8 @@ Without diffusers the script says so and prints tinyldm's own timings (no ratios
 
 What is timed
 - samplers: a trivial network model(x, t, cond) = 0.5·x (the same cost on both sides, so what is timed is the
-  sampler), x 1×4×32×32, 50 steps on the scaled-linear VP schedule, trailing grid, ε prediction; each sampler
+  sampler), x 1×4×32×32, 50 steps on the scaled-linear VP schedule, trailing grid, ε prediction (flow Euler and
+  flow Heun: rectified flow with shift 3 and flow prediction, against diffusers' FlowMatch schedulers); each sampler
   without and with classifier-free guidance (w = 4). tinyldm: one call of `sample`. diffusers: the usual pipeline
   loop, timed in full: set_timesteps(50), x = noise·init_noise_sigma, then per timestep scale_model_input, the
   network (on the doubled batch with guidance: u + w(c − u)), step(...).prev_sample. µs per step = time / 50.
@@ -49,7 +50,7 @@ Parts and rows (--only takes a comma-separated list of either), with the wall ti
 EPYC at --threads 1 --rounds 2 --big-rounds 2 (another job sharing the machine), and the time expected at the
 defaults (5 rounds, 3 for the big models) with one thread; two threads take roughly 0.6× that (~13 min in all):
     samplers  ddim, euler, dpmpp_2m, ddpm, euler_ancestral, heun,     0.5 min    expected 1 min
-              lms, dpmpp_3m, dpmpp_2m_sde (± guidance)
+              lms, dpmpp_3m, dpmpp_2m_sde, flow_euler, flow_heun (± guidance)
     big       sd-vae                                                 1.8 min             2 min
               sd1-unet (+ peak RSS)                                  5.7 min             6.5 min
               dit-xl2 (+ peak RSS)                                   4.8 min             5.5 min
@@ -189,6 +190,13 @@ SAMPLERS = {
                      dict(algorithm_type="sde-dpmsolver++", solver_order=2, solver_type="heun")),
 }
 STOCHASTIC = ("ddpm", "euler_ancestral", "dpmpp_2m_sde")
+# The flow-matching samplers (rectified flow with SD3's shift 3, flow-velocity prediction) against diffusers'
+# FlowMatch schedulers with the same shift.
+FLOW_SHIFT = 3.0
+FLOW_SAMPLERS = {
+    "flow_euler": ("flow Euler", "FlowMatchEulerDiscreteScheduler", {}),
+    "flow_heun": ("flow Heun", "FlowMatchHeunDiscreteScheduler", {}),
+}
 
 
 def trivial_model(x: torch.Tensor, t, cond=None) -> torch.Tensor:
@@ -201,14 +209,16 @@ def conditions() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor([1]), torch.tensor([USERS])
 
 
-def tinyldm_sampling(sampler: str, noise: torch.Tensor, cfg_scale: float | None, options: dict | None = None):
-    sched = Schedule.vp("scaled_linear")  # built once, as diffusers' scheduler object is
-    cond, null_cond = conditions() if cfg_scale is not None else (None, None)
+def tinyldm_sampling(sampler: str, noise: torch.Tensor, cfg_scale: float | None, options: dict | None = None,
+                     timesteps: list[float] | None = None):
+    flow = sampler in FLOW_SAMPLERS
+    sched = Schedule.flow(shift=FLOW_SHIFT) if flow else Schedule.vp("scaled_linear")  # built once, as diffusers'
+    cond, null_cond = conditions() if cfg_scale is not None else (None, None)  # scheduler object is
 
     def run() -> torch.Tensor:
-        return sample(trivial_model, noise, sched, sampler, steps=STEPS, spacing="trailing", prediction="eps",
-                      cfg_scale=cfg_scale, cond=cond, null_cond=null_cond, generator=torch.Generator().manual_seed(0),
-                      sampler_options=options)
+        return sample(trivial_model, noise, sched, sampler, steps=STEPS, spacing="trailing",
+                      prediction="flow" if flow else "eps", cfg_scale=cfg_scale, cond=cond, null_cond=null_cond,
+                      generator=torch.Generator().manual_seed(0), sampler_options=options, timesteps=timesteps)
 
     return run
 
@@ -222,9 +232,9 @@ def diffusers_sampling(scheduler, noise: torch.Tensor, cfg_scale: float | None):
     def run() -> torch.Tensor:
         generator = {"generator": torch.Generator().manual_seed(0)} if stochastic else {}
         scheduler.set_timesteps(STEPS)
-        x = noise * scheduler.init_noise_sigma
+        x = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # FlowMatchEuler has none: it starts at noise
         for t in scheduler.timesteps:
-            inp = scheduler.scale_model_input(x, t)
+            inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x  # FlowMatch
             if cfg_scale is None:
                 out = trivial_model(inp, t)
             else:
@@ -237,7 +247,8 @@ def diffusers_sampling(scheduler, noise: torch.Tensor, cfg_scale: float | None):
 
 
 def make_scheduler(diffusers, class_name: str, **settings):
-    return getattr(diffusers, class_name)(**{**SCHEDULER_CONFIG, **settings})
+    config = {"shift": FLOW_SHIFT} if class_name.startswith("FlowMatch") else SCHEDULER_CONFIG
+    return getattr(diffusers, class_name)(**{**config, **settings})
 
 
 def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale) -> str:
@@ -247,10 +258,17 @@ def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale) -> st
     DDIM with set_alpha_to_one=False ends its last step at ᾱ_0 (t = 0), tinyldm at the data (t = −1); Euler, Heun and
     LMS on a trailing grid start at init_noise_sigma·z = σ̃_max·z, that is σ_{t0}·z in tinyldm's units, tinyldm at z,
     and diffusers' LMS keeps order 4 on its step to σ̃ = 0 (docs/coming_from_diffusers.md, items 1, 4 and 6).
-    DPM++(3M) differs on purpose (D2's factor 2).
+    DPM++(3M) differs on purpose (D2's factor 2). The flow samplers are compared on diffusers' time grid (linspace
+    in t from 1, then shifted; tinyldm's timed grid is its trailing one).
     """
     if sampler in STOCHASTIC:
         return "stochastic: other noise draws, not compared"
+    if sampler in FLOW_SAMPLERS:
+        scheduler = make_scheduler(diffusers, FLOW_SAMPLERS[sampler][1])
+        scheduler.set_timesteps(STEPS)
+        grid = torch.unique_consecutive(scheduler.sigmas.double())[:-1].tolist()  # the listed times, without t = 0
+        diff = (tinyldm_sampling(sampler, noise, cfg_scale, timesteps=grid)() - theirs()).abs().max().item()
+        return f"final sample max abs diff {diff:.1e} on diffusers' time grid"
     text = f"final sample max abs diff {(ours() - theirs()).abs().max().item():.1e}"
     if sampler == "ddim":
         _, class_name, settings = SAMPLERS["ddim"]
@@ -273,7 +291,7 @@ def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale) -> st
 def bench_samplers(diffusers, rounds: int) -> list[Row]:
     noise = torch.randn(NOISE_SHAPE, generator=torch.Generator().manual_seed(0))
     rows = []
-    for sampler, (name, class_name, settings) in SAMPLERS.items():
+    for sampler, (name, class_name, settings) in {**SAMPLERS, **FLOW_SAMPLERS}.items():
         for cfg_scale in (None, CFG_SCALE):
             ours = tinyldm_sampling(sampler, noise, cfg_scale)
             theirs = None

@@ -268,14 +268,14 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-# Tensor ops one step may run (at most; today exactly), besides the network (here one op, 0.5·x) and with
-# ε-prediction. The denoiser's x̂0 = (x − σ ε̂)/α is 2 of them (an addcmul, a div), so: Euler α·x̃ for the network
-# and one lerp (4); DDIM c_x0 x̂0 + c_xs x (5); DDPM its posterior mean the same way and noise, randn and one addcmul
-# (7); Euler ancestral Euler's and the noise (6); Heun Euler's, then α·x̃', x̂0' and the trapezoid's lerp, sub,
-# addcmul (10); LMS d = (x̃ − x̂0)/σ̃ and one fused add per term of order 4 (9); DPM++(2M) 6 of its own (8). Calls:
-# network calls per step.
-OPS_PER_STEP = {"euler": (4, 1), "ddim": (5, 1), "ddpm": (7, 1), "euler_ancestral": (6, 1), "dpmpp_2m": (8, 1),
-                "lms": (9, 1), "heun": (10, 2)}
+# Tensor ops one step may run (at most; today exactly), besides the network (here one op, 0.5·x), with ε-prediction
+# (flow prediction for the flow samplers). The denoiser's x̂0 = c_x·x + c_pred·out is 2 of them (a mul, an addcmul),
+# so: Euler α·x̃ for the network and one lerp (4); DDIM c_xs·x and one addcmul (4); DDPM its posterior mean the same
+# way and noise, randn and one addcmul (6); Euler ancestral Euler's and the noise (6); Heun Euler's, then α·x̃', x̂0'
+# and the trapezoid's two lerps (9); LMS d = (x̃ − x̂0)/σ̃ and one fused add per term of order 4 (9); DPM++(2M) 6 of
+# its own (8); flow Euler one lerp (3); flow Heun its lerp, x̂0' and two lerps (7). Calls: network calls per step.
+OPS_PER_STEP = {"euler": (4, 1), "ddim": (4, 1), "ddpm": (6, 1), "euler_ancestral": (6, 1), "dpmpp_2m": (8, 1),
+                "lms": (9, 1), "heun": (9, 2), "flow_euler": (3, 1), "flow_heun": (7, 2)}
 GUIDANCE_OPS = 4  # per network call: the doubled batch and time (2 cats), the split, the lerp of Ho & Salimans
 
 
@@ -285,18 +285,20 @@ def test_a_step_is_a_few_tensor_ops_and_no_device_sync(sampler, guided):
     # The samplers' speed (issue 15): a step costs the network and a handful of elementwise ops, with no schedule
     # lookups and no .item() / float(tensor) (`_local_scalar_dense`: a device sync on a GPU). Counted as the
     # difference between runs of 40 and 10 steps, over 30.
-    sched, per_run = Schedule.vp("scaled_linear"), []
+    flow = sampler.startswith("flow_")
+    sched, per_run = Schedule.flow(shift=3.0) if flow else Schedule.vp("scaled_linear"), []
     options = dict(cfg_scale=4.0, cond=torch.tensor([1, 2]), null_cond=torch.tensor([0, 0])) if guided else {}
     for steps in (10, 10, 40):  # the first run builds the schedule's tables (once per schedule): not counted
         with OpCounter() as counter:
             sample(lambda x, t, cond=None: 0.5 * x, torch.randn(2, 4, 8, 8), sched, sampler, steps=steps,
-                   generator=torch.Generator().manual_seed(0), **options)
+                   prediction="flow" if flow else "eps", generator=torch.Generator().manual_seed(0), **options)
         per_run = [*per_run[-1:], counter.ops]
     per_step = {op: (per_run[1][op] - per_run[0][op]) / 30 for op in per_run[1] | per_run[0]}
     per_step = {op: n for op, n in per_step.items() if n}
     assert "_local_scalar_dense" not in per_step, per_step
     ops, calls = OPS_PER_STEP[sampler]
-    assert sum(per_step.values()) <= ops + calls * (1 + (GUIDANCE_OPS if guided else 0)), per_step  # a budget
+    budget = ops + calls * (1 + (GUIDANCE_OPS if guided else 0))
+    assert sum(per_step.values()) <= budget, per_step  # a budget
 
 
 def test_denoiser_grid_lookup_equals_computing_each_time():

@@ -61,14 +61,15 @@ def x0_coefficients(alpha, sigma, prediction: str):
     raise ValueError(f"prediction {prediction!r} is not supported; choose one of {PREDICTIONS}")
 
 
-def apply_x0_coefficients(pred: torch.Tensor, x_t: torch.Tensor, c_x, c_pred) -> torch.Tensor:
-    """x̂0 = c_x·x_t + c_pred·pred (`x0_coefficients`) in two ops: addcmul(a, b, c) = a + b·c."""
-    return torch.addcmul(_bcast(c_x, x_t) * x_t, _bcast(c_pred, x_t), pred)
+def apply_x0_coefficients(pred: torch.Tensor, x_t: torch.Tensor, c_x: torch.Tensor, c_pred: torch.Tensor):
+    """x̂0 = c_x·x_t + c_pred·pred (`x0_coefficients`) in two ops, addcmul(a, b, c) = a + b·c; c_x and c_pred are
+    tensors that broadcast over x_t, in its dtype (a sampler's are 0-dim, prepared once per grid time)."""
+    return torch.addcmul(c_x * x_t, c_pred, pred)
 
 
 def to_x0(pred: torch.Tensor, x_t: torch.Tensor, alpha, sigma, prediction: str) -> torch.Tensor:
     """x0 implied by a network output `pred` at x_t with coefficients α_t, σ_t."""
-    c_x, c_pred = x0_coefficients(alpha, sigma, prediction)
+    c_x, c_pred = (_bcast(c, x_t) for c in x0_coefficients(alpha, sigma, prediction))
     return pred if prediction == "x0" else apply_x0_coefficients(pred, x_t, c_x, c_pred)
 
 
