@@ -49,8 +49,9 @@ per-round ratios (< 1: tinyldm is faster or smaller), with their range in bracke
 Parts and rows (--only takes a comma-separated list of either), with the wall time each took on a 2-core AMD
 EPYC at --threads 1 --rounds 2 --big-rounds 2 (another job sharing the machine), and the time expected at the
 defaults (5 rounds, 3 for the big models) with one thread; two threads take roughly 0.6× that (~13 min in all):
-    samplers  ddim, euler, dpmpp_2m, ddpm, euler_ancestral, heun,     0.5 min    expected 1 min
-              lms, dpmpp_3m, dpmpp_2m_sde, flow_euler, flow_heun (± guidance)
+    samplers  ddim, euler, dpmpp_2m, ddpm, euler_ancestral, heun,     0.5 min    expected 1.5 min
+              lms, dpmpp_3m, dpmpp_2m_sde, flow_euler, flow_heun      (2 min at --rounds 7 and 2 threads,
+              (± guidance)                                             all 11 samplers)
     big       sd-vae                                                 1.8 min             2 min
               sd1-unet (+ peak RSS)                                  5.7 min             6.5 min
               dit-xl2 (+ peak RSS)                                   4.8 min             5.5 min
