@@ -69,8 +69,10 @@ def apply_x0_coefficients(pred: torch.Tensor, x_t: torch.Tensor, c_x: torch.Tens
 
 def to_x0(pred: torch.Tensor, x_t: torch.Tensor, alpha, sigma, prediction: str) -> torch.Tensor:
     """x0 implied by a network output `pred` at x_t with coefficients α_t, σ_t."""
+    if prediction == "x0":
+        return pred
     c_x, c_pred = (_bcast(c, x_t) for c in x0_coefficients(alpha, sigma, prediction))
-    return pred if prediction == "x0" else apply_x0_coefficients(pred, x_t, c_x, c_pred)
+    return apply_x0_coefficients(pred, x_t, c_x, c_pred)
 
 
 def from_x0(x0: torch.Tensor, x_t: torch.Tensor, alpha, sigma, prediction: str) -> torch.Tensor:

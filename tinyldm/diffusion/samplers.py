@@ -11,7 +11,8 @@ Each step goes from time s = ts[i] to the next, smaller time t = ts[i+1] (the no
 Speed: a sampler reads the schedule once, for the whole grid, before its loop: the coefficients of every step as
 Python floats for its decisions (`grid_floats`) and as 0-dim tensors in x's dtype and device for its arithmetic
 (`per_step`). A step then costs the network call and a handful of elementwise ops, with no schedule lookups, no
-tensor creation and no device syncs.
+tensor creation and no device syncs. (An interpolation weight may stay a Python float: `torch.lerp` takes it as a
+scalar at no extra cost, as the flow samplers do; a multiplication by one costs a cast, see `per_step`.)
 
 Notation: alpha α, sigma σ (x_t = α x0 + σ ε), x0_hat x̂0, eps_hat ε̂ = (x − α x̂0)/σ, and the Karras/EDM
 variables sigma_tilde σ̃ = σ/α, x_tilde x̃ = x/α = x0 + σ̃ ε, in which the probability-flow ODE reads
