@@ -18,8 +18,8 @@ What is timed
   flow Heun: rectified flow with shift 3 and flow prediction, against diffusers' FlowMatch schedulers); each sampler
   without and with classifier-free guidance (w = 4). tinyldm: one call of `sample`. diffusers: the usual pipeline
   loop, timed in full: set_timesteps(50), x = noise·init_noise_sigma, then per timestep scale_model_input, the
-  network (on the doubled batch with guidance: u + w(c − u)), step(...).prev_sample. µs per step = time / 50.
-  Each round times 10 sampling runs (one run is a few ms).
+  network (on the doubled batch with guidance: u + w(c − u)), step(...).prev_sample. µs per step = time / steps
+  (--steps, default 50). Each round times 10 sampling runs (one run is a few ms).
 - models: the tinyldm model is built with seed 0, written with `save_pretrained` to a temporary folder and that
   folder is loaded by the diffusers class its config.json names. One forward on the same input checks that the
   two are the same network (max |difference| printed; the row is aborted when the difference relative to the
@@ -171,7 +171,7 @@ def report(row: Row) -> Row:
 
 # ---- samplers --------------------------------------------------------------------------------------------------------
 
-STEPS = 50
+STEPS = 50  # the default of --steps (the issue's protocol; `sample`'s own default is 20)
 CFG_SCALE = 4.0  # w
 NOISE_SHAPE = (1, 4, 32, 32)
 SAMPLER_RUNS_PER_ROUND = 10
@@ -211,20 +211,20 @@ def conditions() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def tinyldm_sampling(sampler: str, noise: torch.Tensor, cfg_scale: float | None, options: dict | None = None,
-                     timesteps: list[float] | None = None):
+                     timesteps: list[float] | None = None, steps: int = STEPS):
     flow = sampler in FLOW_SAMPLERS
     sched = Schedule.flow(shift=FLOW_SHIFT) if flow else Schedule.vp("scaled_linear")  # built once, as diffusers'
     cond, null_cond = conditions() if cfg_scale is not None else (None, None)  # scheduler object is
 
     def run() -> torch.Tensor:
-        return sample(trivial_model, noise, sched, sampler, steps=STEPS, spacing="trailing",
+        return sample(trivial_model, noise, sched, sampler, steps=steps, spacing="trailing",
                       prediction="flow" if flow else "eps", cfg_scale=cfg_scale, cond=cond, null_cond=null_cond,
                       generator=torch.Generator().manual_seed(0), sampler_options=options, timesteps=timesteps)
 
     return run
 
 
-def diffusers_sampling(scheduler, noise: torch.Tensor, cfg_scale: float | None):
+def diffusers_sampling(scheduler, noise: torch.Tensor, cfg_scale: float | None, steps: int = STEPS):
     """The loop of diffusers' pipelines, with classifier-free guidance u + w(c − u) on the doubled batch."""
     cond, null_cond = conditions()
     both = torch.cat([null_cond, cond])  # diffusers' order: unconditional first
@@ -232,7 +232,7 @@ def diffusers_sampling(scheduler, noise: torch.Tensor, cfg_scale: float | None):
 
     def run() -> torch.Tensor:
         generator = {"generator": torch.Generator().manual_seed(0)} if stochastic else {}
-        scheduler.set_timesteps(STEPS)
+        scheduler.set_timesteps(steps)
         x = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # FlowMatchEuler has none: it starts at noise
         for t in scheduler.timesteps:
             inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x  # FlowMatch
@@ -252,7 +252,7 @@ def make_scheduler(diffusers, class_name: str, **settings):
     return getattr(diffusers, class_name)(**{**config, **settings})
 
 
-def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale) -> str:
+def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale, steps: int = STEPS) -> str:
     """The final samples' max |difference|, and for DDIM, Euler, Heun and LMS the difference once the known cause is
     removed.
 
@@ -266,7 +266,7 @@ def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale) -> st
         return "stochastic: other noise draws, not compared"
     if sampler in FLOW_SAMPLERS:
         scheduler = make_scheduler(diffusers, FLOW_SAMPLERS[sampler][1])
-        scheduler.set_timesteps(STEPS)
+        scheduler.set_timesteps(steps)
         grid = torch.unique_consecutive(scheduler.sigmas.double())[:-1].tolist()  # the listed times, without t = 0
         diff = (tinyldm_sampling(sampler, noise, cfg_scale, timesteps=grid)() - theirs()).abs().max().item()
         return f"final sample max abs diff {diff:.1e} on diffusers' time grid"
@@ -274,13 +274,13 @@ def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale) -> st
     if sampler == "ddim":
         _, class_name, settings = SAMPLERS["ddim"]
         to_data = make_scheduler(diffusers, class_name, **{**settings, "set_alpha_to_one": True})
-        diff = (ours() - diffusers_sampling(to_data, noise, cfg_scale)()).abs().max().item()
+        diff = (ours() - diffusers_sampling(to_data, noise, cfg_scale, steps)()).abs().max().item()
         text += f"; {diff:.1e} with set_alpha_to_one=True (diffusers' last step to the data too)"
     if sampler in ("euler", "heun", "lms"):
         sched = Schedule.vp("scaled_linear")
         _, sigma_max = sched.alpha_sigma(torch.tensor(sched.t_max, dtype=torch.float64))
         full_order = {"first_order_final": False} if sampler == "lms" else None  # diffusers' LMS: order 4 to σ = 0
-        started_alike = tinyldm_sampling(sampler, noise * float(sigma_max), cfg_scale, full_order)
+        started_alike = tinyldm_sampling(sampler, noise * float(sigma_max), cfg_scale, full_order, steps=steps)
         diff = (started_alike() - theirs()).abs().max().item()
         text += (f"; {diff:.1e} with tinyldm started at σ_t0·z, as diffusers' init_noise_sigma"
                  f"{' (and first_order_final=False)' if full_order else ''}")
@@ -289,20 +289,20 @@ def sampler_check(diffusers, sampler: str, ours, theirs, noise, cfg_scale) -> st
     return text
 
 
-def bench_samplers(diffusers, rounds: int) -> list[Row]:
+def bench_samplers(diffusers, rounds: int, steps: int = STEPS) -> list[Row]:
     noise = torch.randn(NOISE_SHAPE, generator=torch.Generator().manual_seed(0))
     rows = []
     for sampler, (name, class_name, settings) in {**SAMPLERS, **FLOW_SAMPLERS}.items():
         for cfg_scale in (None, CFG_SCALE):
-            ours = tinyldm_sampling(sampler, noise, cfg_scale)
+            ours = tinyldm_sampling(sampler, noise, cfg_scale, steps=steps)
             theirs = None
             if diffusers is not None:
-                theirs = diffusers_sampling(make_scheduler(diffusers, class_name, **settings), noise, cfg_scale)
+                theirs = diffusers_sampling(make_scheduler(diffusers, class_name, **settings), noise, cfg_scale, steps)
             a, b = time_alternating(ours, theirs, rounds, SAMPLER_RUNS_PER_ROUND)
-            check = sampler_check(diffusers, sampler, ours, theirs, noise, cfg_scale) if theirs else ""
-            what = f"{name}{'' if cfg_scale is None else f' + CFG w={CFG_SCALE:g}'}, per step"
-            rows.append(report(Row(what, "µs", [s / STEPS * 1e6 for s in a],
-                                   [s / STEPS * 1e6 for s in b] if b else None, check)))
+            check = sampler_check(diffusers, sampler, ours, theirs, noise, cfg_scale, steps) if theirs else ""
+            what = f"{name}{'' if cfg_scale is None else f' + CFG w={CFG_SCALE:g}'}, per step of {steps}"
+            rows.append(report(Row(what, "µs", [s / steps * 1e6 for s in a],
+                                   [s / steps * 1e6 for s in b] if b else None, check)))
     return rows
 
 
@@ -631,6 +631,9 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="timed A/B rounds after two warm-ups")
     p.add_argument("--big-rounds", type=int, default=3, help="rounds for SD-VAE, SD-1.x UNet and DiT-XL/2")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--steps", type=int, default=STEPS,
+                   help=f"sampling steps of each sampler run (default {STEPS}; fewer steps weigh each side's set-up, "
+                        "set_timesteps or sample()'s grid preparation, more per step)")
     p.add_argument("--json", type=Path, help="also write the numbers, every round included, to this file")
     p.add_argument("--kernels", action="store_true",
                    help="also profile each network step on both sides: the time in the shared compute kernels "
@@ -655,7 +658,8 @@ def main():
               flush=True)
     env = {"cpu": cpu_name(), "cpus": f"{len(os.sched_getaffinity(0))} of {os.cpu_count()}",
            "torch": torch.__version__, "diffusers": diffusers.__version__ if diffusers else None,
-           "threads": torch.get_num_threads(), "rounds": args.rounds, "big_rounds": args.big_rounds}
+           "threads": torch.get_num_threads(), "rounds": args.rounds, "steps": args.steps,
+           "big_rounds": args.big_rounds}
     header = (f"CPU: {env['cpu']} ({env['cpus']} logical CPUs usable) · torch {env['torch']} · diffusers "
               f"{env['diffusers'] or 'not installed'} · threads {env['threads']} · float32 · {args.rounds} rounds "
               f"(big models {args.big_rounds}) A/B after {WARMUPS} warm-ups")
@@ -665,7 +669,7 @@ def main():
     rows = []
     if "samplers" in keys:
         print("samplers", flush=True)
-        rows += bench_samplers(diffusers, args.rounds)
+        rows += bench_samplers(diffusers, args.rounds, args.steps)
     kernels = [] if args.kernels else None
     for key in keys:
         if key in CASES:

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .samplers import _randn, _report, grid_floats
+from .samplers import _add_noise, _report, grid_floats
 
 
 def _grid(sched, ts):
@@ -185,6 +185,6 @@ def dpmpp_2m_sde(denoiser, x, sched, ts, generator=None, callback=None, lower_or
             x = x + alpha[i + 1] * (1 - one_minus_exp / (2 * h)) * (m[0] - m[1]) / r
         # 4. Fresh noise of variance σ_t² (1 − e^{−2h}) (zero on the step to σ = 0).
         if sigma[i + 1] > 0:
-            x = x + sigma[i + 1] * math.sqrt(one_minus_exp) * _randn(x, generator)
+            x = _add_noise(x, sigma[i + 1] * math.sqrt(one_minus_exp), generator)
         _report(callback, i, times[i], x, x0_hat)
     return x

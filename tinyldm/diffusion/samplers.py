@@ -9,10 +9,10 @@ Every sampler has the same signature and is a pure function:
 Each step goes from time s = ts[i] to the next, smaller time t = ts[i+1] (the notation of Lu et al. 2022).
 
 Speed: a sampler reads the schedule once, for the whole grid, before its loop: the coefficients of every step as
-Python floats for its decisions (`grid_floats`) and as 0-dim tensors in x's dtype and device for its arithmetic
+Python floats (`grid_floats`) and, where a step multiplies x by one, as 0-dim tensors in x's dtype and device
 (`per_step`). A step then costs the network call and a handful of elementwise ops, with no schedule lookups, no
-tensor creation and no device syncs. (An interpolation weight may stay a Python float: `torch.lerp` takes it as a
-scalar at no extra cost, as the flow samplers do; a multiplication by one costs a cast, see `per_step`.)
+tensor creation and no device syncs. Ops that take a scalar argument take a Python float at no extra cost
+(`torch.lerp`'s weight, `torch.add`'s alpha: add(a, b, alpha=c) = a + c·b); a multiplication by one costs a cast.
 
 Notation: alpha α, sigma σ (x_t = α x0 + σ ε), x0_hat x̂0, eps_hat ε̂ = (x − α x̂0)/σ, and the Karras/EDM
 variables sigma_tilde σ̃ = σ/α, x_tilde x̃ = x/α = x0 + σ̃ ε, in which the probability-flow ODE reads
@@ -49,10 +49,9 @@ def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
-def _add_noise(x: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """x + std·z, z ~ N(0, I): a stochastic step's fresh noise, std a per-step 0-dim tensor (one op for the sum:
-    addcmul(x, a, b) = x + a·b)."""
-    return torch.addcmul(x, std, _randn(x, generator))
+def _add_noise(x: torch.Tensor, std: float, generator: torch.Generator | None) -> torch.Tensor:
+    """x + std·z, z ~ N(0, I): a stochastic step's fresh noise (one op for the sum: add(a, b, alpha=c) = a + c·b)."""
+    return torch.add(x, _randn(x, generator), alpha=std)
 
 
 def karras_variables(sched, ts: torch.Tensor, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,13 +88,13 @@ def ddpm(denoiser, x, sched, ts, generator=None, callback=None, variance="fixed_
     # The posterior's coefficients for every step at once (step i goes from ts[i] to ts[i + 1]).
     c_x0, c_xs, beta_tilde, beta = ddpm_posterior(sched, ts[:-1], ts[1:])  # (N,) each
     noise_std = (beta_tilde if variance == "fixed_small" else beta).sqrt()
-    times = ts.tolist()
-    c_x0, c_xs, noise_std = per_step(x, c_x0, c_xs, noise_std)
+    times, c_x0, noise_std = grid_floats(ts, c_x0, noise_std)
+    (c_xs,) = per_step(x, c_xs)
     for i in range(len(times) - 1):
         # 1. Predict x0.
         x0_hat = denoiser(x, times[i])
         # 2. Take the posterior mean, then add its noise (none on the step to the data).
-        x = torch.addcmul(c_xs[i] * x, c_x0[i], x0_hat)  # μ̃ = c_x0 x̂0 + c_xs x_s (Eq. 7); addcmul(a, b, c) = a + b·c
+        x = torch.add(c_xs[i] * x, x0_hat, alpha=c_x0[i])  # μ̃ = c_x0 x̂0 + c_xs x_s (Eq. 7)
         if times[i + 1] > sched.t_min:
             x = _add_noise(x, noise_std[i], generator)
         _report(callback, i, times[i], x, x0_hat)
@@ -117,13 +116,13 @@ def ddim(denoiser, x, sched, ts, generator=None, callback=None, eta=0.0):
     # mean): x_t = c_x0 x̂0 + c_xs x_s, two coefficients per step.
     c_xs = eps_scale / sigma[:-1]
     c_x0 = alpha[1:] - c_xs * alpha[:-1]
-    times, noisy = grid_floats(ts, eta_sigma > 0)
-    c_x0, c_xs, eta_sigma = per_step(x, c_x0, c_xs, eta_sigma)
+    times, noisy, c_x0, eta_sigma = grid_floats(ts, eta_sigma > 0, c_x0, eta_sigma)
+    (c_xs,) = per_step(x, c_xs)
     for i in range(len(times) - 1):
         # 1. Predict x0.
         x0_hat = denoiser(x, times[i])
         # 2. Point at x0, add the remaining predicted noise (Eq. 12, collected) and fresh noise.
-        x = torch.addcmul(c_xs[i] * x, c_x0[i], x0_hat)
+        x = torch.add(c_xs[i] * x, x0_hat, alpha=c_x0[i])
         if noisy[i]:
             x = _add_noise(x, eta_sigma[i], generator)
         _report(callback, i, times[i], x, x0_hat)
@@ -138,8 +137,8 @@ def euler(denoiser, x, sched, ts, generator=None, callback=None):
     On a flow schedule σ̃ = t/(1 − t) is infinite at t = 1; from there `flow_euler` steps in t (`sample` switches).
     """
     alpha, sigma_tilde = karras_variables(sched, ts, "euler")
-    times = ts.tolist()
-    alpha, shrink = per_step(x, alpha, sigma_tilde[1:] / sigma_tilde[:-1])  # (N+1,), (N,): σ̃_{i+1}/σ̃_i
+    times, shrink = grid_floats(ts, sigma_tilde[1:] / sigma_tilde[:-1])  # (N+1,), (N,): σ̃_{i+1}/σ̃_i
+    (alpha,) = per_step(x, alpha)
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
         # 1. Predict x0; the ODE's derivative is d = dx̃/dσ̃ = (x̃ − x̂0)/σ̃_i.
@@ -153,11 +152,14 @@ def euler(denoiser, x, sched, ts, generator=None, callback=None):
 
 
 def ancestral_sigmas(sigma_from, sigma_to) -> tuple[torch.Tensor, torch.Tensor]:
-    """(σ_down, σ_up): step deterministically to σ_down, add noise σ_up; σ_down² + σ_up² = σ_to²."""
+    """(σ_down, σ_up): step deterministically to σ_down, add noise σ_up; σ_down² + σ_up² = σ_to².
+
+    σ_up² = σ_to² (σ_from² − σ_to²)/σ_from² is the noise of DDPM's posterior (k-diffusion's split at η = 1); with
+    r = σ_to/σ_from ≤ 1 that is σ_up = σ_to sqrt(1 − r²) and σ_down = σ_to r.
+    """
     sigma_from, sigma_to = torch.as_tensor(sigma_from), torch.as_tensor(sigma_to)
-    sigma_up = torch.minimum(sigma_to, (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2).sqrt())
-    sigma_down = (sigma_to**2 - sigma_up**2).sqrt()
-    return sigma_down, sigma_up
+    r = sigma_to / sigma_from
+    return sigma_to * r, sigma_to * (1 - r**2).sqrt()
 
 
 @torch.no_grad()
@@ -165,8 +167,9 @@ def euler_ancestral(denoiser, x, sched, ts, generator=None, callback=None):
     """Euler ancestral (Karras et al. 2022's Euler with the DDPM-like noise split of Ho et al. 2020; k-diffusion)."""
     alpha, sigma_tilde = karras_variables(sched, ts, "euler_ancestral")
     sigma_down, sigma_up = ancestral_sigmas(sigma_tilde[:-1], sigma_tilde[1:])  # (N,) each
-    times, noisy = grid_floats(ts, sigma_up > 0)
-    alpha, shrink, sigma_up = per_step(x, alpha, sigma_down / sigma_tilde[:-1], sigma_up)  # shrink: σ_down/σ̃_i
+    shrink = sigma_down / sigma_tilde[:-1]  # σ_down/σ̃_i
+    times, noisy, shrink, sigma_up = grid_floats(ts, sigma_up > 0, shrink, sigma_up)
+    (alpha,) = per_step(x, alpha)
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
         # 1. Predict x0; the derivative is d = (x̃ − x̂0)/σ̃_i.
@@ -191,7 +194,8 @@ def heun(denoiser, x, sched, ts, generator=None, callback=None):
     times, to_data = grid_floats(ts, sigma_tilde == 0)
     shrink = sigma_tilde[1:] / sigma_tilde[:-1]  # σ̃_{i+1}/σ̃_i, as in `euler`
     stretch = torch.where(sigma_tilde[1:] > 0, 2 - sigma_tilde[:-1] / sigma_tilde[1:], 0)  # 1 + Δ/σ̃_{i+1}
-    alpha, shrink, stretch = per_step(x, alpha, shrink, stretch)
+    shrink, stretch = grid_floats(shrink, stretch)
+    (alpha,) = per_step(x, alpha)
     x_tilde = x / alpha[0]
     for i in range(len(times) - 1):
         # 1. Euler step (as in `euler`): x̃' = x̃ + Δ d = x̂0 + (σ̃_{i+1}/σ̃_i)(x̃ − x̂0), Δ = σ̃_{i+1} − σ̃_i.

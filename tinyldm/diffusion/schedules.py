@@ -165,9 +165,11 @@ class Schedule:
 
     def _as_time(self, t) -> torch.Tensor:
         t = torch.as_tensor(t, dtype=torch.float64)
-        if t.numel() and ((t < self.t_min - 1e-9) | (t > self.t_max + 1e-9)).any():  # one check, one sync
-            raise ValueError(f"time {t.min().item()} … {t.max().item()} is outside this schedule's "
-                             f"[{self.t_min}, {self.t_max}] ({self.kind}; see `Schedule.t_min`, `t_max`)")
+        if t.numel():
+            lo, hi = t.aminmax()  # one op for the range check
+            if lo.item() < self.t_min - 1e-9 or hi.item() > self.t_max + 1e-9:
+                raise ValueError(f"time {lo.item()} … {hi.item()} is outside this schedule's "
+                                 f"[{self.t_min}, {self.t_max}] ({self.kind}; see `Schedule.t_min`, `t_max`)")
         return t.clamp(self.t_min, self.t_max)
 
     # α_t, σ_t and λ_t.
@@ -192,7 +194,7 @@ class Schedule:
             return 1 - t, t.clone()
         a, s, lam = self._tables
         pos = t + 1  # position in the tables, 0 … T
-        if (pos == pos.round()).all():  # integer times (every leading or trailing grid): the tables themselves
+        if torch.equal(pos, pos.round()):  # integer times (every leading or trailing grid): the tables themselves
             k = pos.long()
             return a[k], s[k]
         i = pos.floor().clamp(max=self.num_train_timesteps - 1).long()
