@@ -110,12 +110,13 @@ def make_denoiser(net, sched: Schedule, prediction: str, ts: torch.Tensor | None
         grid = dict(zip(ts.tolist(), zip(c_x.unbind(), c_pred.unbind(), t_net.unbind())))
 
     def denoiser(x: torch.Tensor, t) -> torch.Tensor:
-        on_grid = grid.get(float(t))
+        t = float(t)
+        on_grid = grid.get(t)
         if on_grid is not None and on_grid[2].shape[0] == x.shape[0]:
             c_x, c_pred, t_model = on_grid
         else:
-            c_x, c_pred = coefficients(torch.tensor(float(t), dtype=torch.float64), x)
-            t_model = torch.full((x.shape[0],), float(sched.model_time(float(t))), device=x.device,
+            c_x, c_pred = coefficients(torch.tensor(t, dtype=torch.float64), x)
+            t_model = torch.full((x.shape[0],), float(sched.model_time(t)), device=x.device,
                                  dtype=torch.promote_types(x.dtype, torch.float32))  # (B,)
         return apply_x0_coefficients(net(x, t_model), x, c_x, c_pred)  # x̂0 = c_x·x + c_pred·out
 
