@@ -119,7 +119,7 @@ def real_images(cfg: dict, names: list[str], n: int) -> list[torch.Tensor] | Non
         print(f"notice: no real_vs_generated.png: {e}; set 'data' in the run's config.json to its training data, "
               "or pass --compare-real 0")
         return None
-    index = {name: [i for i, (_, k) in enumerate(ds.samples) if k == ds.class_to_idx[name]][:n] for name in names}
+    index = {name: [i for i, (_, k, _) in enumerate(ds.samples) if k == ds.class_to_idx[name]][:n] for name in names}
     return [torch.stack([ds[i][0] for i in index[name]]) for name in names]  # each (≤ n, C, H, W)
 
 

@@ -62,6 +62,7 @@ from tinyldm.train import (
     set_rng_state,
     start_run_folder,
     stopped_message,
+    training_length,
 )
 from tinyldm.viz import image_grid, plot_curves, smooth
 
@@ -78,9 +79,10 @@ PRETRAINED_VAL_FRACTION = 0.1  # a diffusers autoencoder has no split of its own
 GRID_SEED = 1234  # progress grids: the same noise at every step, so the rows show training, not sampling luck
 
 # The settings each preset trains with unless told otherwise. tiny and small: the fastest to quality measured on 2 CPU
-# cores with the tiny preset (docs/speedrun.md, benchmarks/time_to_quality.py); seed: the seed's own
-# hyper-parameters (DDPM ε-prediction; MMDiT is always trained with rectified flow).
-FAST_RECIPE = dict(prediction="flow", flow_shift=3.0, epochs=65, batch_size=32, grad_accum=1, lr=4e-3, warmup=100,
+# cores with the tiny preset (docs/speedrun.md, benchmarks/time_to_quality.py), the length in optimizer steps so that
+# a smaller data set is not trained for less (2,210 = 65 epochs of the walking set); seed: the seed's own
+# hyper-parameters, in epochs (DDPM ε-prediction; MMDiT is always trained with rectified flow).
+FAST_RECIPE = dict(prediction="flow", flow_shift=3.0, max_steps=2210, batch_size=32, grad_accum=1, lr=4e-3, warmup=100,
                    lr_schedule="cosine", ema_decay=0.999)
 RECIPES = {
     "tiny": FAST_RECIPE,
@@ -154,8 +156,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g = p.add_argument_group("optimisation (defaults: the preset's recipe, " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {v:g}" if not isinstance(v, str) else f"{k} {v}" for k, v in r.items())
         for name, r in RECIPES.items() if name != "small") + "; small as tiny)")
-    g.add_argument("--epochs", type=int, default=None, help="passes over the training set (default: the recipe's)")
-    g.add_argument("--max-steps", type=int, default=None, help="optimizer steps in total (overrides --epochs)")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training set (the seed recipe's unit); replaces the recipe's length")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="optimizer steps in total, whatever the data's size (the tiny/small recipe's unit: 2,210); "
+                        "overrides --epochs and the recipe's length")
     g.add_argument("--max-minutes", type=float, default=None,
                    help="also stop once this much training time is spent (summed over resumes; grids and "
                         "checkpoints not counted): for comparisons at equal compute")
@@ -312,13 +317,13 @@ def load_latents(args: argparse.Namespace, device, main_rank: bool):
     return vae, stage1, train_ds, latents
 
 
-def count_steps(args: argparse.Namespace, n: int) -> tuple[int, int]:
-    """→ (global batch, optimizer steps in all) for n training latents."""
+def count_steps(args: argparse.Namespace, n: int) -> tuple[int, int, str]:
+    """→ (global batch, optimizer steps in all, why that many) for n training latents."""
     global_batch = args.batch_size * args.grad_accum
     if n < global_batch:
         raise DataError(f"{args.data}: {n} training images but a global batch of {global_batch} "
                         f"(--batch-size × --grad-accum); lower them or add data")
-    return global_batch, args.max_steps if args.max_steps is not None else args.epochs * (n // global_batch)
+    return global_batch, *training_length(args, n, global_batch)
 
 
 def run_config(args, bb_config: dict, sched: Schedule, stage1: dict, classes: list[str], latent_shape, world: int
@@ -347,7 +352,7 @@ def save_grid(run_dir: Path, ema, vae, config: dict, step: int, device) -> Path:
 
 
 def save_loss_curves(run_dir: Path, prediction: str) -> None:
-    log = read_log(run_dir)
+    log = [r for r in read_log(run_dir) if "loss" in r]  # step records (the last line may say why the run stopped)
     plot_curves({"loss": ([r["step"] for r in log], smooth([r["loss"] for r in log], 25))},
                 run_dir / "loss_curves.png", title=f"{prediction}-loss (running mean over 25 steps)")
 
@@ -434,20 +439,25 @@ def rank0_decides(flags: list[bool], world: int, device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def print_start(run_dir: Path, model, step: int, total_steps: int, n: int, latent_shape, num_classes: int, args,
-                world: int, device, amp: torch.dtype | None, sched: Schedule) -> None:
+def print_start(run_dir: Path, model, step: int, total_steps: int, length_words: str, n: int, latent_shape,
+                num_classes: int, args, world: int, device, amp: torch.dtype | None, sched: Schedule) -> None:
     if step:
         print(f"resumed {run_dir} at step {step}/{total_steps}")
     print(model.summary())
     print(f"{n} latents {'×'.join(map(str, latent_shape))} of {num_classes} users, global batch "
           f"{args.batch_size * args.grad_accum} ({args.batch_size} × {args.grad_accum} accumulation, {world} "
-          f"process(es)), {total_steps} steps on {device}, {precision_words(device, amp)}; schedule {sched}, "
+          f"process(es)), {length_words} on {device}, {precision_words(device, amp)}; schedule {sched}, "
           f"prediction {args.prediction}")
 
 
-def done_message(run_dir: Path, step: int, train_seconds: float, spent_minutes: float | None) -> str:
-    budget = f" (--max-minutes {spent_minutes:g} spent)" if spent_minutes is not None else ""
-    return (f"done: {step} steps in {train_seconds / 60:.1f} min of training{budget}; weights "
+def stop_reason(length_words: str, spent_minutes: float | None) -> str:
+    """Why a finished run stopped, for the log and the last line."""
+    return f"--max-minutes {spent_minutes:g} spent" if spent_minutes is not None else \
+        f"the training length: {length_words}"
+
+
+def done_message(run_dir: Path, step: int, train_seconds: float, why: str) -> str:
+    return (f"done: {step} steps in {train_seconds / 60:.1f} min of training, stopped by {why}; weights "
             f"{run_dir / 'ema.safetensors'} (EMA) and model.safetensors; samples {run_dir / 'samples'}"
             f"\n  sample with: python sample.py --run {run_dir}")
 
@@ -468,7 +478,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     # Load the frozen autoencoder (a train_vae.py run or a diffusers folder) and its data's latents (encoded once).
     vae, stage1, train_ds, latents = load_latents(args, device, main_rank)
     n, latent_shape, classes = len(latents["y"]), tuple(latents["mean"].shape[1:]), train_ds.classes
-    global_batch, total_steps = count_steps(args, n)
+    global_batch, total_steps, length_words = count_steps(args, n)
 
     # Build the backbone, its EMA, the schedule and the optimizer; load the checkpoint when resuming.
     c, h, _ = latent_shape
@@ -482,8 +492,8 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     config = run_config(args, bb_config, sched, stage1, classes, latent_shape, world)
     if main_rank:
         start_run_folder(run_dir, config, step)
-        print_start(run_dir, model, step, total_steps, n, latent_shape, len(classes), args, world, device, amp,
-                    sched)
+        print_start(run_dir, model, step, total_steps, length_words, n, latent_shape, len(classes), args, world,
+                    device, amp, sched)
 
     # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130.
     bar = tqdm(total=total_steps, initial=step, desc=f"train_ldm {args.backbone}", unit="step", disable=not main_rank,
@@ -533,9 +543,12 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
         torch.distributed.destroy_process_group()
     if main_rank:
         unlock_run(run_dir)
+        why = stop_reason(length_words, args.max_minutes if timed_out else None)
+        if step == total_steps or timed_out:
+            append_log(run_dir, {"step": step, "stopped": why})
         print(stop.message("train_ldm.py", step, run_dir) if interrupted else
               stopped_message("train_ldm.py", step, run_dir) if step < total_steps and not timed_out else
-              done_message(run_dir, step, train_seconds, args.max_minutes if timed_out else None))
+              done_message(run_dir, step, train_seconds, why))
     return 130 if interrupted else 0
 
 

@@ -55,6 +55,7 @@ from tinyldm.train import (
     set_rng_state,
     start_run_folder,
     stopped_message,
+    training_length,
 )
 from tinyldm.viz import error_map, image_grid, plot_curves, smooth
 
@@ -71,9 +72,10 @@ STORED_ELSEWHERE = {"model": ("model_type",), "data": ("data", "root"), "image_s
                     "freq_norm": ("loss", "freq_norm")}
 
 # The settings each preset trains with unless told otherwise. tiny: the fastest to quality measured on 2 CPU cores
-# (docs/speedrun.md, benchmarks/time_to_quality.py); seed: the seed's own hyper-parameters.
+# (docs/speedrun.md, benchmarks/time_to_quality.py), its length in optimizer steps so that a smaller data set is not
+# trained for less (834 = 6 epochs of the walking set); seed: the seed's own hyper-parameters, in epochs.
 RECIPES = {
-    "tiny": dict(epochs=6, batch_size=8, crop_size=32, lr=1e-3, warmup=50, lr_schedule="cosine"),
+    "tiny": dict(max_steps=834, batch_size=8, crop_size=32, lr=1e-3, warmup=50, lr_schedule="cosine"),
     "seed": dict(epochs=100, batch_size=16, crop_size=0, lr=1e-4, warmup=0, lr_schedule="constant"),
 }
 
@@ -121,8 +123,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                         "(default: the preset's: tiny none, seed yes as Stable Diffusion's VAE)")
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, default=None,
-                   help="folder with one sub-folder of images per user; default: the built-in simulated set "
+                   help="folder with one sub-folder of images per user (wide or tall images are cut into square "
+                        "windows along their long side); default: the built-in simulated set of --family "
                         "(generated once under data/)")
+    g.add_argument("--family", choices=["walking", "activities"], default="walking",
+                   help="without --data: the built-in simulated family, 31 people walking (24 GHz, jet, square) or 6 "
+                        "activities (5.8 GHz, viridis, wide images; docs/data.md)")
     g.add_argument("--image-size", type=int, default=None, help="resize images to this (default: the preset's)")
     g.add_argument("--channels", type=int, choices=[1, 3], default=None,
                    help="3 = RGB (jet spectrograms), 1 = grey (default 3; with --init: its in_channels)")
@@ -130,8 +136,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--strict-size", action="store_true", help="reject images of another size instead of resizing")
     g = p.add_argument_group("optimisation (defaults: the preset's recipe, " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {v}" for k, v in r.items()) for name, r in RECIPES.items()) + ")")
-    g.add_argument("--epochs", type=int, default=None, help="passes over the training set (default: the recipe's)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in total")
+    g.add_argument("--epochs", type=int, default=None,
+                   help="passes over the training set (the seed recipe's unit); replaces the recipe's length")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="optimizer steps in total, whatever the data's size (the tiny recipe's unit: 834); replaces "
+                        "the recipe's length")
     g.add_argument("--batch-size", type=int, default=None, help="images per step (default: the recipe's)")
     g.add_argument("--crop-size", type=int, default=None,
                    help="train on random square crops of this many pixels, one per image and step; the autoencoder is "
@@ -345,7 +354,7 @@ def finish(run_dir: Path, model, run_config: dict, x_train, x_val, device, batch
     metrics = validate(model, x_val, device, batch_size)
     run_config["results"] = {**metrics, "latent_std": std, **results}
     atomic_write_json(run_dir / "config.json", run_config)
-    print(f"done: val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}; "
+    print(f"done after {results['stopped']}: val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}; "
           f"latent std {std:.4f} → scaling_factor {1 / std:.4f}")
     for what, name in [("weights", "model.safetensors"), ("config", "config.json"), ("recon", "recon_latest.png"),
                        ("losses", "loss_curves.png")]:
@@ -371,7 +380,7 @@ def set_up(args: argparse.Namespace, defaults: argparse.Namespace):
     apply_recipe(args, RECIPES[args.preset])
     if args.init is None:  # with --init, the pretrained model decides (pretrained_config)
         args.model, args.channels = args.model or "kl", args.channels or 3
-    args.data = Path(args.data) if args.data is not None else default_data_dir(args.preset)
+    args.data = Path(args.data) if args.data is not None else default_data_dir(args.preset, family=args.family)
     device = resolve_device(args.device)
     seed_everything(args.seed)
     return args, device, weights, train_state
@@ -435,7 +444,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     steps_per_epoch = len(x_train) // args.batch_size
     factor = model.config.downsample_factor
     crop = crop_for(args, crop_given, model_cfg, size, factor)
-    total_steps = args.max_steps if args.max_steps is not None else args.epochs * steps_per_epoch
+    total_steps, length_words = training_length(args, len(x_train), args.batch_size)
 
     # config.json (everything needed to rebuild the model and repeat the run).
     run_config = make_run_config(args, model_cfg, loss_weights, perceptual is not None, train_ds, len(x_val))
@@ -445,7 +454,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
           f"{model.summary()}\n"
           f"{len(train_ds)} train / {len(x_val)} val images of {len(train_ds.classes)} users at {size}×{size}"
           f"{f', trained on random {crop}×{crop} crops' if crop else ''}; "
-          f"{total_steps} steps on {device}, {precision_words(device, amp)}")
+          f"{length_words} on {device}, {precision_words(device, amp)}")
 
     # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130.
     bar = tqdm(total=total_steps, initial=step, desc="train_vae", unit="step", dynamic_ncols=True)
@@ -487,8 +496,10 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
         print(stop.message("train_vae.py", step, run_dir) if stop.requested else
               stopped_message("train_vae.py", step, run_dir))
         return 130 if stop.requested else 0
+    append_log(run_dir, {"step": step, "stopped": f"the training length: {length_words}"})
     finish(run_dir, model, run_config, x_train, x_val, device, args.batch_size,
-           {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.time() - t_start})
+           {"steps": step, "stopped": f"the training length: {length_words}", "train_seconds": train_seconds,
+            "wall_seconds": time.time() - t_start})
     return 0
 
 

@@ -123,7 +123,7 @@ def test_second_run_folder_loads_the_cache_bit_identical_to_fresh_training(data,
 def test_evaluation_numbers_are_unchanged_by_the_cache(data, cache, tmp_path, monkeypatch, capsys):
     val_ds = splits(data)[1]
     gen = tmp_path / "gen"
-    for path, k in val_ds.samples:  # the real validation images as a "generated" folder
+    for path, k, _ in val_ds.samples:  # the real validation images as a "generated" folder
         (gen / val_ds.classes[k]).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, gen / val_ds.classes[k] / path.name)
     # Trained afresh without the cache (through the command line), trained into the cache, loaded from it.

@@ -48,10 +48,10 @@ def test_split_is_stratified_disjoint_and_seeded(tmp_path):
     train = UserImageFolder(tmp_path, 16, split="train", val_fraction=0.2, seed=1)
     val = UserImageFolder(tmp_path, 16, split="val", val_fraction=0.2, seed=1)
     assert val.counts() == {"alice": 2, "bob": 2, "carol": 2} and len(train) == 24
-    tr, va = {p for p, _ in train.samples}, {p for p, _ in val.samples}
+    tr, va = {p for p, _, _ in train.samples}, {p for p, _, _ in val.samples}
     assert not tr & va and len(tr | va) == 30
-    assert {p for p, _ in UserImageFolder(tmp_path, 16, split="val", val_fraction=0.2, seed=1).samples} == va
-    assert {p for p, _ in UserImageFolder(tmp_path, 16, split="val", val_fraction=0.2, seed=2).samples} != va
+    assert {p for p, _, _ in UserImageFolder(tmp_path, 16, split="val", val_fraction=0.2, seed=1).samples} == va
+    assert {p for p, _, _ in UserImageFolder(tmp_path, 16, split="val", val_fraction=0.2, seed=2).samples} != va
     assert train.info()["class_to_idx"] == train.class_to_idx
 
 
@@ -65,28 +65,38 @@ def test_conversions_to_the_configured_channels(tmp_path):
     save(tmp_path / "u" / "gray8.bmp", np.zeros((8, 8), np.uint8))
     save(tmp_path / "u" / "photo.jpg", red, quality=100)
     save(tmp_path / "u" / "scan.tiff", red)
-    rgb = {p.name: x for (p, _), x in zip(UserImageFolder(tmp_path, 8, 3, split="all").samples,
-                                          UserImageFolder(tmp_path, 8, 3, split="all")._cache)}
+    rgb = {p.name: x for (p, _, _), x in zip(UserImageFolder(tmp_path, 8, 3, split="all").samples,
+                                             UserImageFolder(tmp_path, 8, 3, split="all")._cache)}
     for name in ("rgba.png", "palette.png", "scan.tiff"):
         assert rgb[name].tolist() == red.tolist(), name  # alpha dropped, palette expanded
     assert np.abs(rgb["photo.jpg"].astype(int) - red).max() <= 3
     assert (rgb["gray16.png"] == 255).all() and (rgb["gray8.bmp"] == 0).all()  # 16-bit scaled, gray replicated
     gray = UserImageFolder(tmp_path, 8, 1, split="all")
     assert gray[0][0].shape == (1, 8, 8)
-    by_name = {p.name: x for (p, _), x in zip(gray.samples, gray._cache)}
+    by_name = {p.name: x for (p, _, _), x in zip(gray.samples, gray._cache)}
     assert by_name["gray16.png"].max() == 255 and by_name["rgba.png"].max() == round(0.299 * 255)  # ITU-R 601 luma
 
 
-def test_other_sizes_are_resized_with_a_notice_or_rejected_when_strict(tmp_path, capsys):
+def test_other_sizes_are_windowed_or_squashed_with_a_notice_or_rejected_when_strict(tmp_path, capsys):
+    # Replaces the test of the old behaviour (every image squashed to 16x16 with "notice: resized ..."): a tall
+    # 32x40 image now keeps its aspect (16x20) and gives two 16x16 windows; aspect="squash" is the old behaviour.
     make_folder(tmp_path, n=3, size=16)
     save(tmp_path / "bob" / "big.png", np.zeros((40, 32, 3), np.uint8))
     ds = UserImageFolder(tmp_path, image_size=16, split="all")
-    assert ds[3][0].shape == (3, 16, 16)
+    assert len(ds) == 11 and ds.n_files == 10 and ds[3][0].shape == ds[4][0].shape == (3, 16, 16)
     out = capsys.readouterr().out.strip().splitlines()
-    assert out == [f"notice: resized 1 of 10 images in {tmp_path} (32x40) to 16x16"]
-    with pytest.raises(DataError) as e:
-        UserImageFolder(tmp_path, image_size=16, split="all", strict_size=True)
-    one_line_error(e, "1 images", "big.png", "32x40", "strict")
+    assert out == [f"notice: 1 of 10 images in {tmp_path} are 32×40 (aspect 0.80): resized to 16×20 keeping the "
+                   f"aspect and cut into 2 square 16×16 windows along the height (offsets 0, 4); aspect='squash' "
+                   f"stretches them to 16×16 instead"]
+    squashed = UserImageFolder(tmp_path, image_size=16, split="all", aspect="squash")
+    assert len(squashed) == 10 and squashed[3][0].shape == (3, 16, 16)
+    assert capsys.readouterr().out.strip().splitlines() == [
+        f"notice: 1 of 10 images in {tmp_path} are 32×40 (aspect 0.80): squashed to 16×16 (the height shrinks "
+        f"1.25× more than the width)"]
+    for aspect in ("windows", "squash"):
+        with pytest.raises(DataError) as e:
+            UserImageFolder(tmp_path, image_size=16, split="all", strict_size=True, aspect=aspect)
+        one_line_error(e, "1 images", "big.png", "32x40", "strict")
 
 
 def test_non_image_files_are_skipped_and_counted(tmp_path, capsys):
@@ -145,7 +155,8 @@ def test_bad_arguments(tmp_path):
     make_folder(tmp_path, n=2)
     for kwargs, fragment in [({"image_size": 0}, "image_size must be a positive integer"),
                              ({"channels": 4}, "channels must be 1"), ({"split": "test"}, "split must be"),
-                             ({"val_fraction": 1.0}, "val_fraction must be in [0, 1)")]:
+                             ({"val_fraction": 1.0}, "val_fraction must be in [0, 1)"),
+                             ({"aspect": "crop"}, "aspect must be 'windows'")]:
         with pytest.raises(DataError) as e:
             UserImageFolder(tmp_path, **{"image_size": 16, **kwargs})
         one_line_error(e, fragment)
@@ -202,7 +213,7 @@ def write_csv(path, rows, **kwargs):
 
 
 def resolved(ds):
-    return {p.resolve() for p, _ in ds.samples}
+    return {p.resolve() for p, _, _ in ds.samples}
 
 
 def test_csv_duplicate_rows_are_dropped_with_a_notice_and_the_split_does_not_leak(tmp_path, capsys):
@@ -233,7 +244,7 @@ def test_csv_with_a_utf8_bom_is_read(tmp_path, header):
     write_csv(tmp_path / "list.csv", ["path,user"] * header + rows, encoding="utf-8-sig")  # Excel's "CSV UTF-8"
     assert (tmp_path / "list.csv").read_bytes().startswith(b"\xef\xbb\xbf")
     ds = UserImageFolder(tmp_path / "list.csv", 16, split="all")
-    assert ds.classes == ["1"] and [p.name for p, _ in ds.samples] == ["000.png", "001.png"]
+    assert ds.classes == ["1"] and [p.name for p, _, _ in ds.samples] == ["000.png", "001.png"]
 
 
 def test_csv_not_utf8_or_with_negative_users(tmp_path):

@@ -15,7 +15,7 @@ from tinyldm.diffusion import SamplingConfig, nfe
 from tinyldm.evaluation import ClassifierConfig, classifier_for, evaluate_folders, evaluate_run, train_classifier
 from tinyldm.evaluation.__main__ import main as cli
 from tinyldm.evaluation.classifier import stack_split
-from tinyldm.evaluation.pipeline import quantize
+from tinyldm.evaluation.pipeline import headline, images_per_user, quantize, seed_spread
 
 SPLIT = {"image_size": 32, "channels": 3, "val_fraction": 0.25, "seed": 0}
 
@@ -33,7 +33,7 @@ def real(tmp_path_factory):
 
 def copy_split(ds, out: Path) -> Path:
     """The files of a split as a generated folder <user>/<image> (byte-identical PNGs)."""
-    for path, k in ds.samples:
+    for path, k, _ in ds.samples:
         (out / ds.classes[k]).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, out / ds.classes[k] / path.name)
     return out
@@ -135,11 +135,17 @@ def ldm_run(tmp_path_factory):
 def test_run_with_sweep_writes_every_report_and_plot(ldm_run, capsys):
     out = ldm_run / "eval"
     report = evaluate_run(ldm_run / "ldm", out, sampling=SamplingConfig(steps=3, cfg_scale=2.0), n_per_user=2,
-                          sweep=True, guidance_scales=[1.0, 4.0], samplers=["ddim", "heun"], steps_list=[2, 3],
+                          seeds=2, sweep=True, guidance_scales=[1.0, 4.0], samplers=["ddim", "heun"], steps_list=[2, 3],
                           sweep_n_per_user=2)
     printed = capsys.readouterr().out
-    for line in ("classifier ceiling", "condition accuracy", "Fréchet distance", "TSTR / TRTR", "report"):
+    for line in ("classifier ceiling", "condition accuracy", "Fréchet distance", "TSTR / TRTR", "over 2 seeds",
+                 "report"):
         assert line in printed, line
+    # The second seed is a second measurement: its own noise, so its own numbers; the first is the report's.
+    first, second = report["seeds"]["per_seed"]
+    assert report["seeds"]["seeds"] == [0, 1] and first == headline(report["generated"])
+    assert second["fd"] != first["fd"] and report["seeds"]["spread"]["fd"]["values"] == [first["fd"], second["fd"]]
+    assert "at 2 seeds" in (out / "report.md").read_text()
     assert report["settings"]["nfe"] == nfe("dpmpp_2m", 3)
     assert [p["cfg_scale"] for p in report["sweep"]["guidance"]] == [1.0, 4.0]
     assert [(p["sampler"], p["steps"], p["nfe"]) for p in report["sweep"]["samplers"]] == \
@@ -167,6 +173,20 @@ def test_autoencoder_run_reports_reconstructions(ldm_run):
     assert (ldm_run / "eval_vae" / "report.md").read_text().count("PSNR") >= 1
 
 
+def test_enough_images_per_user_for_a_stable_measurement():
+    assert [images_per_user(k) for k in (31, 30, 6, 5, 1)] == [8, 8, 40, 48, 240]  # ≥ 8 each and ≥ 240 in all
+    assert images_per_user(5, 3) == 3  # as asked
+
+
+def test_seed_spread_is_the_mean_and_range_of_each_headline_number():
+    per_seed = [{"top1": 0.9, "fd": 10.0, "fd_ratio": 2.0, "tstr": None}, {"top1": 0.8, "fd": 14.0, "fd_ratio": 3.0,
+                                                                            "tstr": None}]
+    sp = seed_spread(per_seed)
+    assert sp["top1"]["mean"] == pytest.approx(0.85) and (sp["top1"]["min"], sp["top1"]["max"]) == (0.8, 0.9)
+    assert sp["fd"]["std"] == pytest.approx(8**0.5) and sp["fd_ratio"]["values"] == [2.0, 3.0]
+    assert "tstr" not in sp  # not measured (--no-tstr): no spread to report
+
+
 def test_quantize_is_what_a_png_holds():
     x = torch.linspace(-1.2, 1.2, 1001)
     q = quantize(x)
@@ -176,7 +196,7 @@ def test_quantize_is_what_a_png_holds():
 
 def test_stack_split_keeps_labels(real):
     x, y = stack_split(real["val_ds"])
-    assert x.shape == (12, 3, 32, 32) and y.tolist() == [k for _, k in real["val_ds"].samples]
+    assert x.shape == (12, 3, 32, 32) and y.tolist() == [k for _, k, _ in real["val_ds"].samples]
 
 
 def test_a_classifier_trained_with_another_augmentation_is_not_reused(real, tmp_path, monkeypatch, capsys):

@@ -143,7 +143,7 @@ def test_an_existing_tinyldm_vae_run_keeps_its_cache_and_older_runs_load_and_res
     h = hashlib.sha256(file_sha256(vae / "model.safetensors").encode())
     h.update(json.dumps({"model_type": vae_cfg["model_type"], "model": vae_cfg["model"]}, sort_keys=True).encode())
     split = {"image_size": 16, "channels": 3, "val_fraction": 0.25, "seed": 0}
-    for path, user in UserImageFolder(data, split="train", **split).samples:
+    for path, user, _ in UserImageFolder(data, split="train", **split).samples:
         st = Path(path).stat()
         h.update(f"{path}|{user}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     h.update(json.dumps(split, sort_keys=True).encode())

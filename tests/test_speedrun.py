@@ -15,7 +15,7 @@ from tinyldm.models.dit import DiT
 from tinyldm.models.loading import backbone_config
 from tinyldm.models.mmdit import MMDiT
 from tinyldm.runs import autocast_dtype, cpu_bf16_hardware, precision_words
-from tinyldm.train import adamw, apply_recipe, lr_at
+from tinyldm.train import adamw, apply_recipe, lr_at, training_length
 
 CPU = torch.device("cpu")
 
@@ -27,6 +27,26 @@ def test_recipe_fills_only_what_the_command_line_left_unset():
     args = argparse.Namespace(epochs=None, max_steps=100, lr=None)
     apply_recipe(args, {"epochs": 7, "lr": 1e-3})
     assert args.epochs is None and args.max_steps == 100 and args.lr == 1e-3  # --max-steps replaces epochs
+    args = argparse.Namespace(epochs=3, max_steps=None, lr=None)
+    apply_recipe(args, {"max_steps": 834, "lr": 1e-3})
+    assert args.epochs == 3 and args.max_steps is None  # --epochs replaces a recipe counted in steps
+    args = argparse.Namespace(epochs=None, max_steps=None)
+    apply_recipe(args, {"max_steps": 834})
+    assert (args.epochs, args.max_steps) == (None, 834)
+
+
+@pytest.mark.parametrize("n", [1116, 300])
+def test_the_cpu_recipes_count_steps_so_a_smaller_set_is_not_trained_for_less(n):
+    """The tiny recipes are optimizer steps (the old 6 and 65 epochs of the walking set's 1,116 training images);
+    a set of another size gets the same steps, and the start-up words say how many epochs that is."""
+    for script, batch, steps in ((train_vae, 8, 834), (train_ldm, 32, 2210)):
+        args = argparse.Namespace(epochs=None, max_steps=None)
+        apply_recipe(args, {k: v for k, v in script.RECIPES["tiny"].items() if k in ("epochs", "max_steps")})
+        total, words = training_length(args, n, batch)
+        assert total == steps
+        assert words == f"{steps} optimizer steps (= {steps / (n // batch):.1f} epochs of these {n} items)"
+    assert training_length(argparse.Namespace(epochs=2, max_steps=None), 100, 8) == (
+        24, "2 epochs × 12 steps (of these 100 items) = 24 optimizer steps")
 
 
 def test_seed_preset_keeps_the_seeds_hyper_parameters():
@@ -120,6 +140,8 @@ def test_autoencoder_shape_options_are_stored_and_resumed(tmp_path):
     steps = [r for r in log if "train_s" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4] and steps[-1]["lr"] < steps[0]["lr"]
     assert all(b["train_s"] >= a["train_s"] for a, b in zip(steps, steps[1:]))  # the clock survives the resume
+    assert log[-1] == {"step": 4, "stopped": "the training length: 4 optimizer steps (= 1.3 epochs of these 6 items)"}
+    assert json.loads((run / "config.json").read_text())["results"]["stopped"] == log[-1]["stopped"]
 
 
 def test_runs_from_before_the_new_options_resume_as_they_trained(tmp_path):

@@ -122,13 +122,26 @@ EPOCH_SEED_STRIDE = 100_003  # epoch e of a run with seed s shuffles with seed s
 
 def apply_recipe(args: argparse.Namespace, recipe: dict) -> None:
     """Fill each option not given on the command line (None) from the preset's recipe (the scripts' RECIPES:
-    the settings measured fastest to quality for the CPU presets, the seed's own for the seed preset). A given
-    --max-steps replaces the recipe's epochs."""
+    the settings measured fastest to quality for the CPU presets, the seed's own for the seed preset). The recipe's
+    training length (max_steps or epochs) is used only when neither --max-steps nor --epochs was given."""
+    length_given = getattr(args, "max_steps", None) is not None or getattr(args, "epochs", None) is not None
     for key, value in recipe.items():
-        if key == "epochs" and getattr(args, "max_steps", None) is not None:
+        if key in ("epochs", "max_steps") and length_given:
             continue
         if getattr(args, key) is None:
             setattr(args, key, value)
+
+
+def training_length(args: argparse.Namespace, n: int, batch: int) -> tuple[int, str]:
+    """→ (optimizer steps in all, why that many) for n training items in batches of `batch`. --max-steps counts
+    steps whatever the data's size (the CPU recipes' unit: a smaller set gets as many steps, not fewer); --epochs
+    counts passes over the data (the seed's unit), n // batch steps each."""
+    steps_per_epoch = n // batch
+    if args.max_steps is not None:
+        return args.max_steps, f"{args.max_steps} optimizer steps (= {args.max_steps / steps_per_epoch:.1f} epochs " \
+                               f"of these {n} items)"
+    total = args.epochs * steps_per_epoch
+    return total, f"{args.epochs} epochs × {steps_per_epoch} steps (of these {n} items) = {total} optimizer steps"
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:

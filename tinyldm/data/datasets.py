@@ -9,6 +9,12 @@ User folders are sorted by name as text ("user_10" before "user_2": zero-pad num
 An image file (compared by resolved path, so links count) belongs to one user and to one split.
 Everything is checked when the dataset is built, so a bad file stops the run at start-up with one line
 (`DataError`) naming the file and what to do, never halfway through training with a deep traceback.
+
+Spectrograms keep their aspect: time runs along the width, Doppler along the height, and stretching one against
+the other changes what the image says. A wide (or tall) image is resized so its shorter side is image_size and cut
+into square image_size x image_size windows along its longer side (`square_windows`); each window is one sample,
+and all windows of a file stay in the file's split. `aspect="squash"` stretches every image to image_size x
+image_size instead, as tinyldm did before.
 """
 
 import csv
@@ -18,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from tinyldm.data.errors import DataError
+from tinyldm.data.images import ASPECTS, image_size_of, load_windows, size_notice, to_tensor, window_layout
 
 log = logging.getLogger(__name__)
 
@@ -32,48 +38,6 @@ def notice(message):
     """One-line notice to the user (skipped files, resizing); printed and logged."""
     print(f"notice: {message}", flush=True)
     log.info(message)
-
-
-def load_image(path, image_size, channels):
-    """Read one image file as uint8 (H, W, C) at image_size x image_size; returns (array, original (w, h))."""
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise DataError(f"image {path} is empty (0 bytes); delete or replace it")
-    try:
-        with Image.open(path) as img:
-            img.load()  # full decode: catches truncated files here, not mid-training
-            original_size = img.size  # (w, h)
-            img = _to_mode(img, channels)
-    except UnidentifiedImageError:
-        raise DataError(f"cannot read image {path} (not a valid image file); delete or replace it") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path} ({e}); the file is corrupt or truncated: replace it") from None
-    if img.size != (image_size, image_size):
-        # PIL's resize filters over the whole source footprint when shrinking, so this also anti-aliases.
-        img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
-    x = np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, 3)
-    if x.ndim == 2:
-        x = x[:, :, None]  # (H, W, 1)
-    return x, original_size
-
-
-def _to_mode(img, channels):
-    """Palette, RGBA, 16-bit and grayscale images -> 8-bit 'L' (channels=1) or 'RGB' (channels=3)."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        a = np.asarray(img, dtype=np.float64)  # (H, W)
-        if img.mode != "F":
-            a = a / 257.0  # 16-bit 0..65535 -> 0..255
-        elif a.max() <= 1.0:
-            a = a * 255.0  # float images in [0, 1]
-        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA")  # applies palette transparency, if any, before we drop alpha
-    return img.convert("L" if channels == 1 else "RGB")
-
-
-def to_tensor(x):
-    """uint8 (H, W, C) -> float (C, H, W) in [-1, 1]: x / 127.5 - 1, as in the seed configuration."""
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).float() / 127.5 - 1.0  # (C, H, W)
 
 
 def stratified_split(files_by_user, split, val_fraction, seed):
@@ -107,12 +71,16 @@ class UserImageFolder(torch.utils.data.Dataset):
 
     root:         a folder with one sub-folder per user (PNG/JPEG/BMP/TIFF, searched recursively), or a
                   CSV file with rows `path,user` (see `from_csv`)
-    image_size:   every image is returned as image_size x image_size; others are resized (one notice with
-                  the count) or, with strict_size=True, rejected
+    image_size:   every sample is image_size x image_size; images of other sizes are read as `aspect` says
+                  (one notice naming the sizes) or, with strict_size=True, rejected
     channels:     1 (grayscale) or 3 (RGB); palette, RGBA, 16-bit and grayscale files are converted
-    split:        "train", "val" or "all"; a seeded split per user (stratified), val_fraction of each user
+    split:        "train", "val" or "all"; a seeded split per user (stratified), val_fraction of each user's files
     transform:    optional callable on the tensor x (C, H, W), e.g. `transforms.SpectrogramAugment()`
+    aspect:       "windows" (default): a wide or tall image is resized keeping its aspect and cut into square
+                  windows along its longer side, one sample each (see square_windows); "squash": every image is
+                  stretched to image_size x image_size, one sample per file
 
+    `samples` lists `(path, user_id, window)`, the window's index within its file; `n_files` counts the files.
     `classes` are the sorted user names (id = index), `class_to_idx` maps them back; save it with the run.
     Folder names sort as text, so "user_10" comes before "user_2" (zero-pad: "user_02"); CSV ids sort by value.
     Non-image files are skipped and counted in one notice; empty, corrupt or truncated images raise DataError,
@@ -120,44 +88,54 @@ class UserImageFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, image_size=64, channels=3, split="train", val_fraction=0.1, seed=0,
-                 strict_size=False, transform=None, _files_by_user=None):
+                 strict_size=False, transform=None, aspect="windows", _files_by_user=None):
         root = Path(root)
         if _files_by_user is None and root.is_file() and root.suffix.lower() == ".csv":
             _files_by_user = read_csv(root)
-        self._check_args(root, image_size, channels, split, val_fraction)
+        self._check_args(root, image_size, channels, split, val_fraction, aspect)
         self.root, self.image_size, self.channels, self.split = root, int(image_size), int(channels), split
         self.val_fraction, self.seed, self.strict_size, self.transform = val_fraction, seed, strict_size, transform
+        self.aspect = aspect
 
-        # 1. Find the files of each user and split them.
+        # 1. Find the files of each user and split them: per file, so all windows of an image share its split.
         files_by_user = _files_by_user if _files_by_user is not None else scan_folder(root)
         self.classes = sorted(files_by_user)
         self.class_to_idx = {name: k for k, name in enumerate(self.classes)}
         chosen = stratified_split(files_by_user, split, val_fraction, seed)
-        self.samples = [(path, self.class_to_idx[name]) for name in self.classes for path in chosen[name]]
-        if not self.samples:
+        files = [(path, self.class_to_idx[name]) for name in self.classes for path in chosen[name]]
+        if not files:
             raise DataError(f"the {split!r} split of {root} is empty (val_fraction={val_fraction}); "
                             f"add images or use split='all'")
+        self.n_files = len(files)
 
-        # 2. Decode every chosen image now (catches corrupt files at start-up); keep them if they fit.
+        # 2. Lay out each file's windows from its size (read from the header) and say how other sizes are read.
+        sizes = [image_size_of(path) for path, _ in files]
+        self._check_sizes([path for path, _ in files], sizes)
+        n_windows = [1 if aspect == "squash" else len(window_layout(w, h, self.image_size)[1]) for w, h in sizes]
+        self.samples = [(path, user_id, k) for (path, user_id), n in zip(files, n_windows) for k in range(n)]
+
+        # 3. Decode every file now (catches corrupt files at start-up); keep the windows if they fit.
         n_bytes = len(self.samples) * self.image_size**2 * self.channels
         self._cache = np.empty((len(self.samples), self.image_size, self.image_size, self.channels), np.uint8) \
-            if n_bytes <= MAX_CACHE_BYTES else None  # (N, H, W, C)
-        odd_sizes, n_odd = {}, 0  # {(w, h): first file of that size}
-        for i, (path, _) in enumerate(self.samples):
-            x, (w, h) = load_image(path, self.image_size, self.channels)
-            if (w, h) != (self.image_size, self.image_size):
-                odd_sizes.setdefault((w, h), path)
-                n_odd += 1
+            if n_bytes <= MAX_CACHE_BYTES else None  # (N, H, W, C), N = number of windows
+        i = 0  # index of the file's first window in samples
+        for (path, _), n in zip(files, n_windows):
+            windows, _ = load_windows(path, self.image_size, self.channels, aspect)
             if self._cache is not None:
-                self._cache[i] = x
-        if odd_sizes:
-            (w, h), example = next(iter(odd_sizes.items()))
-            sizes = ", ".join(f"{a}x{b}" for a, b in odd_sizes)
-            if strict_size:
-                raise DataError(f"{n_odd} images in {root} are not {self.image_size}x{self.image_size} "
-                                f"(e.g. {example} is {w}x{h}); resize them or drop strict_size / --strict-size")
-            notice(f"resized {n_odd} of {len(self.samples)} images in {root} ({sizes}) to "
-                   f"{self.image_size}x{self.image_size}")
+                self._cache[i:i + n] = windows
+            i += n
+
+    def _check_sizes(self, paths, sizes):
+        """strict_size: refuse any image that is not image_size x image_size; else one notice on how they are read."""
+        size = self.image_size
+        odd = [(path, wh) for path, wh in zip(paths, sizes) if wh != (size, size)]
+        if odd and self.strict_size:
+            example, (w, h) = odd[0]
+            raise DataError(f"{len(odd)} images in {self.root} are not {size}x{size} (e.g. {example} is {w}x{h}); "
+                            f"resize them or drop strict_size / --strict-size")
+        message = size_notice(self.root, sizes, size, self.aspect)
+        if message:
+            notice(message)
 
     @classmethod
     def from_csv(cls, csv_path, **kwargs):
@@ -168,7 +146,7 @@ class UserImageFolder(torch.utils.data.Dataset):
         return cls(csv_path, _files_by_user=read_csv(csv_path), **kwargs)
 
     @staticmethod
-    def _check_args(root, image_size, channels, split, val_fraction):
+    def _check_args(root, image_size, channels, split, val_fraction, aspect):
         if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
             raise DataError(f"image_size must be a positive integer, got {image_size!r}")
         if channels not in (1, 3):
@@ -177,30 +155,36 @@ class UserImageFolder(torch.utils.data.Dataset):
             raise DataError(f"split must be 'train', 'val' or 'all', got {split!r}")
         if not 0 <= val_fraction < 1:
             raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        if aspect not in ASPECTS:
+            raise DataError(f"aspect must be 'windows' (square windows along the longer side, aspect kept) or "
+                            f"'squash' (stretch to a square), got {aspect!r}")
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, i):
-        path, user_id = self.samples[i]
-        x = self._cache[i] if self._cache is not None else load_image(path, self.image_size, self.channels)[0]
+        path, user_id, window = self.samples[i]
+        if self._cache is not None:
+            x = self._cache[i]  # (H, W, C)
+        else:
+            x = load_windows(path, self.image_size, self.channels, self.aspect)[0][window]  # (H, W, C)
         x = to_tensor(x)  # (C, H, W) in [-1, 1]
         if self.transform is not None:
             x = self.transform(x)
         return x, user_id
 
     def counts(self):
-        """Number of images per user name in this split."""
+        """Number of samples (windows) per user name in this split."""
         out = dict.fromkeys(self.classes, 0)
-        for _, k in self.samples:
+        for _, k, _ in self.samples:
             out[self.classes[k]] += 1
         return out
 
     def info(self):
         """What a run's config.json should record to reproduce this dataset."""
         return {"root": str(self.root), "image_size": self.image_size, "channels": self.channels,
-                "split": self.split, "val_fraction": self.val_fraction, "seed": self.seed,
-                "num_images": len(self), "class_to_idx": self.class_to_idx}
+                "aspect": self.aspect, "split": self.split, "val_fraction": self.val_fraction, "seed": self.seed,
+                "num_images": self.n_files, "num_samples": len(self), "class_to_idx": self.class_to_idx}
 
 
 def is_image(path):
@@ -330,24 +314,39 @@ def csv_entry(csv_path, line, row):
     return path, user_id
 
 
-PRESETS = {  # name: (users, images per user, image size); what default_data_dir generates for a preset
+PRESETS = {  # name: (users, images per user, image height); what default_data_dir generates for a preset
     "tiny": (31, 40, 64),
     "small": (31, 150, 128),
     "seed": (31, 150, 256),
 }
+FAMILIES = ("walking", "activities")  # the built-in simulated data: 31 people walking; 6 activities (wide images)
+ACTIVITIES_PER_CLASS = 150  # recordings per activity at every preset, as in a measured set of ~150 per class
 
 
-def default_data_dir(preset="tiny", root="data", workers=None):
-    """Path of the built-in simulated micro-Doppler set for a preset, generated once under `root` and reused.
+def default_data_dir(preset="tiny", root="data", workers=None, family="walking"):
+    """Path of a built-in simulated set for a preset, generated once under `root` and reused.
 
-    tiny: 31 users x 40 images at 64x64 (~10-30 s to generate); small: 31 x 150 at 128x128;
-    seed: 31 x 150 at 256x256 (~1-3 min on 2 cores). A rerun completes what an interrupted run left out.
+    walking (31 people, square jet images; the users' kind of data): tiny 31 x 40 at 64x64 (~10-30 s to generate),
+    small 31 x 150 at 128x128, seed 31 x 150 at 256x256 (~1-3 min on 2 cores). activities (6 activities x 150
+    recordings, 5.8 GHz, viridis, wide images of the preset's height: 64x107 for tiny, ~20 s). A rerun completes
+    what an interrupted run left out.
     """
-    from tinyldm.data import microdoppler  # imported here so `python -m tinyldm.data.microdoppler` runs cleanly
+    # imported here so `python -m tinyldm.data.microdoppler` (or .activities) runs cleanly
+    from tinyldm.data import activities, microdoppler
 
     if preset not in PRESETS:
         raise DataError(f"unknown data preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if family not in FAMILIES:
+        raise DataError(f"unknown data family {family!r}; choose one of {', '.join(FAMILIES)}")
     users, per_user, size = PRESETS[preset]
+    if family == "activities":
+        out = Path(root) / f"activities-v{activities.VERSION}-{preset}"
+        if not activities.is_complete(out, ACTIVITIES_PER_CLASS):
+            notice(f"generating the simulated activity set {out} ({len(activities.CLASSES)} activities x "
+                   f"{ACTIVITIES_PER_CLASS} recordings at {activities.image_width(size)}x{size}); later runs reuse it")
+            activities.generate_activities(out, per_class=ACTIVITIES_PER_CLASS, height=size, seed=0,
+                                           workers=workers)
+        return out
     out = Path(root) / f"microdoppler-v{microdoppler.VERSION}-{preset}"
     if not microdoppler.is_complete(out, users, per_user):
         notice(f"generating the simulated micro-Doppler set {out} ({users} users x {per_user} images at "

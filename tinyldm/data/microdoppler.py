@@ -80,11 +80,17 @@ def world_points(person, nuisance, radar):
                 cadence=person.cadence, hip_gain=person.hip_gain, knee_gain=person.knee_gain,
                 arm_gain=person.arm_gain, asymmetry=person.asymmetry)  # (N / d + 1, 17, 3), x forward
     # The walker is at (range_m, 0) at time 0 and heads back towards the radar, turned by the aspect angle.
-    a = np.radians(nuisance.aspect_deg)
+    return body_to_radar(body, nuisance.aspect_deg, nuisance.range_m)  # (N / d + 1, 17, 3)
+
+
+def body_to_radar(body, aspect_deg, range_m):
+    """Body-frame points (..., 3) -> radar frame: body origin at (range_m, 0, 0), body x facing the radar,
+    turned by aspect_deg (0 = straight towards it); z stays up."""
+    a = np.radians(aspect_deg)
     forward = np.array([-np.cos(a), np.sin(a), 0.0])
     left = np.array([-np.sin(a), -np.cos(a), 0.0])
     frame = np.stack([forward, left, [0.0, 0.0, 1.0]])  # (3, 3): rows = body axes in the radar frame
-    return body @ frame + np.array([nuisance.range_m, 0.0, 0.0])  # (N / d + 1, 17, 3)
+    return body @ frame + np.array([range_m, 0.0, 0.0])  # (..., 3)
 
 
 def simulate_spectrogram(person, nuisance, radar, rng, segments=None, noise=True):
@@ -107,20 +113,28 @@ def render(user, index, size, gray=False, seed=0, radar=None):
     return spectrogram_image(S_db, size, radar, gray), nuisance
 
 
+def file_name(index, count):
+    """III.png for image `index` of `count`, zero-padded to at least 3 digits so names sort in index order."""
+    return f"{index:0{max(3, len(str(count - 1)))}d}.png"
+
+
 def image_path(out, user, index, users, per_user):
     """out/user_KK/III.png, zero-padded to at least 2 and 3 digits so names sort in id order."""
-    k_digits, i_digits = max(2, len(str(users - 1))), max(3, len(str(per_user - 1)))
-    return Path(out) / f"user_{user:0{k_digits}d}" / f"{index:0{i_digits}d}.png"
+    return Path(out) / f"user_{user:0{max(2, len(str(users - 1)))}d}" / file_name(index, per_user)
 
 
-def _write_one(job):
-    """Worker: render one image, write it under a temporary name, rename (atomic: no half-written PNGs)."""
-    out, user, index, users, per_user, size, gray, seed, radar = job
-    path = image_path(out, user, index, users, per_user)
-    img, _ = render(user, index, size, gray, seed, RadarConfig(**radar))
+def save_png(img, path):
+    """Write uint8 img to path under a temporary name, then rename (atomic: no half-written PNGs)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     Image.fromarray(img).save(tmp, format="PNG", compress_level=3)  # 3x faster than the default 6, +10 % size
     os.replace(tmp, path)
+
+
+def _write_one(job):
+    """Worker: render one image and save it."""
+    out, user, index, users, per_user, size, gray, seed, radar = job
+    img, _ = render(user, index, size, gray, seed, RadarConfig(**radar))
+    save_png(img, image_path(out, user, index, users, per_user))
 
 
 def _alive(pid):
@@ -133,12 +147,47 @@ def _alive(pid):
     return True
 
 
-def _remove_temporaries(out):
+def remove_temporaries(out, folders="user_*"):
     """Delete temporaries (.III.png.PID.tmp) left by dead processes; a live one may be a parallel run's."""
-    for tmp in Path(out).glob("user_*/.*.tmp"):
+    for tmp in Path(out).glob(f"{folders}/.*.tmp"):
         pid = tmp.name.split(".")[-2]
         if not (pid.isdigit() and _alive(int(pid))):
             tmp.unlink(missing_ok=True)
+
+
+def check_settings(out, settings):
+    """Refuse (DataError) a folder whose metadata.json was written with other settings."""
+    meta_path = Path(out) / "metadata.json"
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        changed = [k for k in settings if old.get("settings", {}).get(k) != settings[k]]
+        if changed:
+            raise DataError(f"{out} holds a set made with other {', '.join(changed)}; choose another --out "
+                            f"or delete {out}")
+
+
+def write_json(path, obj):
+    """Write obj as JSON under a temporary name, then rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def run_jobs(write_one, jobs, workers, desc, progress):
+    """write_one(job) for every job, with a progress bar: here when workers == 1 or few jobs, else in a fork pool."""
+    workers = workers or len(os.sched_getaffinity(0))
+    bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress or not jobs)
+    try:
+        if workers == 1 or len(jobs) < 8:
+            for job in jobs:
+                write_one(job)
+                bar.update()
+        else:  # fork: the workers need numpy and PIL only, and fork does not re-run the caller's script
+            with get_context("fork").Pool(workers) as pool:
+                for _ in pool.imap_unordered(write_one, jobs, chunksize=4):
+                    bar.update()
+    finally:
+        bar.close()
 
 
 def is_complete(out, users, per_user):
@@ -163,13 +212,7 @@ def generate_dataset(out, users=31, per_user=150, size=256, gray=False, seed=0, 
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} is a file; choose a folder path for --out")
     settings = {"version": VERSION, "seed": seed, "size": size, "gray": gray, "radar": asdict(radar)}
-    meta_path = out / "metadata.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        changed = [k for k in settings if old.get("settings", {}).get(k) != settings[k]]
-        if changed:
-            raise DataError(f"{out} holds a set made with other {', '.join(changed)}; choose another --out "
-                            f"or delete {out}")
+    check_settings(out, settings)
 
     # 1. Metadata first (cheap): every user's parameters and every image's nuisance values.
     paths = {(k, i): image_path(out, k, i, users, per_user) for k in range(users) for i in range(per_user)}
@@ -182,28 +225,16 @@ def generate_dataset(out, users=31, per_user=150, size=256, gray=False, seed=0, 
             paths[k, 0].parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create the output folder {out} ({e.strerror}); choose another --out") from None
-    _remove_temporaries(out)
-    tmp = out / f".metadata.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+    remove_temporaries(out)
+    write_json(out / "metadata.json", meta)
 
     # 2. Images still missing, rendered in parallel; temporaries are removed even on Ctrl-C.
     jobs = [(out, k, i, users, per_user, size, gray, seed, asdict(radar))
             for (k, i), path in paths.items() if not path.is_file()]
-    workers = workers or len(os.sched_getaffinity(0))
-    bar = tqdm(total=len(jobs), desc=f"simulating {out}", unit="img", disable=not progress or not jobs)
     try:
-        if workers == 1 or len(jobs) < 8:
-            for job in jobs:
-                _write_one(job)
-                bar.update()
-        else:  # fork: the workers need numpy and PIL only, and fork does not re-run the caller's script
-            with get_context("fork").Pool(workers) as pool:
-                for _ in pool.imap_unordered(_write_one, jobs, chunksize=4):
-                    bar.update()
+        run_jobs(_write_one, jobs, workers, f"simulating {out}", progress)
     finally:
-        bar.close()
-        _remove_temporaries(out)
+        remove_temporaries(out)
     return out
 
 

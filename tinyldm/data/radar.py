@@ -140,14 +140,16 @@ def jet(u):
     return np.clip(1.5 - np.abs(4 * u[..., None] - np.array([3.0, 2.0, 1.0])), 0, 1)
 
 
-def spectrogram_image(S_db, size, radar, gray=False):
-    """dB spectrogram (F, T) -> uint8 image (size, size, 3) through jet, or (size, size) grayscale.
+def spectrogram_image(S_db, size, radar, gray=False, width=None, cmap=jet):
+    """dB spectrogram (F, T) -> uint8 image (size, width, 3) through cmap, or (size, width) grayscale.
 
-    Clip to [max - dynamic_range_db, max], scale to [0, 1], resize (PIL bicubic, anti-aliased), colour.
+    Clip to [max - dynamic_range_db, max], scale to [0, 1], resize (PIL bicubic, anti-aliased) to `size` rows
+    and `width` columns (default: square), colour with cmap ([0, 1] -> RGB in [0, 1], jet or colormaps.viridis).
     """
+    width = width or size
     top = S_db.max()
     u = (np.clip(S_db, top - radar.dynamic_range_db, top) - top) / radar.dynamic_range_db + 1  # (F, T) in [0, 1]
-    u = np.asarray(Image.fromarray(u.astype(np.float32), "F").resize((size, size), Image.Resampling.BICUBIC))
-    u = np.clip(u, 0, 1)  # (size, size); bicubic overshoots slightly
-    img = u if gray else jet(u)
+    u = np.asarray(Image.fromarray(u.astype(np.float32), "F").resize((width, size), Image.Resampling.BICUBIC))
+    u = np.clip(u, 0, 1)  # (size, width); bicubic overshoots slightly
+    img = u if gray else cmap(u)
     return np.round(255 * img).astype(np.uint8)

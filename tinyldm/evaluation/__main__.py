@@ -56,6 +56,7 @@ OPTION_RANGES = {
                             high_open=True),
     "split_seed": SEED_RANGE,
     "n_per_user": at_least(1),
+    "seeds": at_least(1),
     "sweep_n_per_user": at_least(1),
     "seed": SEED_RANGE,
 }
@@ -88,7 +89,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--no-tstr", action="store_true", help="skip TSTR (it trains a second classifier)")
     add_sampling_args(p)  # --run with a train_ldm.py run: the main measurement's settings (and the sweeps' others)
     g = p.add_argument_group("images (--run with a train_ldm.py run)")
-    g.add_argument("--n-per-user", type=int, default=8, help="images per user for the main measurement")
+    g.add_argument("--n-per-user", type=int, default=None,
+                   help="images per user for the main measurement (default: at least 8, and at least 240 in all: "
+                        "8 for 31 users, 48 for 5 classes)")
+    g.add_argument("--seeds", type=int, default=3,
+                   help="repeat the main measurement at this many sampling seeds (--seed, --seed + 1, …) and report "
+                        "the spread of top-1, FD / floor and TSTR beside the first seed's numbers")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights of the run")
     g = p.add_argument_group("sweep: quality against cost")
     g.add_argument("--sweep", action="store_true", help="also sweep guidance scales and samplers × steps")
@@ -109,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
         if args.real is not None or args.generated is not None:
             raise ValueError("give either --run, or --real with --generated, not both")
         return evaluate_run(args.run, args.out, sampling=sampling_config(args), n_per_user=args.n_per_user,
-                            with_tstr=not args.no_tstr, sweep=args.sweep,
+                            seeds=args.seeds, with_tstr=not args.no_tstr, sweep=args.sweep,
                             guidance_scales=parse_list(args.sweep_guidance, float, "--sweep-guidance"),
                             samplers=parse_list(args.sweep_samplers, str, "--sweep-samplers"),
                             steps_list=parse_list(args.sweep_steps, int, "--sweep-steps"),

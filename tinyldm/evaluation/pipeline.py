@@ -7,6 +7,7 @@ compared with the *validation* features: the classifier has not fitted them, so 
 of the same people looks like in its eyes.
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,13 +85,12 @@ def image_format(path: Path) -> tuple[int, int, int]:
 
 
 def real_format(root) -> tuple[int, int]:
-    """(image_size, channels) of a real data folder or CSV, from its first image."""
+    """(image_size, channels) of a real data folder or CSV, from its first image. image_size is the shorter side:
+    UserImageFolder cuts a wide (or tall) image into square windows of that size along its longer side."""
     root = Path(root)
     files = read_csv(root) if root.is_file() and root.suffix.lower() == ".csv" else scan_folder(root)
     w, h, c = image_format(next(iter(files.values()))[0])
-    if w != h:
-        raise DataError(f"real images in {root} are {w}×{h}, not square; pass --image-size to resize them")
-    return w, c
+    return min(w, h), c
 
 
 def read_generated(folder, ref: Reference) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,6 +166,38 @@ def evaluate_images(ref: Reference, x: torch.Tensor, y: torch.Tensor, with_tstr:
         missing = sorted(set(ref.classes) - {ref.classes[k] for k in y.tolist()})
         print(f"notice: TSTR skipped: no generated images of {len(missing)} users (e.g. {missing[0]}); a classifier "
               f"trained without them cannot be tested on all real users")
+    return out
+
+
+MIN_GENERATED = 240  # images the main measurement draws at least, split evenly over the users
+SPREAD_KEYS = ("top1", "fd", "fd_real_floor", "fd_ratio", "tstr", "tstr_ratio", "precision", "recall")
+
+
+def images_per_user(num_users: int, n_per_user: int | None = None) -> int:
+    """Generated images per user for the main measurement: as asked, else ≥ 8 and ≥ MIN_GENERATED in all. FD and
+    top-1 are noisy with few images (FD is biased upwards as the count shrinks): 31 users get 8 each (248), a
+    5-class set 48 each, not 8 (40 in all)."""
+    return n_per_user if n_per_user is not None else max(8, math.ceil(MIN_GENERATED / num_users))
+
+
+def headline(generated: dict) -> dict:
+    """The numbers a run is judged by, from evaluate_images' result; FD and TSTR also as ratios to their floors."""
+    g = generated
+    tstr_ratio = g["tstr"] / g["trtr"] if g.get("tstr") is not None and g["trtr"] else None
+    return {"top1": g["condition_accuracy"]["top1"], "fd": g["fd"], "fd_real_floor": g["fd_real_floor"],
+            "fd_ratio": g["fd"] / g["fd_real_floor"], "tstr": g.get("tstr"), "tstr_ratio": tstr_ratio,
+            "precision": g["precision"], "recall": g["recall"]}
+
+
+def seed_spread(per_seed: list[dict]) -> dict:
+    """{key: {mean, std, min, max, values}} over the headlines of the same evaluation at several seeds."""
+    out = {}
+    for key in SPREAD_KEYS:
+        values = [h[key] for h in per_seed if h.get(key) is not None]
+        if values:
+            t = torch.tensor(values, dtype=torch.float64)
+            out[key] = {"mean": t.mean().item(), "std": t.std().item() if len(t) > 1 else 0.0,
+                        "min": t.min().item(), "max": t.max().item(), "values": values}
     return out
 
 

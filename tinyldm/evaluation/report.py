@@ -51,6 +51,9 @@ def headline_lines(report: dict) -> list[str]:
         lines.append(f"Fréchet distance (classifier feats)  {num(g['fd'])}  (real floor at the same count: "
                      f"{num(g['fd_real_floor'])}); precision {num(g['precision'], 2)}, recall {num(g['recall'], 2)}")
         lines.append(f"TSTR / TRTR                          {pct(g['tstr'])} / {pct(g['trtr'])}")
+        sp = (report.get("seeds") or {}).get("spread")
+        if sp and len(report["seeds"]["seeds"]) > 1:
+            lines.append(f"over {len(report['seeds']['seeds'])} seeds: mean (min–max)     " + spread_words(sp))
     a = report.get("autoencoder")
     if a is not None:
         lines.append(f"autoencoder reconstructions (val)    PSNR {a['psnr']:.2f} dB, SSIM {a['ssim']:.3f}, "
@@ -61,6 +64,27 @@ def headline_lines(report: dict) -> list[str]:
         lines.append(f"best guidance scale                  {b['by_accuracy']:g} by accuracy, {num(b['by_fd'])} by FD")
     lines.append(f"report                               {report['files']['report.md']}")
     return lines
+
+
+def spread_words(sp: dict) -> str:
+    """'top-1 93.2 % (92.1–94.0), FD 2.9× floor (2.6–3.3), TSTR 78 % of TRTR (75–80)' from seed_spread's dict."""
+    words = [f"top-1 {100 * sp['top1']['mean']:.1f} % ({100 * sp['top1']['min']:.1f}–{100 * sp['top1']['max']:.1f})",
+             f"FD {sp['fd_ratio']['mean']:.2f}× floor ({sp['fd_ratio']['min']:.2f}–{sp['fd_ratio']['max']:.2f})"]
+    if "tstr_ratio" in sp:
+        t = sp["tstr_ratio"]
+        words.append(f"TSTR {100 * t['mean']:.0f} % of TRTR ({100 * t['min']:.0f}–{100 * t['max']:.0f})")
+    return ", ".join(words)
+
+
+def _seeds_markdown(seeds: dict) -> list[str]:
+    """The headline numbers at every evaluation seed, and their spread."""
+    out = [f"### The same measurement at {len(seeds['seeds'])} seeds", "",
+           "New sampling noise, a new draw of the real floor and a new TSTR classifier at each seed; the reference "
+           "classifier stays. Read a single number as ± the spread.", "",
+           "| seed | top-1 | FD | FD / floor | TSTR | TSTR / TRTR |", "|---|---|---|---|---|---|"]
+    out += [f"| {s} | {pct(h['top1'])} | {num(h['fd'])} | {num(h['fd_ratio'])} | {pct(h['tstr'])} | "
+            f"{pct(h['tstr_ratio'])} |" for s, h in zip(seeds["seeds"], seeds["per_seed"])]
+    return out + ["", f"Mean (min–max): {spread_words(seeds['spread'])}.", ""]
 
 
 def _markdown(report: dict) -> str:
@@ -85,8 +109,10 @@ def _markdown(report: dict) -> str:
                 f"| Fréchet distance | **{num(g['fd'])}** | real floor {num(g['fd_real_floor'])} at the same count |",
                 f"| KID | {num(g['kid'])} ± {num(g['kid_std'], 2)} | 0 |",
                 f"| precision / recall | {num(g['precision'], 3)} / {num(g['recall'], 3)} | 1 / 1 |",
-                f"| TSTR | **{pct(g['tstr'])}** | TRTR {pct(g['trtr'])} |", "",
-                "### Per user", "", "| user | top-1 | most often taken for | Fréchet distance |", "|---|---|---|---|"]
+                f"| TSTR | **{pct(g['tstr'])}** | TRTR {pct(g['trtr'])} |", ""]
+        if report.get("seeds") and len(report["seeds"]["seeds"]) > 1:
+            out += _seeds_markdown(report["seeds"])
+        out += ["### Per user", "", "| user | top-1 | most often taken for | Fréchet distance |", "|---|---|---|---|"]
         for k, name in enumerate(report["classes"]):
             row = acc["confusion"][k]
             others = [(n, j) for j, n in enumerate(row) if j != k and n > 0]

@@ -9,6 +9,7 @@ the run's own classifier folder either way, so that the run folder stays self-co
 an explicit classifier_dir) neither read nor write the cache.
 """
 
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -21,9 +22,12 @@ from tinyldm.evaluation.pipeline import (
     Reference,
     build_reference,
     evaluate_images,
+    headline,
+    images_per_user,
     read_generated,
     real_format,
     reconstruction_metrics,
+    seed_spread,
 )
 from tinyldm.evaluation.report import headline_lines, write_report
 from tinyldm.evaluation.sweep import (
@@ -95,16 +99,18 @@ def write_pngs(folder: Path, x, y, classes: list[str], channels: int) -> None:
         Image.fromarray(img if channels == 3 else img[..., 0]).save(folder / classes[k] / f"{i:03d}.png")
 
 
-def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SAMPLING, n_per_user: int = 8,
-                 with_tstr: bool = True, sweep: bool = False, guidance_scales=GUIDANCE_SCALES,
-                 samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS, sweep_n_per_user: int = 4, classifier_dir=None,
-                 device="cpu", weights: str = "ema", retrain: bool = False, quiet: bool = False,
-                 use_cache: bool = True) -> dict:
+def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SAMPLING,
+                 n_per_user: int | None = None, seeds: int = 3, with_tstr: bool = True, sweep: bool = False,
+                 guidance_scales=GUIDANCE_SCALES, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
+                 sweep_n_per_user: int = 4, classifier_dir=None, device="cpu", weights: str = "ema",
+                 retrain: bool = False, quiet: bool = False, use_cache: bool = True) -> dict:
     """Evaluate a train_ldm.py run (sample n_per_user images of every user with `sampling`, then measure;
     optionally sweep guidance and samplers × steps) or a train_vae.py run (reconstructions). sampling.seed also
-    seeds the classifiers and KID's subsets. Writes to out_dir (default RUN/eval), keeps the classifier in
-    classifier_dir (default RUN/classifier, and the shared cache: see above), prints the headline lines, returns
-    the report."""
+    seeds the classifiers and KID's subsets. n_per_user None: images_per_user (≥ 240 images in all). seeds > 1
+    repeats the measurement with sampling seeds seed + 1 … seed + seeds − 1 (new noise, a new draw of the real
+    floor, a new TSTR classifier; the same reference classifier) and reports the spread of the headline numbers.
+    Writes to out_dir (default RUN/eval), keeps the classifier in classifier_dir (default RUN/classifier, and the
+    shared cache: see above), prints the headline lines, returns the report."""
     seed = sampling.seed
     from tinyldm.models.loading import (  # the models are only needed for runs
         autoencoder_split,
@@ -142,17 +148,26 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
         return _finish(report, out_dir, quiet)
 
     # 2. Sample every user with sample.py's code path, keep the PNGs, measure.
-    if n_per_user < 1:
-        raise ValueError(f"n_per_user {n_per_user}: at least 1 image per user")
+    n_per_user = images_per_user(len(ref.classes), n_per_user)
+    if n_per_user < 1 or seeds < 1:
+        raise ValueError(f"n_per_user {n_per_user}, seeds {seeds}: at least 1 image per user and 1 seed")
     model, _ = load_ldm(run_dir, device, weights)
     x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampling, device, progress=not quiet)
     write_pngs(out_dir / "generated", x, y, ref.classes, ref.channels)
     report["settings"] = {**settings_record(sampling),
-                          "n_per_user": n_per_user, "weights": weights, "sample_seconds": seconds,
+                          "n_per_user": n_per_user, "seeds": seeds, "weights": weights, "sample_seconds": seconds,
                           "generated": str(out_dir / "generated")}
     report["generated"] = evaluate_images(ref, x, y, with_tstr, seed)
 
-    # 3. Quality against cost.
+    # 3. The same measurement with other noise: how much of a number is the draw.
+    per_seed = [headline(report["generated"])]
+    for s in range(seed + 1, seed + seeds):
+        x, y, _ = sample_users(model, vae, cfg, n_per_user, replace(sampling, seed=s), device)
+        per_seed.append(headline(evaluate_images(ref, x, y, with_tstr, s)))
+    report["seeds"] = {"seeds": list(range(seed, seed + seeds)), "per_seed": per_seed,
+                       "spread": seed_spread(per_seed)}
+
+    # 4. Quality against cost.
     if sweep:
         g = guidance_sweep(model, vae, cfg, ref, guidance_scales, sweep_n_per_user, sampling, device)
         s = sampler_sweep(model, vae, cfg, ref, samplers, steps_list, sweep_n_per_user, sampling, device)
