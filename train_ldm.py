@@ -313,7 +313,8 @@ def load_latents(args: argparse.Namespace, device, main_rank: bool):
                                                                         "shift_factor")}  # these are stored below
     stage1 = {"vae_source": identity, "scaling_factor": scale, "shift_factor": shift,
               "image_size": split["image_size"], "channels": split["channels"],
-              "split": {"val_fraction": split["val_fraction"], "seed": split["seed"], "strict_size": strict}}
+              "split": {"val_fraction": split["val_fraction"], "seed": split["seed"], "strict_size": strict,
+                        "aspect": split.get("aspect", "windows")}}
     return vae, stage1, train_ds, latents
 
 
@@ -352,7 +353,7 @@ def save_grid(run_dir: Path, ema, vae, config: dict, step: int, device) -> Path:
 
 
 def save_loss_curves(run_dir: Path, prediction: str) -> None:
-    log = [r for r in read_log(run_dir) if "loss" in r]  # step records (the last line may say why the run stopped)
+    log = read_log(run_dir)
     plot_curves({"loss": ([r["step"] for r in log], smooth([r["loss"] for r in log], 25))},
                 run_dir / "loss_curves.png", title=f"{prediction}-loss (running mean over 25 steps)")
 
@@ -457,7 +458,7 @@ def stop_reason(length_words: str, spent_minutes: float | None) -> str:
 
 
 def done_message(run_dir: Path, step: int, train_seconds: float, why: str) -> str:
-    return (f"done: {step} steps in {train_seconds / 60:.1f} min of training, stopped by {why}; weights "
+    return (f"done: {step} steps in {train_seconds / 60:.1f} min of training ({why}); weights "
             f"{run_dir / 'ema.safetensors'} (EMA) and model.safetensors; samples {run_dir / 'samples'}"
             f"\n  sample with: python sample.py --run {run_dir}")
 
@@ -524,6 +525,8 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
                 record = {"step": step, "epoch": (step - 1) // (n // global_batch), "loss": loss,
                           "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
                           "images_per_s": global_batch / (time.time() - t0), "train_s": round(train_seconds, 3)}
+                if finished:  # the last record says why the run stopped
+                    record["stopped"] = stop_reason(length_words, args.max_minutes if timed_out else None)
                 log_step(run_dir, bar, record, args.max_minutes)
                 if step % args.sample_every == 0 or finished:
                     path = save_grid(run_dir, ema, vae, config, step, device)
@@ -544,8 +547,6 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     if main_rank:
         unlock_run(run_dir)
         why = stop_reason(length_words, args.max_minutes if timed_out else None)
-        if step == total_steps or timed_out:
-            append_log(run_dir, {"step": step, "stopped": why})
         print(stop.message("train_ldm.py", step, run_dir) if interrupted else
               stopped_message("train_ldm.py", step, run_dir) if step < total_steps and not timed_out else
               done_message(run_dir, step, train_seconds, why))

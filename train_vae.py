@@ -134,6 +134,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                    help="3 = RGB (jet spectrograms), 1 = grey (default 3; with --init: its in_channels)")
     g.add_argument("--val-fraction", type=float, default=0.1, help="per-user share of images held out for validation")
     g.add_argument("--strict-size", action="store_true", help="reject images of another size instead of resizing")
+    g.add_argument("--aspect", choices=["windows", "squash"], default="windows",
+                   help="images that are not square: windows = resized keeping the aspect and cut into square windows "
+                        "along the long side (time), each a sample; squash = stretched to a square (every motion "
+                        "looks faster; a window may miss a short event, a squashed image never does: docs/data.md). "
+                        "Stage 2 and the evaluation read the data the same way")
     g = p.add_argument_group("optimisation (defaults: the preset's recipe, " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {v}" for k, v in r.items()) for name, r in RECIPES.items()) + ")")
     g.add_argument("--epochs", type=int, default=None,
@@ -299,7 +304,7 @@ def model_setup(args: argparse.Namespace, run_dir: Path | None, resuming: bool) 
 def load_data(args: argparse.Namespace, size: int):
     """The train/validation split in memory as uint8 → (train split, x_train, x_val, the 8 images the grids show)."""
     split = dict(image_size=size, channels=args.channels, val_fraction=args.val_fraction, seed=args.seed,
-                 strict_size=args.strict_size)
+                 strict_size=args.strict_size, aspect=args.aspect)
     train_ds = UserImageFolder(args.data, split="train", **split)
     val_ds = UserImageFolder(args.data, split="val", **split) if args.val_fraction > 0 else []
     if len(train_ds) < args.batch_size:
@@ -476,6 +481,8 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
             # 3. Log; at the end of an epoch validate and draw; every --ckpt-every steps a checkpoint.
             record = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
                       "train_s": round(train_seconds, 3), **{k: float(v) for k, v in terms.items()}}
+            if step == total_steps:  # the last record says why the run stopped
+                record["stopped"] = f"the training length: {length_words}"
             append_log(run_dir, record)
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("total", "rec", "kl", "freq", "vq") if k in record})
@@ -496,7 +503,6 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
         print(stop.message("train_vae.py", step, run_dir) if stop.requested else
               stopped_message("train_vae.py", step, run_dir))
         return 130 if stop.requested else 0
-    append_log(run_dir, {"step": step, "stopped": f"the training length: {length_words}"})
     finish(run_dir, model, run_config, x_train, x_val, device, args.batch_size,
            {"steps": step, "stopped": f"the training length: {length_words}", "train_seconds": train_seconds,
             "wall_seconds": time.time() - t_start})

@@ -6,7 +6,7 @@ benchmark trains a stage in chunks — the real script, stopped with `--stop-aft
 
   vae   stage 1: validation PSNR and the user-ID classifier's top-1 on the reconstructions (stage 2 can not make
         a user more recognisable than the autoencoder reconstructs them)
-  ldm   stage 2 on a fixed autoencoder: condition top-1 and Fréchet distance of 8 generated images per user
+  ldm   stage 2 on a fixed autoencoder: condition top-1 and Fréchet distance of ≥ 240 generated images
         (EMA weights, `--sampler/--steps/--cfg-scale`), against the classifier ceiling and the real floor
 
 x-axis: the run's own training clock (`train_s` in log.jsonl: optimizer steps only — no validation, pictures,
@@ -39,7 +39,8 @@ import train_vae  # noqa: E402
 from tinyldm.diffusion import SamplingConfig  # noqa: E402
 from tinyldm.evaluation.pipeline import (  # noqa: E402
     build_reference,
-    real_floor,  # noqa: E402
+    images_per_user,
+    real_floor,
     reconstruction_metrics,
 )
 from tinyldm.evaluation.sweep import measure_point, sample_users  # noqa: E402
@@ -66,10 +67,10 @@ def measure_vae(run: Path, ref) -> dict:
     return {"psnr": m["psnr"], "top1": m["condition_top1"], "fd": m["fd"]}
 
 
-def measure_ldm(run: Path, ref, sampling: SamplingConfig, n_per_user: int) -> dict:
+def measure_ldm(run: Path, ref, sampling: SamplingConfig, n_per_user: int | None) -> dict:
     model, cfg = load_ldm(run)
     vae, _ = load_autoencoder(cfg["vae"])
-    x, y, _ = sample_users(model, vae, cfg, n_per_user, sampling)
+    x, y, _ = sample_users(model, vae, cfg, images_per_user(len(ref.classes), n_per_user), sampling)
     point = measure_point(ref, x, y, sampling.seed)
     return {"top1": point["top1"], "fd": point["fd"], "fd_floor": real_floor(ref, y, sampling.seed)}
 
@@ -162,7 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--until-target", action="store_true", help="stop at the first point that reaches the target")
     p.add_argument("--classifier-dir", type=Path, default=Path("runs/ttq/classifier"),
                    help="the evaluation classifier, trained once and reused by every curve")
-    p.add_argument("--n-per-user", type=int, default=8, help="ldm: generated images per user per point")
+    p.add_argument("--n-per-user", type=int, default=None,
+                   help="ldm: generated images per user per point (default: the evaluation's, ≥ 240 in all)")
     p.add_argument("--sampler", default="dpmpp_2m")
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--cfg-scale", type=float, default=4.0)

@@ -88,7 +88,8 @@ def test_stage_2_on_a_diffusers_vae_uses_its_scale_and_shift_and_sample_decodes_
     assert cfg["vae_source"]["sha256"] == file_sha256(pipeline / "vae" / WEIGHTS)
     assert (cfg["scaling_factor"], cfg["shift_factor"]) == (SCALE, SHIFT)
     assert cfg["latent_shape"] == [4, 8, 8] and (cfg["image_size"], cfg["channels"]) == (16, 3)
-    assert cfg["split"] == {"val_fraction": train_ldm.PRETRAINED_VAL_FRACTION, "seed": 0, "strict_size": False}
+    assert cfg["split"] == {"val_fraction": train_ldm.PRETRAINED_VAL_FRACTION, "seed": 0, "strict_size": False,
+                            "aspect": "windows"}
 
     # The latents are cached outside the (possibly read-only) download. Stage 2's data is (z − shift)·scale, and
     # decoding it with the run's record gives back the autoencoder's decode of z.
@@ -136,7 +137,7 @@ def test_an_existing_tinyldm_vae_run_keeps_its_cache_and_older_runs_load_and_res
     assert train_ldm.main([*common, "--out", str(tmp_path / "straight")]) == 0
     ldm_cfg = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert ldm_cfg["vae_source"]["format"] == "tinyldm" and ldm_cfg["shift_factor"] == 0.0
-    assert ldm_cfg["split"] == {"val_fraction": 0.25, "seed": 0, "strict_size": False}
+    assert ldm_cfg["split"] == {"val_fraction": 0.25, "seed": 0, "strict_size": False, "aspect": "windows"}
     # The cache key is computed as before diffusers autoencoders (written out here as it was), so the caches users
     # already have stay valid.
     vae_cfg = json.loads((vae / "config.json").read_text())

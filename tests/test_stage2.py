@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_train_vae import make_folder
@@ -198,7 +199,7 @@ def test_bad_input_gets_one_line(vae_run, tmp_path, capsys):
     other = make_folder(tmp_path / "other", users=3, per_user=8, size=48)
     assert train_ldm.main(["--vae", str(vae_run), "--data", str(other), "--out", str(tmp_path / "x"),
                            "--max-steps", "1", *LDM]) == 0
-    assert "48x48) to 32x32" in capsys.readouterr().out
+    assert "are 48×48 (aspect 1.00): resized to 32×32" in capsys.readouterr().out
     # A run to resume with another backbone.
     run = tmp_path / "dit"
     assert train_ldm.main(["--vae", str(vae_run), "--out", str(run), "--max-steps", "1", *LDM]) == 0
@@ -221,3 +222,27 @@ def test_bad_input_gets_one_line(vae_run, tmp_path, capsys):
     assert "not writable" in msg
     msg = error_of(train_ldm.main, ["--vae", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")], capsys)
     assert "nothing" in msg
+
+
+def test_wide_recordings_train_both_stages_as_square_windows(tmp_path):
+    """A folder of wide images (the activity family's shape) runs end to end: each image becomes 2 square windows
+    in stage 1, and stage 2 trains on (and the evaluation would read) the same windows."""
+    from PIL import Image
+
+    square = make_folder(tmp_path / "square", users=2, per_user=6, size=32)
+    wide = tmp_path / "wide"
+    for f in square.rglob("*.png"):  # 53×32: aspect 1.66, like 1000×600 recordings
+        (wide / f.parent.name).mkdir(parents=True, exist_ok=True)
+        img = Image.open(f)
+        Image.fromarray(np.concatenate([np.asarray(img), np.asarray(img)[:, :21]], axis=1)).save(
+            wide / f.parent.name / f.name)
+    vae, ldm = tmp_path / "vae", tmp_path / "ldm"
+    assert train_vae.main(["--data", str(wide), "--out", str(vae), "--image-size", "32", "--batch-size", "4",
+                           "--val-fraction", "0.25", "--max-steps", "2"]) == 0
+    cfg = json.loads((vae / "config.json").read_text())
+    assert (cfg["data"]["n_train"], cfg["data"]["n_val"]) == (2 * 8, 2 * 4)  # 2 windows of each file, per split
+    assert train_ldm.main(["--vae", str(vae), "--out", str(ldm), "--max-steps", "2", *LDM]) == 0
+    cfg = json.loads((ldm / "config.json").read_text())
+    assert cfg["latent_shape"] == [4, 16, 16]  # square windows: the same latents as square images
+    assert json.loads((ldm / "log.jsonl").read_text().splitlines()[-1])["stopped"].startswith(
+        "the training length: 2 optimizer steps")

@@ -37,7 +37,8 @@ def cache_key(weights_sha256: str, model: dict, dataset: UserImageFolder, split:
     for path, user, _ in dataset.samples:  # a line per window: square files hash as before, windowed ones differ
         st = Path(path).stat()
         h.update(f"{path}|{user}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    h.update(json.dumps(split, sort_keys=True).encode())
+    # The aspect shows in the lines above (one per window); left out here so that caches from before it stay valid.
+    h.update(json.dumps({k: v for k, v in split.items() if k != "aspect"}, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 

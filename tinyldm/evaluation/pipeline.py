@@ -57,10 +57,11 @@ class Reference:
 
 def build_reference(root, image_size: int, channels: int, val_fraction: float = 0.1, split_seed: int = 0,
                     classifier_dir=None, seed: int = 0, device="cpu", retrain: bool = False,
-                    cache: Path | None = None) -> Reference:
-    """Load the real splits, take the classifier from the shared `cache` folder (None: none) or `classifier_dir`
-    or train it (saved in both), embed both splits."""
-    split = {"image_size": image_size, "channels": channels, "val_fraction": val_fraction, "seed": split_seed}
+                    cache: Path | None = None, aspect: str = "windows") -> Reference:
+    """Load the real splits (wide images read as `aspect` says: UserImageFolder), take the classifier from the
+    shared `cache` folder (None: none) or `classifier_dir` or train it (saved in both), embed both splits."""
+    split = {"image_size": image_size, "channels": channels, "val_fraction": val_fraction, "seed": split_seed,
+             "aspect": aspect}
     train_ds = UserImageFolder(root, split="train", **split)
     val_ds = UserImageFolder(root, split="val", **split)
     need(len(val_ds), PR_K + 1, "the evaluation", f"real validation images (val_fraction={val_fraction})",

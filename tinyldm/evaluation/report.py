@@ -53,7 +53,8 @@ def headline_lines(report: dict) -> list[str]:
         lines.append(f"TSTR / TRTR                          {pct(g['tstr'])} / {pct(g['trtr'])}")
         sp = (report.get("seeds") or {}).get("spread")
         if sp and len(report["seeds"]["seeds"]) > 1:
-            lines.append(f"over {len(report['seeds']['seeds'])} seeds: mean (min–max)     " + spread_words(sp))
+            label = f"over {len(report['seeds']['seeds'])} seeds: mean (min–max)"
+            lines.append(f"{label:37s}{spread_words(sp)}")
     a = report.get("autoencoder")
     if a is not None:
         lines.append(f"autoencoder reconstructions (val)    PSNR {a['psnr']:.2f} dB, SSIM {a['ssim']:.3f}, "

@@ -137,7 +137,7 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
         split, root, classes = autoencoder_split(cfg), cfg["data"]["root"], cfg["data"]["classes"]
     val_fraction, split_seed = split["val_fraction"], split["seed"]
     ref = build_reference(root, split["image_size"], split["channels"], val_fraction, split_seed, classifier_dir,
-                          seed, device, retrain, cache)
+                          seed, device, retrain, cache, split["aspect"])
     if ref.classes != classes:
         raise DataError(f"the data at {root} now has users {ref.classes[:3]}… ({len(ref.classes)}) but {run_dir} "
                         f"was trained on {classes[:3]}… ({len(classes)}); evaluate against the run's data")

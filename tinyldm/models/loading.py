@@ -170,18 +170,20 @@ def load_run_vae(run: dict, device: str | torch.device = "cpu") -> nn.Module:
 
 
 def autoencoder_split(vae_run: dict) -> dict:
-    """The data settings of a train_vae.py run as UserImageFolder takes them (size, channels, split, strictness)."""
+    """The data settings of a train_vae.py run as UserImageFolder takes them (size, channels, split, strictness,
+    aspect)."""
     d, a = vae_run["data"], vae_run["args"]
     return {"image_size": d["image_size"], "channels": d["channels"], "val_fraction": a["val_fraction"],
-            "seed": a["seed"], "strict_size": a.get("strict_size", False)}
+            "seed": a["seed"], "strict_size": a.get("strict_size", False),
+            "aspect": a.get("aspect", "squash")}  # runs from before --aspect stretched every image
 
 
 def data_split(run: dict) -> dict:
     """The data settings a train_ldm.py run read its images with (UserImageFolder's image_size, channels,
     val_fraction, seed, strict_size). Runs store them as "split" (a diffusers autoencoder has no run to take them
     from); runs written before took them from their autoencoder run, which is read for them."""
-    if "split" in run:
-        return {"image_size": run["image_size"], "channels": run["channels"], **run["split"]}
+    if "split" in run:  # runs from before --aspect stretched every image
+        return {"image_size": run["image_size"], "channels": run["channels"], "aspect": "squash", **run["split"]}
     return autoencoder_split(read_run(run["vae"], "autoencoder", "train_vae.py"))
 
 
