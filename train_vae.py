@@ -450,6 +450,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     factor = model.config.downsample_factor
     crop = crop_for(args, crop_given, model_cfg, size, factor)
     total_steps, length_words = training_length(args, len(x_train), args.batch_size)
+    why = f"the training length: {length_words}"  # why a finished run stopped: the log's last record says so
 
     # config.json (everything needed to rebuild the model and repeat the run).
     run_config = make_run_config(args, model_cfg, loss_weights, perceptual is not None, train_ds, len(x_val))
@@ -481,8 +482,8 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
             # 3. Log; at the end of an epoch validate and draw; every --ckpt-every steps a checkpoint.
             record = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
                       "train_s": round(train_seconds, 3), **{k: float(v) for k, v in terms.items()}}
-            if step == total_steps:  # the last record says why the run stopped
-                record["stopped"] = f"the training length: {length_words}"
+            if step == total_steps:
+                record["stopped"] = why
             append_log(run_dir, record)
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("total", "rec", "kl", "freq", "vq") if k in record})
@@ -504,8 +505,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
               stopped_message("train_vae.py", step, run_dir))
         return 130 if stop.requested else 0
     finish(run_dir, model, run_config, x_train, x_val, device, args.batch_size,
-           {"steps": step, "stopped": f"the training length: {length_words}", "train_seconds": train_seconds,
-            "wall_seconds": time.time() - t_start})
+           {"steps": step, "stopped": why, "train_seconds": train_seconds, "wall_seconds": time.time() - t_start})
     return 0
 
 

@@ -99,6 +99,18 @@ def write_pngs(folder: Path, x, y, classes: list[str], channels: int) -> None:
         Image.fromarray(img if channels == 3 else img[..., 0]).save(folder / classes[k] / f"{i:03d}.png")
 
 
+def other_seeds(model, vae, cfg: dict, ref: Reference, first: dict, n_per_user: int, sampling: SamplingConfig,
+                seeds: int, with_tstr: bool, device) -> dict:
+    """The headline numbers at sampling seeds seed … seed + seeds − 1 (`first`: seed's, already measured), each with
+    new noise, a new draw of the real floor and a new TSTR classifier, and their spread."""
+    per_seed = [headline(first)]
+    for s in range(sampling.seed + 1, sampling.seed + seeds):
+        x, y, _ = sample_users(model, vae, cfg, n_per_user, replace(sampling, seed=s), device)
+        per_seed.append(headline(evaluate_images(ref, x, y, with_tstr, s)))
+    return {"seeds": list(range(sampling.seed, sampling.seed + seeds)), "per_seed": per_seed,
+            "spread": seed_spread(per_seed)}
+
+
 def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SAMPLING,
                  n_per_user: int | None = None, seeds: int = 3, with_tstr: bool = True, sweep: bool = False,
                  guidance_scales=GUIDANCE_SCALES, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
@@ -160,12 +172,8 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
     report["generated"] = evaluate_images(ref, x, y, with_tstr, seed)
 
     # 3. The same measurement with other noise: how much of a number is the draw.
-    per_seed = [headline(report["generated"])]
-    for s in range(seed + 1, seed + seeds):
-        x, y, _ = sample_users(model, vae, cfg, n_per_user, replace(sampling, seed=s), device)
-        per_seed.append(headline(evaluate_images(ref, x, y, with_tstr, s)))
-    report["seeds"] = {"seeds": list(range(seed, seed + seeds)), "per_seed": per_seed,
-                       "spread": seed_spread(per_seed)}
+    report["seeds"] = other_seeds(model, vae, cfg, ref, report["generated"], n_per_user, sampling, seeds, with_tstr,
+                                  device)
 
     # 4. Quality against cost.
     if sweep:
