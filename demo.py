@@ -86,8 +86,9 @@ def main(argv=None) -> int:
     print(f"  denoising trajectory   {samples_dir / 'trajectory.png'}")
     print(f"  evaluation report      {args.out / 'eval' / 'report.md'}")
     print("  headline (seed 0; mean and range over " + f"{len(report['seeds']['seeds'])} seeds):")
-    for line in headline_lines(report)[:5]:
-        print("    " + line)
+    for line in headline_lines(report):
+        if not line.startswith("report"):  # its path is the line above
+            print("    " + line)
     return 0
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from tinyldm.data.errors import DataError
-from tinyldm.data.images import ASPECTS, image_size_of, load_windows, size_notice, to_tensor, window_layout
+from tinyldm.data.images import ASPECTS, count_windows, image_size_of, load_windows, size_notice, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class UserImageFolder(torch.utils.data.Dataset):
         # 2. Lay out each file's windows from its size (read from the header) and say how other sizes are read.
         sizes = [image_size_of(path) for path, _ in files]
         self._check_sizes([path for path, _ in files], sizes)
-        n_windows = [1 if aspect == "squash" else len(window_layout(w, h, self.image_size)[1]) for w, h in sizes]
+        n_windows = [count_windows(w, h, self.image_size, aspect) for w, h in sizes]
         self.samples = [(path, user_id, k) for (path, user_id), n in zip(files, n_windows) for k in range(n)]
 
         # 3. Decode every file now (catches corrupt files at start-up); keep the windows if they fit.

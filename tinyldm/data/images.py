@@ -101,6 +101,11 @@ def square_windows(img, size):
     return [x[o:o + size] for o in offsets]  # each (size, size, C)
 
 
+def count_windows(w, h, size, aspect="windows"):
+    """How many samples load_windows makes of a w x h image, from its size alone (no decoding)."""
+    return 1 if aspect == "squash" else len(window_layout(w, h, size)[1])
+
+
 def load_windows(path, image_size, channels, aspect="windows"):
     """Read one image file as the samples UserImageFolder makes of it -> (list of uint8 (S, S, C), original (w, h)).
 

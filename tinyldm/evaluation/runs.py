@@ -119,8 +119,7 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
     """Evaluate a train_ldm.py run (sample n_per_user images of every user with `sampling`, then measure;
     optionally sweep guidance and samplers × steps) or a train_vae.py run (reconstructions). sampling.seed also
     seeds the classifiers and KID's subsets. n_per_user None: images_per_user (≥ 240 images in all). seeds > 1
-    repeats the measurement with sampling seeds seed + 1 … seed + seeds − 1 (new noise, a new draw of the real
-    floor, a new TSTR classifier; the same reference classifier) and reports the spread of the headline numbers.
+    repeats the measurement at the next sampling seeds and reports the spread (other_seeds).
     Writes to out_dir (default RUN/eval), keeps the classifier in classifier_dir (default RUN/classifier, and the
     shared cache: see above), prints the headline lines, returns the report."""
     seed = sampling.seed
