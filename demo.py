@@ -1,11 +1,13 @@
 """`make demo`: the main job end to end on the built-in simulated micro-Doppler set, sized for 2 CPU cores.
 
-  1. data     generate the tiny simulated set once under data/: 31 people walking (40 images each, 64×64, jet), or
-              with --family activities 6 activities (150 recordings each, 64×107 wide, viridis)
-  2. vae      train the tiny AutoencoderKL (f = 2: 64×64×3 → 32×32×4) with train_vae.py's tiny recipe
+  1. data     generate the preset's simulated set once under data/: 31 people walking (tiny: 40 images each,
+              64×64; compact, the users' setting: 150 each, 256×256; jet), or with --family activities 6
+              activities (150 recordings each, wide 5:3, viridis)
+  2. vae      train the preset's AutoencoderKL with train_vae.py's recipe: tiny f = 2 (64×64×3 → 32×32×4),
+              compact f = 8 (256×256×3 → 32×32×4, the users' design)
   3. ldm      train a tiny class-conditional DiT (or --backbone unet) on the frozen latents with train_ldm.py's
-              tiny recipe (rectified flow, CFG dropout 0.1)
-  4. sample   draw 4 images of every one of the 31 users (sample.py's defaults), the trajectory of 4 users and a
+              recipe of the preset (rectified flow, CFG dropout 0.1)
+  4. sample   draw 4 images of every one of the users (sample.py's defaults), the trajectory of 4 users and a
               real-vs-generated comparison
   5. eval     the user-ID classifier (trained once, then cached), then ≥ 240 generated images measured (8 per
               user for 31 users) at 3 sampling seeds: the first seed's numbers and the spread over the three
@@ -15,8 +17,10 @@ if asked, fewer or more steps). The recipes were found by timing each lever to t
 (benchmarks/time_to_quality.py, docs/speedrun.md). Rerunning the demo starts each stage afresh (the simulated data,
 the latent cache and the evaluation classifier are reused).
 
-    python demo.py [--family walking|activities] [--out runs/demo] [--backbone dit|unet] [--vae-steps N]
-                   [--ldm-steps N] [--vae RUN]
+    python demo.py [--preset tiny|compact] [--family walking|activities] [--out runs/demo] [--backbone dit|unet]
+                   [--vae-steps N] [--ldm-steps N] [--vae RUN]
+
+`make demo` is the tiny preset (64×64); `make demo-256` the compact one (the users' 256×256 setting).
 """
 
 import argparse
@@ -32,20 +36,30 @@ from tinyldm.evaluation import evaluate_run
 from tinyldm.evaluation.report import headline_lines
 
 
+def default_out(preset: str, family: str) -> Path:
+    """runs/demo, runs/demo-activities, runs/demo-256, runs/demo-256-activities."""
+    return Path("runs/" + "-".join(["demo"] + (["256"] if preset == "compact" else []) +
+                                   ([family] if family != "walking" else [])))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=["tiny", "compact"], default="tiny",
+                   help="tiny: 64×64 images, f = 2 (the quick run); compact: the users' setting, 31 × 150 images at "
+                        "256×256, f = 8 → 32×32×4 latents")
     p.add_argument("--family", choices=["walking", "activities"], default="walking",
                    help="the built-in data family: 31 people walking (the users' kind of data) or 6 activities "
                         "(another radar, colour map and image shape: what the recipe was not tuned on)")
     p.add_argument("--out", type=Path, default=None,
-                   help="where every output of the demo goes (default runs/demo, runs/demo-activities)")
+                   help="where every output of the demo goes (default runs/demo, runs/demo-activities, runs/demo-256, "
+                        "runs/demo-256-activities)")
     p.add_argument("--vae-steps", type=int, default=None, help="optimizer steps of stage 1 (default: the recipe's)")
     p.add_argument("--ldm-steps", type=int, default=None, help="optimizer steps of stage 2 (default: the recipe's)")
     p.add_argument("--backbone", choices=["dit", "unet"], default="dit", help="the stage-2 denoiser")
     p.add_argument("--vae", type=Path, default=None,
                    help="reuse this finished autoencoder run (e.g. runs/demo/vae) instead of training stage 1")
     args = p.parse_args(argv)
-    args.out = args.out or Path("runs/demo" if args.family == "walking" else f"runs/demo-{args.family}")
+    args.out = args.out or default_out(args.preset, args.family)
     times, t = {}, time.time()
 
     def stage(name: str, rc: int = 0) -> None:
@@ -56,16 +70,17 @@ def main(argv=None) -> int:
         if rc:
             sys.exit(rc)
 
-    data = default_data_dir("tiny", family=args.family)
+    data = default_data_dir(args.preset, family=args.family)
     stage("data")
 
     vae_dir = args.vae or args.out / "vae"
     if args.vae is None:
-        stage("vae", train_vae.main(["--data", str(data), "--out", str(vae_dir),
+        stage("vae", train_vae.main(["--preset", args.preset, "--data", str(data), "--out", str(vae_dir),
                                      *(["--max-steps", str(args.vae_steps)] if args.vae_steps else [])]))
 
     ldm_dir = args.out / f"ldm-{args.backbone}"
-    stage("ldm", train_ldm.main(["--backbone", args.backbone, "--vae", str(vae_dir), "--out", str(ldm_dir),
+    stage("ldm", train_ldm.main(["--preset", args.preset, "--backbone", args.backbone, "--vae", str(vae_dir),
+                                 "--out", str(ldm_dir),
                                  *(["--max-steps", str(args.ldm_steps)] if args.ldm_steps else [])]))
 
     samples_dir = args.out / "samples"

@@ -6,7 +6,9 @@
 
 Writes OUT/<user>/<index>.png (the layout of a data folder, so the evaluation can read it) and three pictures:
   OUT/grid.png                 every user's images, a row per user with its name, in up to 4 blocks of 8 users
-  OUT/real_vs_generated.png    the first ≤ 8 users: --compare-real N real training images | N generated ones
+                               (images larger than 64 px as 64 px thumbnails: 256×256 ones are 4× smaller)
+  OUT/real_vs_generated.png    the first ≤ 8 users (≤ 4 for images larger than 128 px, shown at full size):
+                               --compare-real N real training images | N generated ones
                                (skipped, with a notice, when the run's data folder cannot be read here)
   OUT/trajectory.png           with --trajectory: the decoded x̂0 prediction of the first image of the first
                                --trajectory-users users at ≤ 8 evenly spaced steps (the last included), enlarged
@@ -26,9 +28,11 @@ from tinyldm.generate import add_sampling_args, generate, sampling_config
 from tinyldm.models.loading import data_split, load_ldm, load_run_vae
 from tinyldm.options import SEED_RANGE, at_least, check_ranges, device_name
 from tinyldm.runs import check_writable, resolve_device, run_cli
-from tinyldm.viz import real_vs_generated, to_uint8, trajectory_picture, user_blocks
+from tinyldm.viz import real_vs_generated, thumbnails, to_uint8, trajectory_picture, user_blocks
 
-COMPARE_USERS = 8  # users (the first ones asked for) in real_vs_generated.png
+COMPARE_USERS = 8  # users (the first ones asked for) in real_vs_generated.png; 4 for images larger than 128 px,
+COMPARE_USERS_LARGE = 4  # which it shows at full size
+THUMBNAIL = 64  # grid.png shows images larger than this as thumbnails of this size (the PNGs beside it are full size)
 
 # What each numeric option allows (tinyldm.options), checked once at start-up. The sampling options (--steps, --eta,
 # --cfg-scale, --cfg-rescale) are checked by SamplingConfig, the first thing run() builds.
@@ -142,7 +146,7 @@ def run(args: argparse.Namespace) -> Path:
         (out / name).mkdir(exist_ok=True)
         for i, img in enumerate(to_uint8(row)):
             Image.fromarray(img if cfg["channels"] == 3 else img[..., 0]).save(out / name / f"{i:03d}.png")
-    user_blocks(list(images), names).save(out / "grid.png")
+    user_blocks([thumbnails(row, THUMBNAIL) for row in images], names).save(out / "grid.png")
     pictures = ["grid.png"]
 
     # The trajectory, its columns headed by the time t of each step: `sample` builds its time grid ts from --steps
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> Path:
 
     # Real beside generated, for the first users.
     if args.compare_real > 0:
-        shown = names[:COMPARE_USERS]
+        shown = names[:COMPARE_USERS if images[0].shape[-1] <= 128 else COMPARE_USERS_LARGE]
         real = real_images(cfg, shown, args.compare_real)
         if real is not None:
             generated = [row[:args.compare_real] for row in images[:len(shown)]]  # each (≤ N, C, H, W)

@@ -86,10 +86,13 @@ FAST_RECIPE = dict(prediction="flow", flow_shift=3.0, max_steps=2210, batch_size
                    lr_schedule="cosine", ema_decay=0.999)
 RECIPES = {
     "tiny": FAST_RECIPE,
+    "compact": FAST_RECIPE,
     "small": FAST_RECIPE,
     "seed": dict(prediction="eps", flow_shift=1.0, epochs=200, batch_size=8, grad_accum=4, lr=1e-4, warmup=0,
                  lr_schedule="constant", ema_decay=0.9999),
 }
+# The backbone size each preset trains (a name in the model file's PRESETS): compact's latents have tiny's shape.
+BACKBONE_SIZE = {"tiny": "tiny", "compact": "tiny", "small": "small", "seed": "seed"}
 
 # What each numeric option allows (tinyldm.options), checked once at start-up; None (not given) is not checked.
 OPTION_RANGES = {
@@ -121,8 +124,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=["unet", "dit", "mmdit"], default="dit",
                    help="denoiser: UNet (cross-attention), DiT (adaLN-Zero) or Flux-style MMDiT (joint attention)")
-    g.add_argument("--preset", choices=["tiny", "small", "seed"], default="tiny",
-                   help="tiny: CPU-sized; small: one GPU; seed: the seed's SD-UNet / DiT-XL/2")
+    g.add_argument("--preset", choices=["tiny", "compact", "small", "seed"], default="tiny",
+                   help="tiny: CPU-sized; compact: tiny's backbones on the compact autoencoder's 32×32×4 latents of "
+                        "256×256 images (CPU); small: one GPU; seed: the seed's SD-UNet / DiT-XL/2")
     g.add_argument("--cond", choices=["embedding", "onehot_mlp", "tokens"], default=None,
                    help="how a user id is encoded, each with a null id for CFG (default: tokens for mmdit, whose "
                         "condition stream is a token sequence; embedding otherwise)")
@@ -483,7 +487,8 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
 
     # Build the backbone, its EMA, the schedule and the optimizer; load the checkpoint when resuming.
     c, h, _ = latent_shape
-    bb_config = backbone_config(args.backbone, args.preset, c, h, len(classes), args.cond, args.patch_size)
+    bb_config = backbone_config(args.backbone, BACKBONE_SIZE[args.preset], c, h, len(classes), args.cond,
+                                args.patch_size)
     sched = make_schedule(args)
     amp = autocast_dtype(device, args.precision, args.compile)  # bf16 autocast or None (float32)
     model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, amp,

@@ -51,10 +51,17 @@ def test_condition_accuracy_on_real_validation_images_equals_the_classifier_accu
     # The same images as the reference: every distance is 0, precision and recall 1.
     g = report["generated"]
     assert g["fd"] == pytest.approx(0, abs=1e-6) and g["precision"] == 1 and g["recall"] == 1
+    # The validation images are the fresh real images of the near-copy baseline: in pixels the same share exactly;
+    # in features up to one image (their features come from other batches, so may differ in the last bits).
+    m = g["memorisation"]
+    assert m["pixels"]["near_copies"] == m["pixels"]["near_copies_real"] and m["pixels"]["median_ratio"] == 1
+    assert m["near_copies"] == pytest.approx(m["near_copies_real"], abs=1.01 / g["n"])
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     assert saved["generated"]["condition_accuracy"]["top1"] == ceiling
-    for name in ("report.md", "confusion.png", "per_user_accuracy.png"):
+    assert saved["generated"]["memorisation"]["near_copies"] == m["near_copies"]
+    for name in ("report.md", "confusion.png", "per_user_accuracy.png", "near_copies.png"):
         assert (tmp_path / "out" / name).is_file(), name
+    assert "![closest generated/training pairs](near_copies.png)" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_training_is_deterministic_for_a_seed():
@@ -138,13 +145,14 @@ def test_run_with_sweep_writes_every_report_and_plot(ldm_run, capsys):
                           seeds=2, sweep=True, guidance_scales=[1.0, 4.0], samplers=["ddim", "heun"], steps_list=[2, 3],
                           sweep_n_per_user=2)
     printed = capsys.readouterr().out
-    for line in ("classifier ceiling", "condition accuracy", "Fréchet distance", "TSTR / TRTR", "over 2 seeds",
-                 "report"):
+    for line in ("classifier ceiling", "condition accuracy", "Fréchet distance", "TSTR / TRTR",
+                 "near-copies of training images", "over 2 seeds", "report"):
         assert line in printed, line
     # The second seed is a second measurement: its own noise, so its own numbers; the first is the report's.
     first, second = report["seeds"]["per_seed"]
     assert report["seeds"]["seeds"] == [0, 1] and first == headline(report["generated"])
     assert second["fd"] != first["fd"] and report["seeds"]["spread"]["fd"]["values"] == [first["fd"], second["fd"]]
+    assert report["seeds"]["spread"]["near_copies"]["values"] == [first["near_copies"], second["near_copies"]]
     assert "at 2 seeds" in (out / "report.md").read_text()
     assert report["settings"]["nfe"] == nfe("dpmpp_2m", 3)
     assert [p["cfg_scale"] for p in report["sweep"]["guidance"]] == [1.0, 4.0]
@@ -152,7 +160,7 @@ def test_run_with_sweep_writes_every_report_and_plot(ldm_run, capsys):
         [(s, n, nfe(s, n)) for s in ("ddim", "heun") for n in (2, 3)]
     assert report["generated"]["tstr"] is not None and report["autoencoder"]["psnr"] > 0
     for name in ("report.json", "report.md", "confusion.png", "per_user_accuracy.png", "guidance_accuracy.png",
-                 "guidance_fd.png", "nfe_accuracy.png", "nfe_fd.png", "generated/user_02/001.png"):
+                 "guidance_fd.png", "nfe_accuracy.png", "nfe_fd.png", "near_copies.png", "generated/user_02/001.png"):
         assert (out / name).is_file(), name
     assert (ldm_run / "ldm" / "classifier" / "model.safetensors").is_file()
     json.loads((out / "report.json").read_text())  # strict JSON (no NaN)
@@ -163,6 +171,9 @@ def test_run_with_sweep_writes_every_report_and_plot(ldm_run, capsys):
                              with_tstr=False, quiet=True)
     for key in ("fd", "kid", "precision", "recall"):
         assert again["generated"][key] == pytest.approx(report["generated"][key], rel=1e-6), key
+    for key in ("near_copies", "threshold", "median_ratio"):
+        assert again["generated"]["memorisation"]["pixels"][key] == \
+            pytest.approx(report["generated"]["memorisation"]["pixels"][key], rel=1e-6), key
     assert again["generated"]["condition_accuracy"] == report["generated"]["condition_accuracy"]
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tinyldm.malloc import keep_freed_memory
+
 
 class RunError(ValueError):
     """A run folder that cannot be used as asked (missing, not a run, different config)."""
@@ -33,7 +35,9 @@ class RunError(ValueError):
 def run_cli(script: str, body, *args) -> int:
     """Run a script's body → the exit code: an int the body returns (130 after Ctrl-C), else 0. Bad input
     (ValueError, which DataError and RunError are) becomes one line on stderr and exit code 2, never a traceback.
-    Bugs (any other exception) still show their traceback."""
+    Bugs (any other exception) still show their traceback. First, malloc is told to keep freed memory
+    (tinyldm/malloc.py: 2× faster 256×256 convolutions on a CPU)."""
+    keep_freed_memory()
     try:
         rc = body(*args)
         return rc if isinstance(rc, int) else 0

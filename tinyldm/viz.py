@@ -59,6 +59,17 @@ def upscale(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
+def thumbnails(x: torch.Tensor, size: int = 64) -> torch.Tensor:
+    """(B, C, H, W) → (B, C, h, w) with the longer side ≤ size, by area averaging (each thumbnail pixel the mean
+    of the block it covers); unchanged when already small enough. A grid of 124 images at 256×256 would be
+    ~4,000 px wide; as 64 px thumbnails it fits a screen, and the full-size files are beside it."""
+    factor = max(x.shape[-2:]) / size
+    if factor <= 1:
+        return x
+    return torch.nn.functional.interpolate(x.float(), size=(round(x.shape[-2] / factor), round(x.shape[-1] / factor)),
+                                           mode="area")
+
+
 def scale_for(size: int, min_size: int = 128) -> int:
     """The smallest whole factor that shows a `size`-px image at ≥ min_size px (1 if it already is that big)."""
     return max(1, math.ceil(min_size / size))

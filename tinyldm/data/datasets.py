@@ -317,8 +317,11 @@ def csv_entry(csv_path, line, row):
 PRESETS = {  # name: (users, images per user, image height); what default_data_dir generates for a preset
     "tiny": (31, 40, 64),
     "small": (31, 150, 128),
+    "compact": (31, 150, 256),  # the users' setting on a CPU: the seed's data, trained by a compact recipe
     "seed": (31, 150, 256),
 }
+# The folder each preset's data lives in: compact and seed have the same data (the users' 31 × 150 at 256×256).
+DATA_FOLDER = {"tiny": "tiny", "small": "small", "compact": "seed", "seed": "seed"}
 FAMILIES = ("walking", "activities")  # the built-in simulated data: 31 people walking; 6 activities (wide images)
 ACTIVITIES_PER_CLASS = 150  # recordings per activity at every preset, as in a measured set of ~150 per class
 
@@ -327,9 +330,9 @@ def default_data_dir(preset="tiny", root="data", workers=None, family="walking")
     """Path of a built-in simulated set for a preset, generated once under `root` and reused.
 
     walking (31 people, square jet images; the users' kind of data): tiny 31 x 40 at 64x64 (~10-30 s to generate),
-    small 31 x 150 at 128x128, seed 31 x 150 at 256x256 (~1-3 min on 2 cores). activities (6 activities x 150
-    recordings, 5.8 GHz, viridis, wide images of the preset's height: 64x107 for tiny, ~20 s). A rerun completes
-    what an interrupted run left out.
+    small 31 x 150 at 128x128, compact and seed 31 x 150 at 256x256 (one folder; ~2.5 min on 2 cores). activities
+    (6 activities x 150 recordings, 5.8 GHz, viridis, wide images of the preset's height: 64x107 for tiny, ~20 s).
+    A rerun completes what an interrupted run left out.
     """
     # imported here so `python -m tinyldm.data.microdoppler` (or .activities) runs cleanly
     from tinyldm.data import activities, microdoppler
@@ -340,14 +343,14 @@ def default_data_dir(preset="tiny", root="data", workers=None, family="walking")
         raise DataError(f"unknown data family {family!r}; choose one of {', '.join(FAMILIES)}")
     users, per_user, size = PRESETS[preset]
     if family == "activities":
-        out = Path(root) / f"activities-v{activities.VERSION}-{preset}"
+        out = Path(root) / f"activities-v{activities.VERSION}-{DATA_FOLDER[preset]}"
         if not activities.is_complete(out, ACTIVITIES_PER_CLASS):
             notice(f"generating the simulated activity set {out} ({len(activities.CLASSES)} activities x "
                    f"{ACTIVITIES_PER_CLASS} recordings at {activities.image_width(size)}x{size}); later runs reuse it")
             activities.generate_activities(out, per_class=ACTIVITIES_PER_CLASS, height=size, seed=0,
                                            workers=workers)
         return out
-    out = Path(root) / f"microdoppler-v{microdoppler.VERSION}-{preset}"
+    out = Path(root) / f"microdoppler-v{microdoppler.VERSION}-{DATA_FOLDER[preset]}"
     if not microdoppler.is_complete(out, users, per_user):
         notice(f"generating the simulated micro-Doppler set {out} ({users} users x {per_user} images at "
                f"{size}x{size}); later runs reuse it")

@@ -22,12 +22,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinyldm.data import DataError
 from tinyldm.evaluation.runs import evaluate_folders, evaluate_run
 from tinyldm.evaluation.sweep import GUIDANCE_SCALES, SWEEP_SAMPLERS, SWEEP_STEPS
 from tinyldm.generate import add_sampling_args, sampling_config
 from tinyldm.options import SEED_RANGE, at_least, between, check_ranges, device_name
-from tinyldm.runs import RunError, resolve_device
+from tinyldm.runs import resolve_device, run_cli
 
 
 def parse_list(text: str, kind, flag: str) -> list:
@@ -133,13 +132,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (DataError, RunError, ValueError) as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("evaluate.py", run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ feature space of a classifier trained on the real data, as radar papers do for s
 Its real-validation accuracy is the ceiling that every figure on generated images is read against.
 
     x (B, C, H, W) in [−1, 1]
-      stem   conv 3×3 stride 2                      (B, w0, H/2, W/2)
+      shrink area average to S × S                  (B, C, S, S)         S = min(H, 64): INPUT_SIZE
+      stem   conv 3×3 stride 2                      (B, w0, S/2, S/2)
       stages BasicBlock per width, stride 2 after the first
       pool   mean over time (columns) only          (B, w_last, H')      Doppler position is identity, keep it
       embed  flatten → Linear → ReLU = features f   (B, D)               the penultimate features
@@ -13,6 +14,10 @@ Its real-validation accuracy is the ceiling that every figure on generated image
 
 Pooling over time alone makes the features (nearly) invariant to the circular time shift of the augmentation
 while keeping *where* in Doppler the energy lies (walking speed, limb swing), which is what tells people apart.
+
+Larger images are seen as 64×64 thumbnails (INPUT_SIZE; the augmentation too). At 256×256 the classifier then costs
+what it costs at 64×64 (16× fewer pixels per image), and what it reads — the shape of the Doppler envelope over
+the gait cycle — survives a 4× area average; docs/evaluation.md has the measured ceiling and cost at 64 and 128.
 """
 
 import copy
@@ -33,6 +38,7 @@ from tqdm import tqdm
 from tinyldm.data import DataError, SpectrogramAugment
 from tinyldm.runs import RunError, atomic_save_weights, atomic_write_json, load_weights, read_config
 
+INPUT_SIZE = 64  # the side larger images are area-downscaled to before the classifier sees them
 MIN_EPOCH_STEPS = 10  # optimizer steps per "epoch" (and per early-stopping check) on small data sets
 # The classifier's augmentation. The blur matters: trained without it, the classifier reads identity partly off
 # the speckle of the noise floor, which every autoencoder smooths; on the tiny set its accuracy on real images
@@ -44,7 +50,8 @@ AUGMENT = SpectrogramAugment(blur=1.5)
 class ClassifierConfig:
     num_classes: int                                 # users
     in_channels: int = 3                             # 1 (grey) or 3 (RGB)
-    image_size: int = 64                             # H = W of the input
+    image_size: int = 64                             # H = W of the images it is given
+    input_size: int | None = None                    # S: the side they are area-downscaled to (None: image_size)
     widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # channels per stage; stage i>0 halves H, W
     feature_dim: int = 64                            # D, the penultimate features the metrics use
     dropout: float = 0.2                             # on the features, before the head
@@ -55,9 +62,20 @@ class ClassifierConfig:
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
         min_size = 2 ** len(self.widths)
-        if self.image_size % min_size:
-            raise ValueError(f"image_size {self.image_size} must be divisible by {min_size} "
+        if self.size % min_size:
+            raise ValueError(f"the classifier's input size {self.size} must be divisible by {min_size} "
                              f"(the stem and {len(self.widths) - 1} stride-2 stages); use e.g. 32, 64 or 128")
+
+    @property
+    def size(self) -> int:
+        """S, the side of what the stem sees."""
+        return self.input_size or self.image_size
+
+
+def shrink(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, C, size, size) by area averaging (each output pixel the mean of the input pixels it
+    covers); unchanged when it already has that size."""
+    return x if x.shape[-2:] == (size, size) else F.interpolate(x, size=(size, size), mode="area")
 
 
 class BasicBlock(nn.Module):
@@ -89,13 +107,14 @@ class UserClassifier(nn.Module):
             blocks.append(BasicBlock(c_in, w, stride=1 if i == 0 else 2))
             c_in = w
         self.blocks = nn.Sequential(*blocks)
-        rows = c.image_size // 2 ** len(c.widths)  # H' after the stem and the strided stages
+        rows = c.size // 2 ** len(c.widths)  # H' after the stem and the strided stages
         self.embed = nn.Linear(c.widths[-1] * rows, c.feature_dim)
         self.head = nn.Linear(c.feature_dim, c.num_classes)
         self.dropout = nn.Dropout(c.dropout)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) in [−1, 1] → penultimate features f (B, D)."""
+        x = shrink(x, self.config.size)  # (B, C, S, S)
         h = self.blocks(self.stem(x))  # (B, w_last, H', W')
         h = h.mean(dim=-1).flatten(1)  # (B, w_last·H'): mean over time
         return F.relu(self.embed(h))  # (B, D)
@@ -143,6 +162,7 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, config: Class
     n = len(train_x)
     if n < 2:
         raise DataError(f"training a classifier needs at least 2 images, got {n}")
+    train_x = shrink(train_x, config.size)  # (N, C, S, S): augmented at the size the classifier sees
     g = torch.Generator().manual_seed(seed)
     # An "epoch" is one pass over the data, but at least MIN_EPOCH_STEPS steps, so that small sets still train.
     steps_per_epoch = max(n // batch_size, MIN_EPOCH_STEPS)
@@ -196,9 +216,14 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, config: Class
 # ---- saving and reusing the classifier of a data set ----------------------------------------------------------
 
 def stack_split(ds) -> tuple[torch.Tensor, torch.Tensor]:
-    """A UserImageFolder → (images (N, C, H, W) in [−1, 1], user ids (N,))."""
-    xs, ys = zip(*(ds[i] for i in range(len(ds))))
-    return torch.stack(xs), torch.tensor(ys)
+    """A UserImageFolder → (images (N, C, H, W) in [−1, 1], user ids (N,)); filled in place, one image at a time
+    (a list of images, then a stack, would hold the split twice: 6.6 GB for 4,185 images at 256×256)."""
+    x = torch.empty(len(ds), ds.channels, ds.image_size, ds.image_size)
+    ys = []
+    for i in range(len(ds)):
+        x[i], user_id = ds[i]
+        ys.append(user_id)
+    return x, torch.tensor(ys)
 
 
 def data_key(train_ds, val_ds) -> dict:
@@ -299,7 +324,7 @@ def classifier_for(folder: Path, train_ds, val_ds, seed: int = 0, device="cpu", 
     folder = Path(folder)
     key = data_key(train_ds, val_ds)
     config = ClassifierConfig(num_classes=len(train_ds.classes), in_channels=train_ds.channels,
-                              image_size=train_ds.image_size)
+                              image_size=train_ds.image_size, input_size=min(train_ds.image_size, INPUT_SIZE))
     entry, full_key = None, None
     # 1. The shared cache, keyed by everything the weights depend on.
     if cache is not None:

@@ -25,6 +25,7 @@ from tinyldm.evaluation.classifier import (
     train_classifier,
 )
 from tinyldm.evaluation.image_metrics import psnr, ssim
+from tinyldm.evaluation.memorisation import memorisation
 from tinyldm.evaluation.metrics import PR_K, all_metrics, condition_accuracy, frechet_distance, need
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -161,6 +162,7 @@ def evaluate_images(ref: Reference, x: torch.Tensor, y: torch.Tensor, with_tstr:
                           if (ref.val_y == k).sum() >= 2 and (y == k).sum() >= 2 else float("nan")
                           for k in range(len(ref.classes))]
     out["fd_real_floor"] = real_floor(ref, y, seed)
+    out["memorisation"] = memorisation(x, ref.train_x, ref.val_x, feats, ref.train_feats, ref.val_feats)
     out["trtr"] = ref.ceiling
     out["tstr"] = tstr(ref, x, y, seed) if with_tstr else None
     if with_tstr and out["tstr"] is None:
@@ -171,7 +173,7 @@ def evaluate_images(ref: Reference, x: torch.Tensor, y: torch.Tensor, with_tstr:
 
 
 MIN_GENERATED = 240  # images the main measurement draws at least, split evenly over the users
-SPREAD_KEYS = ("top1", "fd", "fd_real_floor", "fd_ratio", "tstr", "tstr_ratio", "precision", "recall")
+SPREAD_KEYS = ("top1", "fd", "fd_real_floor", "fd_ratio", "tstr", "tstr_ratio", "precision", "recall", "near_copies")
 
 
 def images_per_user(num_users: int, n_per_user: int | None = None) -> int:
@@ -182,12 +184,13 @@ def images_per_user(num_users: int, n_per_user: int | None = None) -> int:
 
 
 def headline(generated: dict) -> dict:
-    """The numbers a run is judged by, from evaluate_images' result; FD and TSTR also as ratios to their floors."""
+    """The numbers a run is judged by, from evaluate_images' result; FD and TSTR also as ratios to their floors;
+    near_copies: the share of generated images that are near-copies of training images (memorisation.py)."""
     g = generated
     tstr_ratio = g["tstr"] / g["trtr"] if g.get("tstr") is not None and g["trtr"] else None
     return {"top1": g["condition_accuracy"]["top1"], "fd": g["fd"], "fd_real_floor": g["fd_real_floor"],
             "fd_ratio": g["fd"] / g["fd_real_floor"], "tstr": g.get("tstr"), "tstr_ratio": tstr_ratio,
-            "precision": g["precision"], "recall": g["recall"]}
+            "precision": g["precision"], "recall": g["recall"], "near_copies": g["memorisation"]["near_copies"]}
 
 
 def seed_spread(per_seed: list[dict]) -> dict:

@@ -12,11 +12,13 @@ an explicit classifier_dir) neither read nor write the cache.
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from tinyldm.data import DataError
 from tinyldm.diffusion import SamplingConfig
 from tinyldm.evaluation.classifier import cache_root
+from tinyldm.evaluation.memorisation import near_copies_picture
 from tinyldm.evaluation.metrics import topk_correct
 from tinyldm.evaluation.pipeline import (
     Reference,
@@ -58,8 +60,14 @@ def _header(ref: Reference, source: str, kind: str, val_fraction: float, split_s
                            "train_seconds": res["train_seconds"], "feature_dim": cfg["feature_dim"]}}
 
 
-def _finish(report: dict, out_dir: Path, quiet: bool) -> dict:
-    report = write_report(out_dir, report)
+def _pairs_picture(ref: Reference, x: torch.Tensor, generated: dict) -> Image.Image:
+    """The closest generated/training pairs in pixels (near_copies.png), from evaluate_images' result for x."""
+    pixels = generated["memorisation"]["pixels"]
+    return near_copies_picture(x, ref.train_x, pixels["closest"], pixels["threshold"])
+
+
+def _finish(report: dict, out_dir: Path, quiet: bool, near_copies: Image.Image | None = None) -> dict:
+    report = write_report(out_dir, report, near_copies)
     if not quiet:
         print("== evaluation ==")
         for line in headline_lines(report):
@@ -87,7 +95,7 @@ def evaluate_folders(real, generated, out_dir, image_size: int | None = None, ch
     x, y = read_generated(generated, ref)
     report = _header(ref, str(generated), "folders", val_fraction, split_seed)
     report["generated"] = evaluate_images(ref, x, y, with_tstr, seed)
-    return _finish(report, out_dir, quiet)
+    return _finish(report, out_dir, quiet, _pairs_picture(ref, x, report["generated"]))
 
 
 def write_pngs(folder: Path, x, y, classes: list[str], channels: int) -> None:
@@ -180,5 +188,5 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
         s = sampler_sweep(model, vae, cfg, ref, samplers, steps_list, sweep_n_per_user, sampling, device)
         report["sweep"] = {"n_per_user": sweep_n_per_user, "guidance": g, "samplers": s,
                            "best_guidance": best_guidance(g) if g else None}
-    return _finish(report, out_dir, quiet)
+    return _finish(report, out_dir, quiet, _pairs_picture(ref, x, report["generated"]))
 

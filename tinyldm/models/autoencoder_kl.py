@@ -235,6 +235,11 @@ PRESETS = {
     "tiny": dict(block_out_channels=[32, 64], layers_per_block=1, norm_num_groups=16, sample_size=64,
                  down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
                  mid_block_add_attention=False),
+    # 256×256 → 32×32×4 (f=8) on CPU, the users' setting: the SD VAE's layout (4 levels, no mid attention) at a
+    # fraction of its widths, one ResnetBlock per level (docs/speedrun.md, the compact rounds).
+    "compact": dict(block_out_channels=[16, 32, 64, 128], layers_per_block=1, norm_num_groups=8, sample_size=256,
+                    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                    mid_block_add_attention=False),
     # 256×256 → 32×32×4 (f=8): the Stable Diffusion VAE, exactly.
     "seed": dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, sample_size=256),
 }
