@@ -17,6 +17,8 @@ and prints a table and the seconds to target. Extra arguments after `--` go to t
     python benchmarks/time_to_quality.py ldm --vae runs/ttq/vae-base --out runs/ttq/ldm-base --every 300 \\
         --steps 3000 -- --backbone dit
     python benchmarks/time_to_quality.py plot runs/ttq/vae-* --out docs/images/ttq_vae.png   # curves side by side
+    python benchmarks/time_to_quality.py vae --out runs/ttq/vae-compact --every 250 --steps 1000 \
+        --classifier-dir runs/ttq/classifier-256 -- --preset compact          # the users' 256×256, f = 8 setting
 
 Targets (issue 12): stage 1 reconstructions recognised ≥ 95 % of the classifier ceiling; stage 2 top-1 ≥ 90 % of the
 ceiling and FD ≤ 4 × the real-vs-real floor. Timings depend on the machine (state `lscpu`); compare runs made

@@ -42,12 +42,30 @@ def test_compact_and_seed_share_one_data_folder(tmp_path, monkeypatch, capsys):
     assert "generating" not in capsys.readouterr().out  # the second preset reuses the first one's images
 
 
-def test_train_vae_and_train_ldm_run_the_compact_preset(tmp_path):
-    data = make_folder(tmp_path / "data", users=3, per_user=8, size=64)
-    vae_run = tmp_path / "vae"
-    rc = train_vae.main(["--preset", "compact", "--data", str(data), "--out", str(vae_run), "--image-size", "64",
+@pytest.fixture(scope="module")
+def compact_vae(tmp_path_factory):
+    """The compact autoencoder (f = 8) trained 2 steps on 3 users' 64×64 stripes: 8×8×4 latents."""
+    tmp = tmp_path_factory.mktemp("compact")
+    data = make_folder(tmp / "data", users=3, per_user=8, size=64)
+    run = tmp / "vae"
+    rc = train_vae.main(["--preset", "compact", "--data", str(data), "--out", str(run), "--image-size", "64",
                          "--batch-size", "4", "--val-fraction", "0.25", "--max-steps", "2"])
     assert rc == 0
+    return run
+
+
+@pytest.mark.parametrize("backbone", ["unet", "mmdit"])
+def test_the_other_backbones_train_on_the_compact_latents(compact_vae, tmp_path, backbone):
+    run = tmp_path / "ldm"
+    rc = train_ldm.main(["--preset", "compact", "--backbone", backbone, "--vae", str(compact_vae), "--out", str(run),
+                         "--max-steps", "2", "--batch-size", "4", "--sample-every", "1000", "--ckpt-every", "1000"])
+    assert rc == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["backbone"] == backbone and cfg["latent_shape"] == [4, 8, 8]
+
+
+def test_train_vae_train_ldm_and_sample_run_the_compact_preset(compact_vae, tmp_path):
+    vae_run = compact_vae
     cfg = json.loads((vae_run / "config.json").read_text())
     assert cfg["model"]["block_out_channels"] == [16, 32, 64, 128] and cfg["args"]["crop_size"] == 64
     ldm_run = tmp_path / "ldm"
