@@ -42,7 +42,7 @@ def default_out(preset: str, family: str) -> Path:
                                    ([family] if family != "walking" else [])))
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=["tiny", "compact"], default="tiny",
                    help="tiny: 64×64 images, f = 2 (the quick run); compact: the users' setting, 31 × 150 images at "
@@ -60,6 +60,11 @@ def main(argv=None) -> int:
                    help="reuse this finished autoencoder run (e.g. runs/demo/vae) instead of training stage 1")
     args = p.parse_args(argv)
     args.out = args.out or default_out(args.preset, args.family)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     times, t = {}, time.time()
 
     def stage(name: str, rc: int = 0) -> None:

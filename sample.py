@@ -30,8 +30,9 @@ from tinyldm.options import SEED_RANGE, at_least, check_ranges, device_name
 from tinyldm.runs import check_writable, resolve_device, run_cli
 from tinyldm.viz import real_vs_generated, thumbnails, to_uint8, trajectory_picture, user_blocks
 
-COMPARE_USERS = 8  # users (the first ones asked for) in real_vs_generated.png; 4 for images larger than 128 px,
-COMPARE_USERS_LARGE = 4  # which it shows at full size
+# Users (the first ones asked for) in real_vs_generated.png, which shows images at full size: 8, or 4 for images
+# larger than LARGE px (8 rows of 256×256 images would be over 2,000 px tall).
+COMPARE_USERS, COMPARE_USERS_LARGE, LARGE = 8, 4, 128
 THUMBNAIL = 64  # grid.png shows images larger than this as thumbnails of this size (the PNGs beside it are full size)
 
 # What each numeric option allows (tinyldm.options), checked once at start-up. The sampling options (--steps, --eta,
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> Path:
 
     # Real beside generated, for the first users.
     if args.compare_real > 0:
-        shown = names[:COMPARE_USERS if images[0].shape[-1] <= 128 else COMPARE_USERS_LARGE]
+        shown = names[:COMPARE_USERS if images[0].shape[-1] <= LARGE else COMPARE_USERS_LARGE]
         real = real_images(cfg, shown, args.compare_real)
         if real is not None:
             generated = [row[:args.compare_real] for row in images[:len(shown)]]  # each (≤ N, C, H, W)

@@ -313,6 +313,11 @@ def model_setup(args: argparse.Namespace, run_dir: Path | None, resuming: bool) 
     return pretrained_config(args)
 
 
+def spread(x: torch.Tensor, n: int) -> torch.Tensor:
+    """At most n of the images x, evenly spaced through it (a split is sorted by user: every user is in)."""
+    return x[torch.linspace(0, len(x) - 1, min(n, len(x))).long()]
+
+
 def load_data(args: argparse.Namespace, size: int):
     """The train/validation split in memory as uint8 → (train split, x_train, x_val, the 8 images the grids show)."""
     split = dict(image_size=size, channels=args.channels, val_fraction=args.val_fraction, seed=args.seed,
@@ -324,7 +329,7 @@ def load_data(args: argparse.Namespace, size: int):
                         "add images or lower --batch-size")
     x_train, _ = load_images(train_ds)
     x_val, _ = load_images(val_ds) if len(val_ds) else (x_train[: args.batch_size], None)  # no split: train images
-    x_show = x_val[torch.linspace(0, len(x_val) - 1, min(8, len(x_val))).long()]
+    x_show = spread(x_val, 8)
     return train_ds, x_train, x_val, x_show
 
 
@@ -342,11 +347,6 @@ def build_training(args, model_cfg: dict, device, weights: dict | None, train_st
     restore(opt, train_state["optimizer"], "optimizer state")
     set_rng_state(train_state["rng"])
     return model, opt, train_state["step"], train_state.get("train_seconds", 0.0)
-
-
-def spread(x: torch.Tensor, n: int) -> torch.Tensor:
-    """At most n of the images x, evenly spaced through it (a split is sorted by user: every user is in)."""
-    return x[torch.linspace(0, len(x) - 1, min(n, len(x))).long()]
 
 
 def end_of_epoch(run_dir: Path, model, x_val, x_show, device, batch_size: int, step: int, epoch: int, bar) -> dict:

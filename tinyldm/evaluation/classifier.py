@@ -17,7 +17,7 @@ while keeping *where* in Doppler the energy lies (walking speed, limb swing), wh
 
 Larger images are seen as 64×64 thumbnails (INPUT_SIZE; the augmentation too). At 256×256 the classifier then costs
 what it costs at 64×64 (16× fewer pixels per image), and what it reads — the shape of the Doppler envelope over
-the gait cycle — survives a 4× area average; docs/evaluation.md has the measured ceiling and cost at 64 and 128.
+the gait cycle — survives a 4× area average (docs/evaluation.md: its ceiling and cost at 256×256).
 """
 
 import copy

@@ -32,12 +32,11 @@ set: < 1, the generated images sit closer to the training images than new real d
 """
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from tinyldm.data import DataError
 from tinyldm.evaluation.metrics import need
-from tinyldm.viz import image_rows, scale_for
+from tinyldm.viz import image_rows, scale_for, thumbnails
 
 PIXEL_SIZE = 64  # pixel-space distances are taken on images area-downscaled to at most 64 × 64
 QUANTILE = 0.05  # τ = this quantile of the validation images' nearest-training distances
@@ -46,12 +45,9 @@ CHUNK = 256  # query rows per cdist call: a (256, N_t) float64 block, ~8.6 MB fo
 
 
 def pixel_vectors(x: torch.Tensor, size: int = PIXEL_SIZE) -> torch.Tensor:
-    """(N, C, H, W) → (N, C·h·w) float64, with h = min(H, size), w = min(W, size): larger images are area-downscaled
-    (each output pixel the mean of its input block, F.interpolate mode="area"), smaller ones kept as they are."""
-    h, w = min(x.shape[-2], size), min(x.shape[-1], size)
-    if (h, w) != tuple(x.shape[-2:]):
-        x = F.interpolate(x.float(), size=(h, w), mode="area")  # (N, C, h, w)
-    return x.flatten(1).double()
+    """(N, C, H, W) → (N, C·h·w) float64: images larger than size × size as area-averaged thumbnails of that size
+    (viz.thumbnails: each pixel the mean of its block), smaller ones kept as they are."""
+    return thumbnails(x, size).flatten(1).double()
 
 
 def nearest(queries: torch.Tensor, keys: torch.Tensor, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,12 +100,13 @@ def memorisation(x: torch.Tensor, train_x: torch.Tensor, val_x: torch.Tensor, fe
     if not (len(feats), len(train_feats), len(val_feats)) == (len(x), len(train_x), len(val_x)):
         raise ValueError(f"{len(feats)}, {len(train_feats)}, {len(val_feats)} feature rows for {len(x)}, "
                          f"{len(train_x)}, {len(val_x)} images; give one feature row per image")
+    pixel_size = list(thumbnails(x[:1], PIXEL_SIZE).shape[-2:])  # [h, w] the pixel space compares
     pixels, gen_px, val_px = one_space(pixel_vectors(x), pixel_vectors(train_x), pixel_vectors(val_x))
     features, gen_ft, val_ft = one_space(feats, train_feats, val_feats)
     return {"pixels": pixels, "features": features,
             "near_copies": (gen_px & gen_ft).double().mean().item(),
             "near_copies_real": (val_px & val_ft).double().mean().item(),
-            "pixel_size": [min(x.shape[-2], PIXEL_SIZE), min(x.shape[-1], PIXEL_SIZE)]}
+            "pixel_size": pixel_size}
 
 
 def near_copies_picture(x: torch.Tensor, train_x: torch.Tensor, closest: list, threshold: float, space: str = "pixels",

@@ -109,10 +109,10 @@ def _near_copies_markdown(m: dict, with_picture: bool) -> list[str]:
            f"(Euclidean; Alaa et al. 2022, Carlini et al. 2023), in pixels (images larger than {PIXEL_SIZE}×"
            f"{PIXEL_SIZE} area-downscaled to it) and in the classifier's features; the headline counts an image "
            "flagged in both (close in pixels, and the classifier agrees it is that image). Fresh real images are "
-           "near-copies "
-           "≈ 5 % of the time per space by construction (exactly: the column below); a generator that copies its "
-           "training images scores up to 100 %. Median ratio: median nearest-training distance of the generated "
-           "images over that of the validation images (< 1: closer to the training images than new real data is).",
+           "near-copies ≈ 5 % of the time per space by construction (exactly: the column below); a generator that "
+           "copies its training images scores up to 100 %. Median ratio: median nearest-training distance of the "
+           "generated images over that of the validation images (< 1: closer to the training images than new real "
+           "data is).",
            "",
            "| space | near-copies | fresh real images | threshold | median ratio |", "|---|---|---|---|---|",
            f"| pixels, compared at {h}×{w} | {pct(px['near_copies'])} | {pct(px['near_copies_real'])} | "
