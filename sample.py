@@ -25,7 +25,7 @@ from PIL import Image
 from tinyldm.data import DataError, UserImageFolder
 from tinyldm.diffusion import Schedule
 from tinyldm.generate import add_sampling_args, generate, sampling_config
-from tinyldm.models.loading import data_split, load_ldm, load_run_vae
+from tinyldm.loading import data_split, load_ldm, load_run_vae
 from tinyldm.options import SEED_RANGE, at_least, check_ranges, device_name
 from tinyldm.runs import check_writable, resolve_device, run_cli
 from tinyldm.viz import real_vs_generated, thumbnails, to_uint8, trajectory_picture, user_blocks

@@ -30,8 +30,7 @@ from tinyldm.data.latent_cache import cached_latents, shared_cache_dir
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
 from tinyldm.generate import generate
 from tinyldm.layers import written_out_attention
-from tinyldm.models.conditioning import drop_ids
-from tinyldm.models.loading import (
+from tinyldm.loading import (
     autoencoder_split,
     backbone_config,
     build_backbone,
@@ -39,6 +38,7 @@ from tinyldm.models.loading import (
     read_run,
     vae_folder,
 )
+from tinyldm.models.conditioning import drop_ids
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name, finite
 from tinyldm.runs import RunError, append_log, autocast_dtype, precision_words, read_log, run_cli, unlock_run
 from tinyldm.train import (
@@ -286,7 +286,7 @@ def load_latents(args: argparse.Namespace, device, main_rank: bool):
     """The frozen autoencoder and its data's cached latents → (vae, what config.json records about stage 1, train
     split, latents).
 
-    The autoencoder is a train_vae.py run or a diffusers folder (tinyldm.models.loading.load_vae). The data goes
+    The autoencoder is a train_vae.py run or a diffusers folder (tinyldm.loading.load_vae). The data goes
     through the same `UserImageFolder` conversions (size, channels, split) as in train_vae.py, so both stages accept
     the same folders. The latent scale and shift are the autoencoder's own (train_vae.py measures the scale at its
     end; diffusers' config.json states both); for an autoencoder run that never finished the scale is measured here,

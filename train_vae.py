@@ -23,8 +23,8 @@ from tqdm import tqdm
 from tinyldm.data import DataError, UserImageFolder, default_data_dir
 from tinyldm.data.transforms import random_crops
 from tinyldm.evaluation.image_metrics import psnr, ssim
+from tinyldm.loading import autoencoder_config, build_autoencoder, load_vae
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss, load_perceptual_loss
-from tinyldm.models.loading import autoencoder_config, build_autoencoder, load_vae
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name
 from tinyldm.runs import (
     append_log,

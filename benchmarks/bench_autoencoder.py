@@ -10,7 +10,7 @@ from functools import partial
 import torch
 from timing import median_seconds
 
-from tinyldm.models.loading import autoencoder_config, build_autoencoder
+from tinyldm.loading import autoencoder_config, build_autoencoder
 
 
 def train_step(model, model_type, x):

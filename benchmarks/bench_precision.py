@@ -19,8 +19,8 @@ import torch
 from timing import cpu_name, training_step
 
 from tinyldm.layers import written_out_attention
+from tinyldm.loading import autoencoder_config, backbone_config, build_autoencoder, build_backbone
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss
-from tinyldm.models.loading import autoencoder_config, backbone_config, build_autoencoder, build_backbone
 from tinyldm.runs import autocast_dtype, precision_words
 from tinyldm.train import adamw
 

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for train_ldm.py
 import train_ldm  # noqa: E402
 from tinyldm.evaluation import evaluate_run  # noqa: E402
-from tinyldm.models.loading import load_ldm  # noqa: E402
+from tinyldm.loading import load_ldm  # noqa: E402
 from tinyldm.runs import RunError, atomic_write_json, read_config, read_log  # noqa: E402
 from tinyldm.viz import plot_curves  # noqa: E402
 

@@ -46,7 +46,7 @@ from tinyldm.evaluation.pipeline import (  # noqa: E402
     reconstruction_metrics,
 )
 from tinyldm.evaluation.sweep import measure_point, sample_users  # noqa: E402
-from tinyldm.models.loading import load_autoencoder, load_ldm  # noqa: E402
+from tinyldm.loading import load_autoencoder, load_ldm  # noqa: E402
 from tinyldm.runs import read_config, read_log  # noqa: E402
 from tinyldm.viz import plot_curves  # noqa: E402
 

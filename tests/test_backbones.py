@@ -6,9 +6,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from tinyldm.loading import BACKBONES, backbone_config, build_backbone
 from tinyldm.models.conditioning import ConditionEncoder
 from tinyldm.models.dit import DiT, DiTConfig
-from tinyldm.models.loading import BACKBONES, backbone_config, build_backbone
 from tinyldm.models.mmdit import MMDiT
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 

@@ -15,8 +15,8 @@ import sample as sample_script
 import train_ldm
 import train_vae
 from tinyldm.evaluation.classifier import ClassifierConfig, UserClassifier, shrink
+from tinyldm.loading import autoencoder_config, build_autoencoder
 from tinyldm.malloc import keep_freed_memory
-from tinyldm.models.loading import autoencoder_config, build_autoencoder
 from tinyldm.viz import thumbnails
 
 

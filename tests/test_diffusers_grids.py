@@ -17,17 +17,18 @@ import numpy as np
 import pytest
 import torch
 
-from tinyldm.diffusion import (
-    Schedule,
+from tinyldm.diffusion import Schedule, dpmpp_3m, karras_sigmas, sample
+from tinyldm.diffusion.analytic import gaussian_flow_map, gaussian_network, gaussian_x0
+from tinyldm.interop.diffusers_grids import (
+    COMMON,
+    DEFAULTS,
+    IGNORED,
+    ONLY_DEFAULT,
+    SPACINGS,
     diffusers_grid,
     diffusers_schedule,
-    dpmpp_3m,
-    karras_sigmas,
-    sample,
     sample_like_diffusers,
 )
-from tinyldm.diffusion.analytic import gaussian_flow_map, gaussian_network, gaussian_x0
-from tinyldm.diffusion.diffusers_grids import COMMON, DEFAULTS, IGNORED, ONLY_DEFAULT, SPACINGS
 
 FIXTURE_PATH = Path(__file__).parent / "fixtures" / "schedulers" / "trajectories.pt"
 FIXTURE = torch.load(FIXTURE_PATH, weights_only=True)

@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tinyldm import DiT, UNet2DConditionModel, VQModel
+from tinyldm.interop.pretrained import WEIGHTS, PretrainedError
 from tinyldm.layers import timestep_embedding
 from tinyldm.models.autoencoder_kl import AutoencoderKL
 from tinyldm.models.dit import DiTConfig
-from tinyldm.models.pretrained import WEIGHTS, PretrainedError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diffusers"
 CLASSES = {"kl": AutoencoderKL, "kl16": AutoencoderKL, "vq": VQModel, "unet": UNet2DConditionModel,

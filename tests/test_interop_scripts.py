@@ -1,6 +1,6 @@
 """The scripts with diffusers-format folders: train_ldm.py --vae on a diffusers autoencoder (its scale and shift, the
-latent cache keyed by its weights, sample.py decoding with it), train_vae.py --init, `python -m tinyldm.export` and
-what it writes, runs written before all this, and bad input. diffusers is imported only by the one test that
+latent cache keyed by its weights, sample.py decoding with it), train_vae.py --init, `python -m tinyldm.interop.export`
+and what it writes, runs written before all this, and bad input. diffusers is imported only by the one test that
 compares with it live."""
 
 import hashlib
@@ -18,11 +18,12 @@ import train_ldm
 import train_vae
 from tinyldm import AutoencoderKL, DiT, UNet2DConditionModel
 from tinyldm.data import UserImageFolder
-from tinyldm.diffusion import Schedule, diffusers_grid, diffusers_schedule
-from tinyldm.export import main as export_main
+from tinyldm.diffusion import Schedule
 from tinyldm.generate import decode_latents
-from tinyldm.models.loading import load_autoencoder, load_ldm, load_run_vae
-from tinyldm.models.pretrained import WEIGHTS
+from tinyldm.interop.diffusers_grids import diffusers_grid, diffusers_schedule
+from tinyldm.interop.export import main as export_main
+from tinyldm.interop.pretrained import WEIGHTS
+from tinyldm.loading import load_autoencoder, load_ldm, load_run_vae
 from tinyldm.runs import file_sha256, load_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diffusers"
@@ -207,7 +208,7 @@ def test_train_vae_init_fine_tunes_a_diffusers_autoencoder(data, tmp_path, capsy
         capsys, train_vae.main, ["--init", str(FIXTURES / "unet"), "--data", str(data), "--out", str(tmp_path / "y")])
 
 
-# ---- python -m tinyldm.export ----------------------------------------------------------------------------------------
+# ---- python -m tinyldm.interop.export ---------------------------------------------------------------------------
 
 def test_export_writes_folders_that_load_back_equal_and_a_matching_scheduler(runs, pipeline, tmp_path, capsys):
     out = tmp_path / "unet"

@@ -19,7 +19,7 @@ def python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_inference_never_imports_training_code():
-    code = ("import sys, sample, tinyldm.generate, tinyldm.models.loading, tinyldm.evaluation.__main__\n"
+    code = ("import sys, sample, tinyldm.generate, tinyldm.loading, tinyldm.evaluation.__main__\n"
             "print(sorted(m for m in sys.modules if m == 'tinyldm.train'))")
     out = python(code)
     assert out.returncode == 0, out.stderr

@@ -11,8 +11,8 @@ from test_train_vae import make_folder
 import train_ldm
 import train_vae
 from tinyldm.layers import written_out_attention
+from tinyldm.loading import backbone_config
 from tinyldm.models.dit import DiT
-from tinyldm.models.loading import backbone_config
 from tinyldm.models.mmdit import MMDiT
 from tinyldm.runs import autocast_dtype, cpu_bf16_hardware, precision_words
 from tinyldm.train import adamw, apply_recipe, lr_at, training_length

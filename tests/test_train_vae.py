@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import train_vae
-from tinyldm.models.loading import load_autoencoder
+from tinyldm.loading import load_autoencoder
 from tinyldm.runs import load_weights
 
 

@@ -1,6 +1,5 @@
 """Diffusion math: schedules, training objectives, samplers and guidance (see docs/samplers_guide.md)."""
 
-from .diffusers_grids import DiffusersGrid, diffusers_grid, diffusers_model, diffusers_schedule, sample_like_diffusers
 from .dpm_solver import dpm_solver_1, dpm_solver_2, dpm_solver_3, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .guidance import classifier_free_guidance, guided_model, rescale_guidance
 from .objectives import (
@@ -39,5 +38,4 @@ __all__ = [
     "lms_coefficients",
     "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m",
     "SAMPLERS", "SamplingConfig", "make_denoiser", "nfe", "sample",
-    "DiffusersGrid", "diffusers_grid", "diffusers_model", "diffusers_schedule", "sample_like_diffusers",
 ]

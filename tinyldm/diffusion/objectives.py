@@ -176,7 +176,7 @@ def diffusion_loss(model, x0: torch.Tensor, sched: Schedule, prediction: str = "
     if out.shape != x_t.shape:
         raise ValueError(f"the network returns {tuple(out.shape)} for x_t of shape {tuple(x_t.shape)}; it must predict "
                          f"{prediction} with the input's shape (a DiT with learn_sigma=True also predicts a variance: "
-                         "build it with learn_sigma=False, as tinyldm.models.loading.backbone_config does)")
+                         "build it with learn_sigma=False, as tinyldm.loading.backbone_config does)")
     target = training_target(x0, eps, sched, t, prediction)
     per_sample = (out - target).pow(2).flatten(1).mean(dim=1)  # (B,)
     if min_snr_gamma is not None:

@@ -131,7 +131,7 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
     Writes to out_dir (default RUN/eval), keeps the classifier in classifier_dir (default RUN/classifier, and the
     shared cache: see above), prints the headline lines, returns the report."""
     seed = sampling.seed
-    from tinyldm.models.loading import (  # the models are only needed for runs
+    from tinyldm.loading import (  # the models are only needed for runs
         autoencoder_split,
         data_split,
         load_autoencoder,

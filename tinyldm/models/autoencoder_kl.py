@@ -278,13 +278,13 @@ class AutoencoderKL(nn.Module):
     @classmethod
     def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "AutoencoderKL":
         """A diffusers AutoencoderKL folder (a pipeline folder with subfolder="vae") → AutoencoderKL with its
-        weights, in eval mode; keyword arguments override config values (tinyldm/models/pretrained.py)."""
-        from tinyldm.models.pretrained import from_pretrained
+        weights, in eval mode; keyword arguments override config values (tinyldm/interop/pretrained.py)."""
+        from tinyldm.interop.pretrained import from_pretrained
         return from_pretrained(cls, path, subfolder, **overrides)
 
     def save_pretrained(self, out_dir) -> None:
         """Write a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
-        from tinyldm.models.pretrained import save_pretrained
+        from tinyldm.interop.pretrained import save_pretrained
         save_pretrained(self, out_dir)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:

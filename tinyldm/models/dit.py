@@ -140,15 +140,15 @@ class DiT(nn.Module):
     @classmethod
     def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "DiT":
         """A diffusers DiTTransformer2DModel folder, or an original DiT checkpoint (a .pt state dict) → DiT with its
-        weights, in eval mode; keyword arguments override config values (tinyldm/models/pretrained.py)."""
-        from tinyldm.models.pretrained import from_pretrained
+        weights, in eval mode; keyword arguments override config values (tinyldm/interop/pretrained.py)."""
+        from tinyldm.interop.pretrained import from_pretrained
         return from_pretrained(cls, path, subfolder, **overrides)
 
     def save_pretrained(self, out_dir, approximate_timestep: bool = False) -> None:
         """Write a diffusers DiTTransformer2DModel folder (config.json + diffusion_pytorch_model.safetensors).
         diffusers' DiT always uses timestep_freq_shift 1; `approximate_timestep=True` writes a DiT with another
         shift anyway (diffusers then runs it with 1, as it runs every DiT converted from the original)."""
-        from tinyldm.models.pretrained import save_pretrained
+        from tinyldm.interop.pretrained import save_pretrained
         save_pretrained(self, out_dir, approximate_timestep)
 
     def initialize_weights(self) -> None:

@@ -228,14 +228,14 @@ class UNet2DConditionModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "UNet2DConditionModel":
         """A diffusers UNet2DConditionModel folder (a pipeline folder with subfolder="unet") → UNet with its
-        weights, in eval mode; keyword arguments override config values (tinyldm/models/pretrained.py). An SD UNet
+        weights, in eval mode; keyword arguments override config values (tinyldm/interop/pretrained.py). An SD UNet
         has no user encoder: pass num_classes=N to add a new one, or call it with encoder_hidden_states."""
-        from tinyldm.models.pretrained import from_pretrained
+        from tinyldm.interop.pretrained import from_pretrained
         return from_pretrained(cls, path, subfolder, **overrides)
 
     def save_pretrained(self, out_dir) -> None:
         """Write a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
-        from tinyldm.models.pretrained import save_pretrained
+        from tinyldm.interop.pretrained import save_pretrained
         save_pretrained(self, out_dir)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,

@@ -252,13 +252,13 @@ class VQModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "VQModel":
         """A diffusers VQModel folder (a pipeline folder with subfolder="vqvae") → VQModel with its weights, in
-        eval mode; keyword arguments override config values (tinyldm/models/pretrained.py)."""
-        from tinyldm.models.pretrained import from_pretrained
+        eval mode; keyword arguments override config values (tinyldm/interop/pretrained.py)."""
+        from tinyldm.interop.pretrained import from_pretrained
         return from_pretrained(cls, path, subfolder, **overrides)
 
     def save_pretrained(self, out_dir) -> None:
         """Write a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
-        from tinyldm.models.pretrained import save_pretrained
+        from tinyldm.interop.pretrained import save_pretrained
         save_pretrained(self, out_dir)
 
     def _quantize(self, x: torch.Tensor, generator: torch.Generator | None):

@@ -18,11 +18,8 @@ from pathlib import Path
 
 from torch import nn
 
-from tinyldm.models import diffusers_names as names
-from tinyldm.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
-from tinyldm.models.dit import PRESETS as DIT_PRESETS
-from tinyldm.models.dit import DiT, DiTConfig
-from tinyldm.models.pretrained_weights import (
+from tinyldm.interop import diffusers_names as names
+from tinyldm.interop.pretrained_weights import (
     WEIGHTS,
     PretrainedError,
     export_weights,
@@ -35,6 +32,9 @@ from tinyldm.models.pretrained_weights import (
     read_state_dict,
     row_regex,
 )
+from tinyldm.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+from tinyldm.models.dit import PRESETS as DIT_PRESETS
+from tinyldm.models.dit import DiT, DiTConfig
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 from tinyldm.models.vq import VQModel, VQModelConfig
 from tinyldm.runs import atomic_save_weights, atomic_write_json

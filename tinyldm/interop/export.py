@@ -1,8 +1,8 @@
 """Write a train_ldm.py run as diffusers-format folders (no diffusers import: this writes files).
 
-    python -m tinyldm.export --run runs/ldm-unet-tiny --out exported/unet-tiny
-    python -m tinyldm.export --run runs/ldm-dit-tiny --out exported/dit-tiny --approximate-timestep
-    python -m tinyldm.export --run runs/ldm-unet-tiny --out exported/unet-ddim --scheduler DDIMScheduler
+    python -m tinyldm.interop.export --run runs/ldm-unet-tiny --out exported/unet-tiny
+    python -m tinyldm.interop.export --run runs/ldm-dit-tiny --out exported/dit-tiny --approximate-timestep
+    python -m tinyldm.interop.export --run runs/ldm-unet-tiny --out exported/unet-ddim --scheduler DDIMScheduler
 
 OUT/ then holds folders that diffusers' from_pretrained of each class loads:
   vae/                             AutoencoderKL (VQModel) with the scaling_factor and shift_factor the run trained
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
-from tinyldm.diffusion.diffusers_grids import BETA_SCHEDULES, PREDICTIONS
-from tinyldm.models.diffusers_names import DIFFUSERS_VERSION
+from tinyldm.interop.diffusers_grids import BETA_SCHEDULES, PREDICTIONS
+from tinyldm.interop.diffusers_names import DIFFUSERS_VERSION
+from tinyldm.interop.pretrained import diffusers_config, save_pretrained
+from tinyldm.loading import load_ldm, load_run_vae
 from tinyldm.models.dit import DiT, DiTConfig
-from tinyldm.models.loading import load_ldm, load_run_vae
-from tinyldm.models.pretrained import diffusers_config, save_pretrained
 from tinyldm.runs import RunError, atomic_write_json, check_writable, run_cli
 
 # The backbone → (its folder, diffusers' class). MMDiT has none: tinyldm's is neither SD3's nor FLUX's transformer.
@@ -164,7 +164,7 @@ def export_run(run_dir, out_dir, weights: str = "ema", scheduler: str | None = N
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tinyldm.export", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tinyldm.interop.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a train_ldm.py run folder (unet or dit backbone)")
     p.add_argument("--out", type=Path, required=True,
@@ -182,7 +182,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_cli("tinyldm.export", export_run, args.run, args.out, args.weights, args.scheduler,
+    return run_cli("tinyldm.interop.export", export_run, args.run, args.out, args.weights, args.scheduler,
                    args.approximate_timestep)
 
 

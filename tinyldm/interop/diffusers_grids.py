@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .guidance import guided_model
-from .objectives import from_x0, to_x0
-from .sampling import sample
-from .schedules import Schedule, integer_spacing, karras_sigmas
+from tinyldm.diffusion.guidance import guided_model
+from tinyldm.diffusion.objectives import from_x0, to_x0
+from tinyldm.diffusion.sampling import sample
+from tinyldm.diffusion.schedules import Schedule, integer_spacing, karras_sigmas
 
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}

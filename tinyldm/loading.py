@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tinyldm.interop.pretrained import WEIGHTS
 from tinyldm.models.autoencoder_kl import PRESETS as KL_PRESETS
 from tinyldm.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
 from tinyldm.models.dit import PRESETS as DIT_PRESETS
 from tinyldm.models.dit import DiT, DiTConfig
 from tinyldm.models.mmdit import PRESETS as MMDIT_PRESETS
 from tinyldm.models.mmdit import MMDiT, MMDiTConfig
-from tinyldm.models.pretrained import WEIGHTS
 from tinyldm.models.unet import PRESETS as UNET_PRESETS
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 from tinyldm.models.vq import PRESETS as VQ_PRESETS
