@@ -19,16 +19,18 @@ import copy
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from tinyldm.data import DataError, UserImageFolder
 from tinyldm.data.latent_cache import cached_latents, shared_cache_dir
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
 from tinyldm.generate import generate
+from tinyldm.latents import measure_scale, scale_latents
 from tinyldm.layers import written_out_attention
 from tinyldm.loading import (
     autoencoder_split,
@@ -65,6 +67,146 @@ from tinyldm.train import (
     training_length,
 )
 from tinyldm.viz import image_grid, plot_curves, smooth
+
+# ---- The training step and the loop ------------------------------------------------------------------------------
+
+@dataclass
+class Training:
+    """What the loop reads and changes; `start_training` (below) builds it, resuming from a checkpoint if asked."""
+
+    args: argparse.Namespace  # the run's settings (a resumed run's own)
+    run_dir: Path
+    model: nn.Module  # the backbone; its weights are the checkpoint's "model"
+    train_model: nn.Module  # what the optimizer trains through: the model itself, or compiled and/or DDP-wrapped
+    ema: nn.Module  # exponential moving average of the model: what the grids and sample.py use
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # every per-step random draw, identical on all ranks
+    sched: Schedule
+    latents: dict  # the cached encodings: "mean", "std" (N, c, h, w) and "y" (N,) user ids
+    stage1: dict  # the autoencoder: its source, latent scale and shift, how its images are read (config.json)
+    vae: nn.Module  # to decode the progress grids
+    config: dict  # config.json
+    total_steps: int
+    length_words: str  # why that many steps, for the messages
+    rank: int  # this process under DDP (0 of 1 without torchrun)
+    world: int
+    device: torch.device
+    amp: torch.dtype | None  # bf16 autocast, or None (float32)
+    step: int = 0
+    train_seconds: float = 0.0
+
+
+def training_step(tr: Training) -> tuple[float, torch.Tensor]:
+    """One optimizer step: draw latents → scale → noise → predict → loss → AdamW step → EMA. → (loss, grad norm)."""
+    args, scale, shift = tr.args, tr.stage1["scaling_factor"], tr.stage1["shift_factor"]
+    # 1. Draw the step's randomness for the whole global batch, so every rank agrees: which latents, the posterior
+    #    samples' ε_z, the diffusion's noise ε and times t, and the user ids with 10 % null ids (for guidance).
+    draw = draw_step(tr.step, tr.latents, tr.config["num_classes"], tr.sched, args, tr.gen)
+    set_lr(tr.opt, lr_at(tr.step, args.lr, args.warmup, tr.total_steps, args.lr_schedule))
+    autocast = torch.autocast(tr.device.type, dtype=tr.amp) if tr.amp is not None else nullcontext()
+    loss_sum = 0.0
+    for micro in range(args.grad_accum):  # this rank's share of each micro-batch
+        sub = torch.arange(micro * args.batch_size + tr.rank, (micro + 1) * args.batch_size, tr.world)
+        i = draw["idx"][sub]
+        # 2. The diffusion's data: a posterior sample of the frozen autoencoder, z = μ + σ·ε_z, scaled to unit
+        #    variance, z0 = (z − shift)·scale (tinyldm/latents.py).
+        z = tr.latents["mean"][i] + tr.latents["std"][i] * draw["eps_z"][sub]  # (b, c, h, w)
+        z0 = scale_latents(z, scale, shift).to(tr.device)
+        # 3. Noise it, x_t = α_t z0 + σ_t ε, and regress the network's prediction on its target (ε, v, x0 or the
+        #    flow velocity): ‖model(x_t, t, y) − target‖² (tinyldm/diffusion/objectives.py).
+        sync = tr.world == 1 or micro == args.grad_accum - 1  # DDP all-reduces on the last micro-batch only
+        with nullcontext() if sync else tr.train_model.no_sync():
+            with autocast:
+                loss = diffusion_loss(tr.train_model, z0, tr.sched, args.prediction, t=draw["t"][sub],
+                                      eps=draw["noise"][sub].to(tr.device), min_snr_gamma=args.min_snr_gamma,
+                                      cond=draw["y"][sub].to(tr.device))
+            (loss / args.grad_accum).backward()
+        loss_sum += loss.item() / args.grad_accum
+    # 4. One AdamW step on the clipped gradient (none if the loss or the gradient is not finite), then the EMA.
+    grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), args.grad_clip or float("inf"))
+    check_finite_step(loss_sum, grad_norm, tr.step, tr.run_dir, tr.opt.param_groups[0]["lr"])
+    tr.opt.step()
+    tr.opt.zero_grad(set_to_none=True)
+    ema_update(tr.ema, tr.model, ema_decay_at(tr.step, args.ema_decay))
+    return loss_sum, grad_norm
+
+
+def draw_step(step: int, latents: dict, num_classes: int, sched: Schedule, args, gen: torch.Generator
+              ) -> dict[str, torch.Tensor]:
+    """All randomness of one optimizer step, drawn for the whole global batch (G latents)."""
+    global_batch, shape = args.batch_size * args.grad_accum, latents["mean"].shape[1:]
+    idx = batch_indices(step, len(latents["y"]), global_batch, args.seed)  # (G,) this step's latents
+    return {"idx": idx,
+            "eps_z": torch.randn((global_batch, *shape), generator=gen),  # posterior sample z = μ + σ·ε_z
+            "noise": torch.randn((global_batch, *shape), generator=gen),  # ε of q(x_t | z0)
+            "t": sample_timesteps(global_batch, sched, gen, kind=args.timesteps),  # (G,) schedule times
+            "y": drop_ids(latents["y"][idx], num_classes, args.cond_dropout, gen)}  # (G,) with null ids for CFG
+
+
+def main(argv=None) -> int:
+    args, defaults = parse_args(argv)
+    return run_cli("train_ldm.py", train, args, defaults)
+
+
+def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
+    tr = start_training(args, defaults)  # settings, latents, backbone, EMA, optimizer, run folder (below)
+    args, main_rank = tr.args, tr.rank == 0
+    bar = tqdm(total=tr.total_steps, initial=tr.step, desc=f"train_ldm {args.backbone}", unit="step",
+               disable=not main_rank, dynamic_ncols=True)
+    tr.model.train()
+    # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130. --max-minutes counts training
+    # time only (summed over resumes), and rank 0 decides for every rank when to stop.
+    timed_out, interrupted = rank0_decides([spent(tr.train_seconds, args.max_minutes), False], tr.world, tr.device)
+    with StopRequest() as stop:
+        while tr.step < tr.total_steps and not (timed_out or interrupted):
+            t0 = time.time()
+            loss, grad_norm = training_step(tr)
+            tr.step += 1
+            tr.train_seconds += time.time() - t0
+            timed_out, interrupted = rank0_decides([spent(tr.train_seconds, args.max_minutes), stop.requested],
+                                                   tr.world, tr.device)
+            finished = tr.step == tr.total_steps or timed_out
+            stopping = interrupted or (args.stop_after is not None and args.stop_after <= tr.step and not finished)
+            if main_rank:
+                after_step(tr, bar, loss, grad_norm, time.time() - t0, finished, stopping, timed_out)
+            if stopping:
+                break
+    bar.close()
+    if tr.world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    if main_rank:
+        unlock_run(tr.run_dir)
+        why = stop_reason(tr.length_words, args.max_minutes if timed_out else None)
+        print(stop.message("train_ldm.py", tr.step, tr.run_dir) if interrupted else
+              stopped_message("train_ldm.py", tr.step, tr.run_dir) if tr.step < tr.total_steps and not timed_out
+              else done_message(tr.run_dir, tr.step, tr.train_seconds, why))
+    return 130 if interrupted else 0
+
+
+def after_step(tr: Training, bar, loss: float, grad_norm: torch.Tensor, seconds: float, finished: bool,
+               stopping: bool, timed_out: bool) -> None:
+    """Rank 0 after each step: a line of log.jsonl; every --sample-every steps a grid and the loss curves; every
+    --ckpt-every steps (and at the end, or when stopping) a checkpoint."""
+    args, step = tr.args, tr.step
+    global_batch = args.batch_size * args.grad_accum
+    record = {"step": step, "epoch": (step - 1) // (len(tr.latents["y"]) // global_batch), "loss": loss,
+              "lr": tr.opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(), "images_per_s": global_batch / seconds,
+              "train_s": round(tr.train_seconds, 3)}
+    if finished:  # the last record says why the run stopped
+        record["stopped"] = stop_reason(tr.length_words, args.max_minutes if timed_out else None)
+    log_step(tr.run_dir, bar, record, args.max_minutes)
+    if step % args.sample_every == 0 or finished:
+        path = save_grid(tr.run_dir, tr.ema, tr.vae, tr.config, step, tr.device)
+        save_loss_curves(tr.run_dir, args.prediction)
+        bar.write(f"step {step}: loss {loss:.4f}; grid {path}")
+    if step % args.ckpt_every == 0 or finished or stopping:
+        state = {"step": step, "optimizer": tr.opt.state_dict(), "rng": rng_state(), "generator": tr.gen.get_state(),
+                 "total_steps": tr.total_steps, "train_seconds": tr.train_seconds}
+        save_checkpoint(tr.run_dir, step, {"model": tr.model.state_dict(), "ema": tr.ema.state_dict()}, state)
+
+
+# ---- Settings: recipes, options, resuming ------------------------------------------------------------------------
 
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "stop_after", "ckpt_every", "sample_every", "device",
                        "compile")
@@ -257,6 +399,33 @@ def default_data(vae: Path) -> Path:
     return Path(read_run(folder, "autoencoder", "train_vae.py")["data"]["root"])
 
 
+def start_training(args: argparse.Namespace, defaults: argparse.Namespace) -> Training:
+    """Everything before the first step: DDP, the settings (a resumed run keeps its own) and the seeds; the frozen
+    autoencoder and its data's latents (encoded once, then cached); the backbone, its EMA, the schedule and AdamW
+    (from the checkpoint when resuming); config.json in the run folder."""
+    args, rank, world, device, weights, train_state = set_up(args, defaults)
+    run_dir = Path(args.resume or args.out or Path("runs") / f"ldm-{args.backbone}-{args.preset}")
+    if rank == 0:
+        claim_run_folder(run_dir, "train_ldm.py", args.data)  # one writer: a second one is refused before any work
+    vae, stage1, train_ds, latents = load_latents(args, device, rank == 0)
+    n, latent_shape, classes = len(latents["y"]), tuple(latents["mean"].shape[1:]), train_ds.classes
+    total_steps, length_words = count_steps(args, n)
+    c, h, _ = latent_shape
+    bb_config = backbone_config(args.backbone, BACKBONE_SIZE[args.preset], c, h, len(classes), args.cond,
+                                args.patch_size)
+    sched = make_schedule(args)
+    amp = autocast_dtype(device, args.precision, args.compile)  # bf16 autocast or None (float32)
+    model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, amp,
+                                                                            weights, train_state)
+    config = run_config(args, bb_config, sched, stage1, classes, latent_shape, world)
+    if rank == 0:
+        start_run_folder(run_dir, config, step)
+        print_start(run_dir, model, step, total_steps, length_words, n, latent_shape, len(classes), args, world,
+                    device, amp, sched)
+    return Training(args, run_dir, model, train_model, ema, opt, gen, sched, latents, stage1, vae, config,
+                    total_steps, length_words, rank, world, device, amp, step, train_seconds)
+
+
 def stage1_split(args: argparse.Namespace, source, vae_run: dict | None) -> tuple[dict, bool]:
     """How stage 2 reads its images → (UserImageFolder's image_size, channels, val_fraction, seed; strict_size).
     A train_vae.py run (`vae_run`, its config): its own settings, so both stages see the same images and split. A
@@ -308,7 +477,7 @@ def load_latents(args: argparse.Namespace, device, main_rank: bool):
     else:
         z = latents["mean"] + latents["std"] * torch.randn(latents["mean"].shape, generator=torch.Generator()
                                                           .manual_seed(0))  # (N, c, h, w) posterior samples
-        scale, how = 1.0 / z.double().std().item(), f"measured here: {args.vae} did not finish, so it has none"
+        scale, how = measure_scale(z), f"measured here: {args.vae} did not finish, so it has none"
     shift = source.shift_factor
     if main_rank:
         print(f"latents: {'encoded' if built else 'reused'} {cache_path}; scaling_factor {scale:.4f} ({how})"
@@ -322,13 +491,13 @@ def load_latents(args: argparse.Namespace, device, main_rank: bool):
     return vae, stage1, train_ds, latents
 
 
-def count_steps(args: argparse.Namespace, n: int) -> tuple[int, int, str]:
-    """→ (global batch, optimizer steps in all, why that many) for n training latents."""
+def count_steps(args: argparse.Namespace, n: int) -> tuple[int, str]:
+    """→ (optimizer steps in all, why that many) for n training latents."""
     global_batch = args.batch_size * args.grad_accum
     if n < global_batch:
         raise DataError(f"{args.data}: {n} training images but a global batch of {global_batch} "
                         f"(--batch-size × --grad-accum); lower them or add data")
-    return global_batch, *training_length(args, n, global_batch)
+    return training_length(args, n, global_batch)
 
 
 def run_config(args, bb_config: dict, sched: Schedule, stage1: dict, classes: list[str], latent_shape, world: int
@@ -344,22 +513,6 @@ def run_config(args, bb_config: dict, sched: Schedule, stage1: dict, classes: li
             "data": str(args.data), "schedule": sched.to_config(),
             "prediction": args.prediction, "grid": {"users": grid_users, "sampling": vars(grid_sampling)},
             "world_size": world, "args": args_record(args, STORED_ELSEWHERE)}
-
-
-def save_grid(run_dir: Path, ema, vae, config: dict, step: int, device) -> Path:
-    """samples/grid_step_N.png: rows = the grid users, EMA weights, the grid's fixed sampling settings."""
-    users = config["grid"]["users"]
-    x, _ = generate(ema, vae, config, users, 4, SamplingConfig(**config["grid"]["sampling"]), device=device)
-    (run_dir / "samples").mkdir(exist_ok=True)
-    path = run_dir / "samples" / f"grid_step_{step:06d}.png"
-    image_grid(list(x), row_labels=[config["classes"][u] for u in users]).save(path)
-    return path
-
-
-def save_loss_curves(run_dir: Path, prediction: str) -> None:
-    log = read_log(run_dir)
-    plot_curves({"loss": ([r["step"] for r in log], smooth([r["loss"] for r in log], 25))},
-                run_dir / "loss_curves.png", title=f"{prediction}-loss (running mean over 25 steps)")
 
 
 def build_training(args, bb_config: dict, world: int, device, amp: torch.dtype | None, weights: dict | None,
@@ -387,6 +540,33 @@ def build_training(args, bb_config: dict, world: int, device, amp: torch.dtype |
     return model, train_model, ema, opt, gen, step, train_seconds
 
 
+def print_start(run_dir: Path, model, step: int, total_steps: int, length_words: str, n: int, latent_shape,
+                num_classes: int, args, world: int, device, amp: torch.dtype | None, sched: Schedule) -> None:
+    if step:
+        print(f"resumed {run_dir} at step {step}/{total_steps}")
+    print(model.summary())
+    print(f"{n} latents {'×'.join(map(str, latent_shape))} of {num_classes} users, global batch "
+          f"{args.batch_size * args.grad_accum} ({args.batch_size} × {args.grad_accum} accumulation, {world} "
+          f"process(es)), {length_words} on {device}, {precision_words(device, amp)}; schedule {sched}, "
+          f"prediction {args.prediction}")
+
+
+def save_grid(run_dir: Path, ema, vae, config: dict, step: int, device) -> Path:
+    """samples/grid_step_N.png: rows = the grid users, EMA weights, the grid's fixed sampling settings."""
+    users = config["grid"]["users"]
+    x, _ = generate(ema, vae, config, users, 4, SamplingConfig(**config["grid"]["sampling"]), device=device)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    path = run_dir / "samples" / f"grid_step_{step:06d}.png"
+    image_grid(list(x), row_labels=[config["classes"][u] for u in users]).save(path)
+    return path
+
+
+def save_loss_curves(run_dir: Path, prediction: str) -> None:
+    log = read_log(run_dir)
+    plot_curves({"loss": ([r["step"] for r in log], smooth([r["loss"] for r in log], 25))},
+                run_dir / "loss_curves.png", title=f"{prediction}-loss (running mean over 25 steps)")
+
+
 def log_step(run_dir: Path, bar, record: dict, max_minutes: float | None) -> None:
     """One line of log.jsonl and the progress bar's numbers (with the training clock under --max-minutes)."""
     append_log(run_dir, record)
@@ -394,40 +574,6 @@ def log_step(run_dir: Path, bar, record: dict, max_minutes: float | None) -> Non
     clock = {"minutes": f"{record['train_s'] / 60:.1f}/{max_minutes:g}"} if max_minutes else {}
     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2g}", img_s=f"{record['images_per_s']:.0f}",
                     **clock)
-
-
-def draw_step(step: int, labels: torch.Tensor, num_classes: int, latent_shape, sched: Schedule, args,
-              gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """All randomness of one optimizer step, drawn for the whole global batch so every rank agrees on it."""
-    global_batch = args.batch_size * args.grad_accum
-    idx = batch_indices(step, len(labels), global_batch, args.seed)  # (G,) this step's latents
-    return {"idx": idx,
-            "eps_z": torch.randn((global_batch, *latent_shape), generator=gen),  # posterior sample z = μ + σ·ε_z
-            "noise": torch.randn((global_batch, *latent_shape), generator=gen),  # ε of q(x_t | z)
-            "t": sample_timesteps(global_batch, sched, gen, kind=args.timesteps),  # (G,) schedule times
-            "y": drop_ids(labels[idx], num_classes, args.cond_dropout, gen)}  # (G,) with null ids for CFG
-
-
-def accumulate_gradients(train_model, latents: dict, draw: dict, sched: Schedule, stage1: dict, args, rank: int,
-                         world: int, device, amp: torch.dtype | None) -> float:
-    """Forward and backward over the grad_accum micro-batches of this rank → the step's mean loss."""
-    scale, shift = stage1["scaling_factor"], stage1["shift_factor"]
-    autocast = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
-    loss_sum = 0.0
-    for micro in range(args.grad_accum):
-        sub = torch.arange(micro * args.batch_size + rank, (micro + 1) * args.batch_size, world)  # this rank's share
-        i = draw["idx"][sub]
-        z = latents["mean"][i] + latents["std"][i] * draw["eps_z"][sub]  # (b, c, h, w) posterior sample
-        z0 = ((z - shift) * scale).to(device)  # the diffusion's data: shifted and scaled as the autoencoder says
-        sync = world == 1 or micro == args.grad_accum - 1  # DDP all-reduces only on the last micro-batch
-        with nullcontext() if sync else train_model.no_sync():
-            with autocast:
-                loss = diffusion_loss(train_model, z0, sched, args.prediction, t=draw["t"][sub],
-                                      eps=draw["noise"][sub].to(device), min_snr_gamma=args.min_snr_gamma,
-                                      cond=draw["y"][sub].to(device))
-            (loss / args.grad_accum).backward()
-        loss_sum += loss.item() / args.grad_accum
-    return loss_sum
 
 
 def spent(train_seconds: float, max_minutes: float | None) -> bool:
@@ -444,17 +590,6 @@ def rank0_decides(flags: list[bool], world: int, device) -> list[bool]:
     return [bool(v) for v in t.tolist()]
 
 
-def print_start(run_dir: Path, model, step: int, total_steps: int, length_words: str, n: int, latent_shape,
-                num_classes: int, args, world: int, device, amp: torch.dtype | None, sched: Schedule) -> None:
-    if step:
-        print(f"resumed {run_dir} at step {step}/{total_steps}")
-    print(model.summary())
-    print(f"{n} latents {'×'.join(map(str, latent_shape))} of {num_classes} users, global batch "
-          f"{args.batch_size * args.grad_accum} ({args.batch_size} × {args.grad_accum} accumulation, {world} "
-          f"process(es)), {length_words} on {device}, {precision_words(device, amp)}; schedule {sched}, "
-          f"prediction {args.prediction}")
-
-
 def stop_reason(length_words: str, spent_minutes: float | None) -> str:
     """Why a finished run stopped, for the log and the last line."""
     return f"--max-minutes {spent_minutes:g} spent" if spent_minutes is not None else \
@@ -465,97 +600,6 @@ def done_message(run_dir: Path, step: int, train_seconds: float, why: str) -> st
     return (f"done: {step} steps in {train_seconds / 60:.1f} min of training ({why}); weights "
             f"{run_dir / 'ema.safetensors'} (EMA) and model.safetensors; samples {run_dir / 'samples'}"
             f"\n  sample with: python sample.py --run {run_dir}")
-
-
-def main(argv=None) -> int:
-    args, defaults = parse_args(argv)
-    return run_cli("train_ldm.py", train, args, defaults)
-
-
-def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
-    # Set up DDP, the settings (a resumed run keeps its own) and the seeds.
-    args, rank, world, device, weights, train_state = set_up(args, defaults)
-    main_rank = rank == 0
-    run_dir = Path(args.resume or args.out or Path("runs") / f"ldm-{args.backbone}-{args.preset}")
-    if main_rank:
-        claim_run_folder(run_dir, "train_ldm.py", args.data)  # one writer: a second one is refused before any work
-
-    # Load the frozen autoencoder (a train_vae.py run or a diffusers folder) and its data's latents (encoded once).
-    vae, stage1, train_ds, latents = load_latents(args, device, main_rank)
-    n, latent_shape, classes = len(latents["y"]), tuple(latents["mean"].shape[1:]), train_ds.classes
-    global_batch, total_steps, length_words = count_steps(args, n)
-
-    # Build the backbone, its EMA, the schedule and the optimizer; load the checkpoint when resuming.
-    c, h, _ = latent_shape
-    bb_config = backbone_config(args.backbone, BACKBONE_SIZE[args.preset], c, h, len(classes), args.cond,
-                                args.patch_size)
-    sched = make_schedule(args)
-    amp = autocast_dtype(device, args.precision, args.compile)  # bf16 autocast or None (float32)
-    model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, amp,
-                                                                            weights, train_state)
-
-    # config.json in the run folder.
-    config = run_config(args, bb_config, sched, stage1, classes, latent_shape, world)
-    if main_rank:
-        start_run_folder(run_dir, config, step)
-        print_start(run_dir, model, step, total_steps, length_words, n, latent_shape, len(classes), args, world,
-                    device, amp, sched)
-
-    # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130.
-    bar = tqdm(total=total_steps, initial=step, desc=f"train_ldm {args.backbone}", unit="step", disable=not main_rank,
-               dynamic_ncols=True)
-    model.train()
-    timed_out, interrupted = rank0_decides([spent(train_seconds, args.max_minutes), False], world, device)
-    with StopRequest() as stop:
-        while step < total_steps and not (timed_out or interrupted):
-            t0 = time.time()
-            # 1. Draw the step's batch, noise, times and dropped ids.
-            draw = draw_step(step, latents["y"], len(classes), latent_shape, sched, args, gen)
-            # 2. Gradients over the micro-batches (stop if one is not finite), one clipped AdamW step, the EMA.
-            set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
-            loss = accumulate_gradients(train_model, latents, draw, sched, stage1, args, rank, world, device, amp)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip or float("inf"))
-            check_finite_step(loss, grad_norm, step, run_dir, opt.param_groups[0]["lr"])
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema_update(ema, model, ema_decay_at(step, args.ema_decay))
-            step += 1
-            train_seconds += time.time() - t0
-            timed_out, interrupted = rank0_decides([spent(train_seconds, args.max_minutes), stop.requested], world,
-                                                   device)
-            finished = step == total_steps or timed_out
-            stopping = interrupted or (args.stop_after is not None and args.stop_after <= step and not finished)
-            # 3. Log; every --sample-every steps a grid and the loss curves; every --ckpt-every steps a checkpoint.
-            if main_rank:
-                record = {"step": step, "epoch": (step - 1) // (n // global_batch), "loss": loss,
-                          "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
-                          "images_per_s": global_batch / (time.time() - t0), "train_s": round(train_seconds, 3)}
-                if finished:  # the last record says why the run stopped
-                    record["stopped"] = stop_reason(length_words, args.max_minutes if timed_out else None)
-                log_step(run_dir, bar, record, args.max_minutes)
-                if step % args.sample_every == 0 or finished:
-                    path = save_grid(run_dir, ema, vae, config, step, device)
-                    save_loss_curves(run_dir, args.prediction)
-                    bar.write(f"step {step}: loss {loss:.4f}; grid {path}")
-                if step % args.ckpt_every == 0 or finished or stopping:
-                    state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(),
-                             "generator": gen.get_state(), "total_steps": total_steps, "train_seconds": train_seconds}
-                    save_checkpoint(run_dir, step, {"model": model.state_dict(), "ema": ema.state_dict()}, state)
-            if stopping:
-                break
-    bar.close()
-
-    # Finish.
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-    if main_rank:
-        unlock_run(run_dir)
-        why = stop_reason(length_words, args.max_minutes if timed_out else None)
-        print(stop.message("train_ldm.py", step, run_dir) if interrupted else
-              stopped_message("train_ldm.py", step, run_dir) if step < total_steps and not timed_out else
-              done_message(run_dir, step, train_seconds, why))
-    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

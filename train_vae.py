@@ -14,15 +14,17 @@ scaling_factor = 1/std(z) goes into config.json for stage 2.
 import argparse
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from tinyldm.data import DataError, UserImageFolder, default_data_dir
 from tinyldm.data.transforms import random_crops
 from tinyldm.evaluation.image_metrics import psnr, ssim
+from tinyldm.latents import measure_scale
 from tinyldm.loading import autoencoder_config, build_autoencoder, load_vae
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss, load_perceptual_loss
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name
@@ -231,18 +233,17 @@ def validate(model, x_val, device, batch_size) -> dict:
 
 
 @torch.no_grad()
-def latent_std(model, x_train, device, batch_size) -> float:
-    """std of the latents stage 2 will see, z = μ + σ·ε (VQ: the pre-quantisation encoding), over the training set."""
+def posterior_samples(model, x_train, device, batch_size) -> torch.Tensor:
+    """The latents stage 2 will see, z = μ + σ·ε (VQ: the pre-quantisation encoding), one per image → (N, c, h, w)."""
     model.eval()
     gen = torch.Generator(device).manual_seed(0)
-    total, total_sq, n = 0.0, 0.0, 0
+    samples = []
     for i in range(0, len(x_train), batch_size):
         mean, std = model.latent_moments(to_float(x_train[i : i + batch_size], device))  # (B, c, h, w) each
-        z = mean + std * torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
-        total, total_sq, n = total + z.double().sum().item(), total_sq + z.double().pow(2).sum().item(), n + z.numel()
+        eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
+        samples.append((mean + std * eps).cpu())
     model.train()
-    mean = total / n
-    return (total_sq / n - mean**2) ** 0.5
+    return torch.cat(samples)
 
 
 def save_pictures(run_dir: Path, model, x_show, device, epoch: int) -> None:
@@ -375,13 +376,13 @@ def finish(run_dir: Path, model, run_config: dict, x_train, x_val, device, batch
            metrics: dict | None) -> None:
     """Measure the latent scale for stage 2 (on STD_IMAGES training images) and, unless the last step just did
     (`metrics`), the final validation scores; write them into config.json."""
-    std = latent_std(model, spread(x_train, STD_IMAGES), device, batch_size)
-    run_config["model"]["scaling_factor"] = 1.0 / std
+    scale = measure_scale(posterior_samples(model, spread(x_train, STD_IMAGES), device, batch_size))  # 1/std(z)
+    run_config["model"]["scaling_factor"] = scale
     metrics = metrics or validate(model, spread(x_val, VAL_IMAGES), device, batch_size)
-    run_config["results"] = {**metrics, "latent_std": std, **results}
+    run_config["results"] = {**metrics, "latent_std": 1 / scale, **results}
     atomic_write_json(run_dir / "config.json", run_config)
     print(f"done after {results['stopped']}: val PSNR {metrics['val_psnr']:.2f} dB, SSIM {metrics['val_ssim']:.3f}; "
-          f"latent std {std:.4f} → scaling_factor {1 / std:.4f}")
+          f"latent std {1 / scale:.4f} → scaling_factor {scale:.4f}")
     for what, name in [("weights", "model.safetensors"), ("config", "config.json"), ("recon", "recon_latest.png"),
                        ("losses", "loss_curves.png")]:
         print(f"  {what:8s} {run_dir / name}")
@@ -448,32 +449,47 @@ def optimizer_step(model, opt, x, args, loss_weights, perceptual, amp, step: int
     return terms, grad_norm
 
 
-def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
-    # Set up the settings, the device and the seeds; the model's config (with --init: the pretrained model's).
+@dataclass
+class Training:
+    """What the loop reads and changes; `start_training` builds it, resuming from a checkpoint if asked."""
+
+    args: argparse.Namespace  # the run's settings (a resumed run's own)
+    run_dir: Path
+    run_config: dict  # config.json
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    loss_weights: AutoencoderLossWeights
+    perceptual: nn.Module | None  # LPIPS, when its weight is > 0
+    x_train: torch.Tensor  # (N, C, H, W) uint8, in memory
+    x_val: torch.Tensor  # at most VAL_IMAGES validation images, spread over the users
+    x_show: torch.Tensor  # the 8 images of the reconstruction grids
+    crop: int  # random crop size on the downsampling grid, 0 = whole images
+    total_steps: int
+    why: str  # why a finished run stops: its training length
+    device: torch.device
+    amp: torch.dtype | None  # bf16 autocast, or None (float32)
+    step: int = 0
+    train_seconds: float = 0.0
+
+
+def start_training(args: argparse.Namespace, defaults: argparse.Namespace) -> Training:
+    """The settings, device and seeds; the model's config (with --init: the pretrained model's); the data in memory;
+    the model, loss and optimizer (from the checkpoint when resuming); config.json in the run folder."""
     crop_given = args.crop_size is not None or args.resume is not None  # else the recipe's
     args, device, weights, train_state = set_up(args, defaults)
     model_cfg, init_weights = model_setup(args, args.resume, train_state is not None)
     run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
     claim_run_folder(run_dir, "train_vae.py", args.data)  # one writer: a second one is refused before any work
-
-    # Load the data into memory.
     size = model_cfg["sample_size"]
     train_ds, x_train, x_val, x_show = load_data(args, size)
-
-    # Build the model, the loss and the optimizer; load the checkpoint when resuming.
     perceptual = load_perceptual_loss(device) if args.perceptual_weight > 0 else None  # before the RNG is restored
     model, opt, step, train_seconds = build_training(args, model_cfg, device, weights, train_state, init_weights)
     loss_weights = AutoencoderLossWeights(rec=1.0, kl=args.kl_weight, perceptual=args.perceptual_weight,
                                           freq=args.freq_weight, rec_kind=args.rec_loss, freq_kind=args.freq_loss,
                                           freq_norm=args.freq_norm)
     amp = autocast_dtype(device, args.precision)
-    steps_per_epoch = len(x_train) // args.batch_size
-    factor = model.config.downsample_factor
-    crop = crop_for(args, crop_given, model_cfg, size, factor)
+    crop = crop_for(args, crop_given, model_cfg, size, model.config.downsample_factor)
     total_steps, length_words = training_length(args, len(x_train), args.batch_size)
-    why = f"the training length: {length_words}"  # why a finished run stopped: the log's last record says so
-
-    # config.json (everything needed to rebuild the model and repeat the run).
     run_config = make_run_config(args, model_cfg, loss_weights, perceptual is not None, train_ds, len(x_val))
     start_run_folder(run_dir, run_config, step)
     print((f"resumed {run_dir} at step {step}/{total_steps}\n" if step else "") +
@@ -482,53 +498,68 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
           f"{len(train_ds)} train / {len(x_val)} val images of {len(train_ds.classes)} users at {size}×{size}"
           f"{f', trained on random {crop}×{crop} crops' if crop else ''}; "
           f"{length_words} on {device}, {precision_words(device, amp)}")
+    return Training(args, run_dir, run_config, model, opt, loss_weights, perceptual, x_train, x_val, x_show, crop,
+                    total_steps, f"the training length: {length_words}", device, amp, step, train_seconds)
 
+
+def training_step(tr: Training) -> tuple[dict, torch.Tensor]:
+    """One optimizer step: the step's batch (cropped) → loss → clipped AdamW step. → (loss terms, grad norm)."""
+    args, step = tr.args, tr.step
+    idx = batch_indices(step, len(tr.x_train), args.batch_size, args.seed)
+    x = to_float(tr.x_train[idx], tr.device)  # (B, C, H, W) in [−1, 1]
+    if tr.crop:  # (B, C, crop, crop), the offsets a function of the step (resume stays exact)
+        x = random_crops(x, tr.crop, tr.model.config.downsample_factor,
+                         torch.Generator().manual_seed(args.seed * 1_000_003 + step))
+    set_lr(tr.opt, lr_at(step, args.lr, args.warmup, tr.total_steps, args.lr_schedule))
+    return optimizer_step(tr.model, tr.opt, x, args, tr.loss_weights, tr.perceptual, tr.amp, step, tr.run_dir)
+
+
+def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
+    tr = start_training(args, defaults)
+    args, run_dir = tr.args, tr.run_dir
+    steps_per_epoch = len(tr.x_train) // args.batch_size
     # Train; Ctrl-C or SIGTERM finishes the step, writes a checkpoint and exits 130.
-    bar = tqdm(total=total_steps, initial=step, desc="train_vae", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=tr.total_steps, initial=tr.step, desc="train_vae", unit="step", dynamic_ncols=True)
     metrics = None  # the latest validation scores (the last step always validates)
     t_start = time.time()
-    model.train()
+    tr.model.train()
     with StopRequest() as stop:
-        while step < total_steps:
-            # 1. The step's batch, in [−1, 1].
-            epoch = step // steps_per_epoch
-            t0 = time.time()
-            x = to_float(x_train[batch_indices(step, len(x_train), args.batch_size, args.seed)], device)  # (B, C, H, W)
-            if crop:  # (B, C, crop, crop), the offsets a function of the step (resume stays exact)
-                x = random_crops(x, crop, factor, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
-            # 2. One optimizer step at the step's learning rate.
-            set_lr(opt, lr_at(step, args.lr, args.warmup, total_steps, args.lr_schedule))
-            terms, grad_norm = optimizer_step(model, opt, x, args, loss_weights, perceptual, amp, step, run_dir)
-            step += 1
-            train_seconds += time.time() - t0  # the training clock: validation, pictures and checkpoints not counted
-            # 3. Log; at the end of an epoch validate and draw; every --ckpt-every steps a checkpoint.
-            record = {"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
-                      "train_s": round(train_seconds, 3), **{k: float(v) for k, v in terms.items()}}
-            if step == total_steps:
-                record["stopped"] = why
+        while tr.step < tr.total_steps:
+            # 1. One optimizer step; the training clock leaves out validation, pictures and checkpoints.
+            epoch, t0 = tr.step // steps_per_epoch, time.time()
+            terms, grad_norm = training_step(tr)
+            tr.step += 1
+            tr.train_seconds += time.time() - t0
+            # 2. Log; at the end of an epoch validate and draw; every --ckpt-every steps a checkpoint.
+            step, finished = tr.step, tr.step == tr.total_steps
+            record = {"step": step, "epoch": epoch, "lr": tr.opt.param_groups[0]["lr"], "grad_norm": grad_norm.item(),
+                      "train_s": round(tr.train_seconds, 3), **{k: float(v) for k, v in terms.items()}}
+            if finished:
+                record["stopped"] = tr.why
             append_log(run_dir, record)
             bar.update(1)
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("total", "rec", "kl", "freq", "vq") if k in record})
-            if step % steps_per_epoch == 0 or step == total_steps:
-                metrics = end_of_epoch(run_dir, model, x_val, x_show, device, args.batch_size, step, epoch, bar)
-            stopping = stop.requested or (args.stop_after is not None and args.stop_after <= step < total_steps)
-            if step % args.ckpt_every == 0 or step == total_steps or stopping:
-                state = {"step": step, "optimizer": opt.state_dict(), "rng": rng_state(), "total_steps": total_steps,
-                         "train_seconds": train_seconds}
-                save_checkpoint(run_dir, step, {"model": model.state_dict()}, state)
+            if step % steps_per_epoch == 0 or finished:
+                metrics = end_of_epoch(run_dir, tr.model, tr.x_val, tr.x_show, tr.device, args.batch_size, step,
+                                       epoch, bar)
+            stopping = stop.requested or (args.stop_after is not None and args.stop_after <= step < tr.total_steps)
+            if step % args.ckpt_every == 0 or finished or stopping:
+                state = {"step": step, "optimizer": tr.opt.state_dict(), "rng": rng_state(),
+                         "total_steps": tr.total_steps, "train_seconds": tr.train_seconds}
+                save_checkpoint(run_dir, step, {"model": tr.model.state_dict()}, state)
             if stopping:
                 break
     bar.close()
 
     # Finish: the latent scale for stage 2 and the final scores, unless stopped early.
     unlock_run(run_dir)
-    if step < total_steps:
-        print(stop.message("train_vae.py", step, run_dir) if stop.requested else
-              stopped_message("train_vae.py", step, run_dir))
+    if tr.step < tr.total_steps:
+        print(stop.message("train_vae.py", tr.step, run_dir) if stop.requested else
+              stopped_message("train_vae.py", tr.step, run_dir))
         return 130 if stop.requested else 0
-    finish(run_dir, model, run_config, x_train, x_val, device, args.batch_size,
-           {"steps": step, "stopped": why, "train_seconds": train_seconds, "wall_seconds": time.time() - t_start},
-           metrics)
+    finish(run_dir, tr.model, tr.run_config, tr.x_train, tr.x_val, tr.device, args.batch_size,
+           {"steps": tr.step, "stopped": tr.why, "train_seconds": tr.train_seconds,
+            "wall_seconds": time.time() - t_start}, metrics)
     return 0
 
 

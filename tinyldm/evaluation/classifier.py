@@ -179,20 +179,10 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, config: Class
         while step < total:
             # One epoch of steps, one fresh augmentation per image.
             epoch += 1
-            model.train()
-            losses = []
-            for _ in range(min(steps_per_epoch, total - step)):
-                idx = next(batches)
-                x = torch.stack([AUGMENT(train_x[i].float(), generator=g) for i in idx.tolist()]).to(device)
-                loss = F.cross_entropy(model(x), train_y[idx].to(device))  # (B, C, H, W) → scalar
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                losses.append(loss.item())
-                bar.update(1)
-            record = {"epoch": epoch, "step": step, "train_loss": sum(losses) / len(losses)}
+            n_steps = min(steps_per_epoch, total - step)
+            train_loss = train_epoch(model, opt, sched, train_x, train_y, batches, n_steps, g, device, bar)
+            step += n_steps
+            record = {"epoch": epoch, "step": step, "train_loss": train_loss}
             if val_x is not None:
                 # Early stopping on the real validation split.
                 _, logits = embed(model, val_x)
@@ -211,6 +201,23 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, config: Class
         model.load_state_dict(best_state)
     history.update(steps=step, train_seconds=time.time() - t0)
     return model.eval(), history
+
+
+def train_epoch(model, opt, sched, train_x, train_y, batches, n_steps: int, g: torch.Generator, device, bar) -> float:
+    """n_steps optimizer steps on batches drawn from `batches`, one fresh augmentation per image → mean loss."""
+    model.train()
+    losses = []
+    for _ in range(n_steps):
+        idx = next(batches)
+        x = torch.stack([AUGMENT(train_x[i].float(), generator=g) for i in idx.tolist()]).to(device)  # (B, C, S, S)
+        loss = F.cross_entropy(model(x), train_y[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.update(1)
+    return sum(losses) / len(losses)
 
 
 # ---- saving and reusing the classifier of a data set ----------------------------------------------------------

@@ -119,6 +119,24 @@ def other_seeds(model, vae, cfg: dict, ref: Reference, first: dict, n_per_user: 
             "spread": seed_spread(per_seed)}
 
 
+def run_reference(run_dir: Path, cfg: dict, classifier_dir: Path, seed: int, device, retrain: bool, cache
+                  ) -> tuple[Reference, dict]:
+    """The real reference of a run → (reference, split). The split is the one the run read its data with; for a
+    train_ldm.py run on a train_vae.py autoencoder, that autoencoder's."""
+    from tinyldm.loading import autoencoder_split, data_split
+
+    if cfg["kind"] == "ldm":
+        split, root, classes = data_split(cfg), cfg["data"], cfg["classes"]
+    else:
+        split, root, classes = autoencoder_split(cfg), cfg["data"]["root"], cfg["data"]["classes"]
+    ref = build_reference(root, split["image_size"], split["channels"], split["val_fraction"], split["seed"],
+                          classifier_dir, seed, device, retrain, cache, split["aspect"])
+    if ref.classes != classes:
+        raise DataError(f"the data at {root} now has users {ref.classes[:3]}… ({len(ref.classes)}) but {run_dir} "
+                        f"was trained on {classes[:3]}… ({len(classes)}); evaluate against the run's data")
+    return ref, split
+
+
 def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SAMPLING,
                  n_per_user: int | None = None, seeds: int = 3, with_tstr: bool = True, sweep: bool = False,
                  guidance_scales=GUIDANCE_SCALES, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
@@ -131,13 +149,7 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
     Writes to out_dir (default RUN/eval), keeps the classifier in classifier_dir (default RUN/classifier, and the
     shared cache: see above), prints the headline lines, returns the report."""
     seed = sampling.seed
-    from tinyldm.loading import (  # the models are only needed for runs
-        autoencoder_split,
-        data_split,
-        load_autoencoder,
-        load_ldm,
-        load_run_vae,
-    )
+    from tinyldm.loading import load_autoencoder, load_ldm, load_run_vae  # the models are only needed for runs
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
@@ -148,19 +160,9 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
         raise RunError(f"{run_dir} is a {cfg.get('kind')!r} run; pass a train_ldm.py or train_vae.py run folder")
     check_writable(out_dir)
 
-    # 1. The real reference, on the split the run read its data with (for a train_ldm.py run on a train_vae.py
-    # autoencoder, that autoencoder's split): its validation images were never trained on.
-    if cfg["kind"] == "ldm":
-        split, root, classes = data_split(cfg), cfg["data"], cfg["classes"]
-    else:
-        split, root, classes = autoencoder_split(cfg), cfg["data"]["root"], cfg["data"]["classes"]
-    val_fraction, split_seed = split["val_fraction"], split["seed"]
-    ref = build_reference(root, split["image_size"], split["channels"], val_fraction, split_seed, classifier_dir,
-                          seed, device, retrain, cache, split["aspect"])
-    if ref.classes != classes:
-        raise DataError(f"the data at {root} now has users {ref.classes[:3]}… ({len(ref.classes)}) but {run_dir} "
-                        f"was trained on {classes[:3]}… ({len(classes)}); evaluate against the run's data")
-    report = _header(ref, str(run_dir), cfg["kind"], val_fraction, split_seed)
+    # 1. The real reference, on the split the run read its data with: its validation images were never trained on.
+    ref, split = run_reference(run_dir, cfg, classifier_dir, seed, device, retrain, cache)
+    report = _header(ref, str(run_dir), cfg["kind"], split["val_fraction"], split["seed"])
     vae = load_run_vae(cfg, device) if cfg["kind"] == "ldm" else load_autoencoder(run_dir, device)[0]
     report["autoencoder"] = reconstruction_metrics(vae, ref)
     if cfg["kind"] == "autoencoder":

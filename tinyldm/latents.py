@@ -1,0 +1,31 @@
+"""The latent transform between the two stages: the autoencoder's z and the diffusion's data z0.
+
+A diffusion schedule assumes data of about unit variance (x_t = α_t z0 + σ_t ε with ε ~ N(0, I)), and an autoencoder's
+latents have whatever scale its training gave them. So stage 2 trains on latents rescaled by one number, 1/σ̂ with σ̂
+their standard deviation over the data (Rombach et al. 2022, Sec. 4.3.2; Stable Diffusion's 0.18215 is that
+number for its VAE), optionally shifted first (the SD3 and FLUX VAEs state a shift_factor):
+
+    to the diffusion:      z0 = (z − shift)·scale          `scale_latents`   (train_ldm.py, before noising)
+    back to the decoder:   z  = z0/scale + shift           `unscale_latents` (tinyldm.generate, before decoding)
+
+train_vae.py measures scale = 1/std(z) once, over posterior samples z = μ + σ·ε of training images
+(`measure_scale`), and writes it into the autoencoder's config.json as `scaling_factor`; train_ldm.py copies the
+pair it trained with into its own config.json, which sampling and export read.
+"""
+
+import torch
+
+
+def scale_latents(z: torch.Tensor, scale: float, shift: float = 0.0) -> torch.Tensor:
+    """The autoencoder's latents z → the diffusion's data z0 = (z − shift)·scale, same shape."""
+    return (z - shift) * scale
+
+
+def unscale_latents(z0: torch.Tensor, scale: float, shift: float = 0.0) -> torch.Tensor:
+    """The diffusion's data z0 → latents for the decoder, z = z0/scale + shift, same shape."""
+    return z0 / scale + shift
+
+
+def measure_scale(z: torch.Tensor) -> float:
+    """scale = 1/std(z) over every element of posterior samples z (N, c, h, w), so that z·scale has unit variance."""
+    return 1.0 / z.double().std().item()
