@@ -1,0 +1,39 @@
+"""The latent transform between the stages (tinyldm/latents.py): the two functions invert each other, the scale
+estimator gives unit variance, and both scripts use them."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyldm.latents import measure_scale, scale_latents, unscale_latents
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("scale, shift", [(0.18215, 0.0), (0.3611, 0.1159), (2.0, -1.5)])
+def test_scale_and_unscale_invert_each_other_with_the_stated_formula(scale, shift):
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z0 = scale_latents(z, scale, shift)
+    assert torch.allclose(z0, (z - shift) * scale)
+    assert torch.allclose(unscale_latents(z0, scale, shift), z)
+
+
+def test_measure_scale_makes_latents_unit_variance():
+    z = 3.7 + 0.42 * torch.randn(64, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    scale = measure_scale(z)
+    assert scale == pytest.approx(1 / 0.42, rel=0.01)
+    assert (z * scale).double().std().item() == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("script, names", [("train_vae.py", {"measure_scale"}),
+                                           ("train_ldm.py", {"measure_scale", "scale_latents"}),
+                                           ("tinyldm/generate.py", {"unscale_latents"})])
+def test_the_scripts_go_through_the_one_transform(script, names):
+    """No second home for the scale: each script imports the functions from tinyldm.latents and calls them."""
+    tree = ast.parse((ROOT / script).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "tinyldm.latents"
+                for a in n.names}
+    called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert names <= imported & called
