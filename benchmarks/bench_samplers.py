@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 import torch
 
-from tinyldm.diffusion import Schedule, nfe, sample
+from tinyldm.diffusion import SamplingConfig, Schedule, nfe, sample
 from tinyldm.diffusion.analytic import gaussian_flow_map, gaussian_network
 
 MU, S = 0.5, 0.7
@@ -24,8 +24,8 @@ def order_on_interval(sched, sampler, prediction, t0, t1, x, Ns=(16, 32, 64)):
     errors = []
     for N in Ns:
         ts = torch.linspace(t0, t1, N + 1, dtype=torch.float64)
-        out = sample(gaussian_network(sched, prediction, MU, S), x, sched, sampler, timesteps=ts,
-                     prediction=prediction, denoise_to_zero=False)
+        out = sample(gaussian_network(sched, prediction, MU, S), x, sched, SamplingConfig(sampler, cfg_scale=1.0),
+                     timesteps=ts, prediction=prediction, denoise_to_zero=False)
         errors.append((out - gaussian_flow_map(sched, x, t0, t1, MU, S)).abs().max().item())
     return -np.polyfit(np.log(Ns), np.log(errors), 1)[0]
 
@@ -34,8 +34,8 @@ def end_to_end_errors(sched, sampler, prediction, x, Ns=(10, 20, 50)):
     exact_x0 = gaussian_flow_map(sched, x, sched.t_max, sched.t_min, MU, S)
     errors = []
     for N in Ns:
-        out = sample(gaussian_network(sched, prediction, MU, S), x, sched, sampler, steps=N, spacing="trailing",
-                     prediction=prediction)
+        out = sample(gaussian_network(sched, prediction, MU, S), x, sched,
+                     SamplingConfig(sampler, N, "trailing", cfg_scale=1.0), prediction=prediction)
         errors.append((out - exact_x0).abs().max().item())
     return errors
 

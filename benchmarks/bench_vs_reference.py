@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 from timing import cpu_name
 
-from tinyldm.diffusion import Schedule, sample
+from tinyldm.diffusion import SamplingConfig, Schedule, sample
 from tinyldm.models.autoencoder_kl import AutoencoderKL
 from tinyldm.models.dit import DiT
 from tinyldm.models.unet import UNet2DConditionModel
@@ -215,11 +215,12 @@ def tinyldm_sampling(sampler: str, noise: torch.Tensor, cfg_scale: float | None,
     flow = sampler in FLOW_SAMPLERS
     sched = Schedule.flow(shift=FLOW_SHIFT) if flow else Schedule.vp("scaled_linear")  # built once, as diffusers'
     cond, null_cond = conditions() if cfg_scale is not None else (None, None)  # scheduler object is
+    config = SamplingConfig(sampler, steps, "trailing", cfg_scale=1.0 if cfg_scale is None else cfg_scale)
 
     def run() -> torch.Tensor:
-        return sample(trivial_model, noise, sched, sampler, steps=steps, spacing="trailing",
-                      prediction="flow" if flow else "eps", cfg_scale=cfg_scale, cond=cond, null_cond=null_cond,
-                      generator=torch.Generator().manual_seed(0), sampler_options=options, timesteps=timesteps)
+        return sample(trivial_model, noise, sched, config, prediction="flow" if flow else "eps", cond=cond,
+                      null_cond=null_cond, generator=torch.Generator().manual_seed(0), sampler_options=options,
+                      timesteps=timesteps)
 
     return run
 

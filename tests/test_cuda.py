@@ -14,7 +14,7 @@ from test_stage2 import LDM, vae_run  # noqa: F401  (fixture)
 
 import sample as sample_script
 import train_ldm
-from tinyldm.diffusion import Schedule, sample
+from tinyldm.diffusion import SamplingConfig, Schedule, sample
 from tinyldm.diffusion.analytic import gaussian_network
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -63,8 +63,9 @@ def test_samplers_on_gpu_match_cpu_on_the_analytic_denoiser(name):
     sched = Schedule.vp("scaled_linear")
     model = gaussian_network(sched, "eps", mu=0.5, s=0.7)  # exact ε-network of N(0.5, 0.7²) data
     x_T = torch.randn(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    cpu = sample(model, x_T, sched, name, steps=20, prediction="eps")
-    gpu = sample(model, x_T.cuda(), sched, name, steps=20, prediction="eps")
+    config = SamplingConfig(name, steps=20, cfg_scale=1.0)
+    cpu = sample(model, x_T, sched, config, prediction="eps")
+    gpu = sample(model, x_T.cuda(), sched, config, prediction="eps")
     assert gpu.device.type == "cuda"
     assert rel_err(gpu, cpu) < 1e-9
 

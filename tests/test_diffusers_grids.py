@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinyldm.diffusion import Schedule, dpmpp_3m, karras_sigmas, sample
+from tinyldm.diffusion import SamplingConfig, Schedule, dpmpp_3m, karras_sigmas, sample
 from tinyldm.diffusion.analytic import gaussian_flow_map, gaussian_network, gaussian_x0
 from tinyldm.interop.diffusers_grids import (
     COMMON,
@@ -436,8 +436,9 @@ def nearest_run(case):
                                              **settings(case) | fixes[case["name"]]))
     net, calls = gaussian_network(sched, "eps", FIXTURE["mu"], FIXTURE["s"]), []
     spy = lambda x, t: calls.append((t[0].item(), x.clone())) or net(x, t)  # noqa: E731
-    out = sample(spy, FIXTURE["noise"], sched, "ddim" if case["scheduler"] == "DDIMScheduler" else "ddpm",
-                 timesteps=case["call_t"], ddpm_variance=settings(case).get("variance_type", "fixed_small"),
+    config = SamplingConfig("ddim" if case["scheduler"] == "DDIMScheduler" else "ddpm", cfg_scale=1.0)
+    out = sample(spy, FIXTURE["noise"], sched, config, timesteps=case["call_t"],
+                 ddpm_variance=settings(case).get("variance_type", "fixed_small"),
                  generator=torch.Generator().manual_seed(FIXTURE["step_seed"]))
     return out, calls
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinyldm.diffusion import Schedule, sample
+from tinyldm.diffusion import SamplingConfig, Schedule, sample
 from tinyldm.diffusion.analytic import gaussian_flow_map, gaussian_network
 
 MU, S = 0.5, 0.7
@@ -42,8 +42,8 @@ def measured_order(sched, t0, t1, sampler, prediction, Ns):
     x, errors = x_T(), []
     for N in Ns:
         ts = torch.linspace(t0, t1, N + 1, dtype=torch.float64)
-        out = sample(exact_network(sched, prediction), x, sched, sampler, timesteps=ts, prediction=prediction,
-                     denoise_to_zero=False)
+        out = sample(exact_network(sched, prediction), x, sched, SamplingConfig(sampler, cfg_scale=1.0), timesteps=ts,
+                     prediction=prediction, denoise_to_zero=False)
         errors.append((out - exact_flow_map(sched, x, t0, t1)).abs().max().item())
     assert all(np.isfinite(errors)) and errors[-1] < errors[0]
     return -np.polyfit(np.log(Ns), np.log(errors), 1)[0]
@@ -91,7 +91,7 @@ def test_end_to_end_error_falls_like_one_over_n(sampler):
     x, Ns, errors = x_T(), (20, 40, 80), []
     exact_x0 = exact_flow_map(sched, x, sched.t_max, sched.t_min)
     for N in Ns:
-        out = sample(exact_network(sched, "eps"), x, sched, sampler, steps=N, spacing="trailing")
+        out = sample(exact_network(sched, "eps"), x, sched, SamplingConfig(sampler, N, "trailing", cfg_scale=1.0))
         errors.append((out - exact_x0).abs().max().item())
     order = -np.polyfit(np.log(Ns), np.log(errors), 1)[0]
     assert errors[0] > errors[1] > errors[2] and abs(order - 1) <= 0.3, f"{sampler}: errors {errors}, order {order:.2f}"
@@ -109,7 +109,7 @@ def test_end_to_end_error_of_a_high_order_solver_is_the_final_jump(sampler, sche
     sched = SCHEDULES[schedule][0]
     x = x_T()
     ts = sched.timesteps(200, "trailing")
-    out = sample(exact_network(sched, "eps"), x, sched, sampler, timesteps=ts)
+    out = sample(exact_network(sched, "eps"), x, sched, SamplingConfig(sampler, cfg_scale=1.0), timesteps=ts)
     expected = jump_error(sched, exact_flow_map(sched, x, sched.t_max, ts[-1].item()), ts[-1].item())
     error = out - exact_flow_map(sched, x, sched.t_max, sched.t_min)
     assert (error - expected).abs().max() <= 0.1 * expected.abs().max()
@@ -125,7 +125,8 @@ def test_flow_end_to_end_error_falls_like_sigma_last_squared(sampler, expected):
     x, Ns, errors = x_T(), (80, 160, 320), []
     exact_x0 = exact_flow_map(sched, x, 1.0, 0.0)
     for N in Ns:
-        out = sample(exact_network(sched, "flow"), x, sched, sampler, steps=N, prediction="flow")
+        out = sample(exact_network(sched, "flow"), x, sched, SamplingConfig(sampler, N, cfg_scale=1.0),
+                     prediction="flow")
         errors.append((out - exact_x0).abs().max().item())
     order = -np.polyfit(np.log(Ns), np.log(errors), 1)[0]
     assert abs(order - expected) <= 0.3, f"{sampler}: errors {errors}, order {order:.2f}"

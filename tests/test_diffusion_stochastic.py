@@ -8,7 +8,7 @@ std ≈ 0.6% low, which is why it needs all 1000; SDE-DPM-Solver++(2M) is unbias
 import pytest
 import torch
 
-from tinyldm.diffusion import Schedule, from_x0, sample
+from tinyldm.diffusion import SamplingConfig, Schedule, from_x0, sample
 from tinyldm.diffusion.analytic import gaussian_network
 
 MU, S = 0.5, 0.7
@@ -18,16 +18,17 @@ def exact_network(sched, prediction):
     return gaussian_network(sched, prediction, MU, S)
 
 N_SAMPLES = 4000
-CASES = [("ddpm", {}, 1000), ("ddpm", {"ddpm_variance": "fixed_large"}, 1000), ("ddim", {"eta": 1.0}, 1000),
-         ("euler_ancestral", {}, 1000), ("dpmpp_2m_sde", {}, 100)]
+CASES = [("ddpm", 0.0, "fixed_small", 1000), ("ddpm", 0.0, "fixed_large", 1000), ("ddim", 1.0, "fixed_small", 1000),
+         ("euler_ancestral", 0.0, "fixed_small", 1000), ("dpmpp_2m_sde", 0.0, "fixed_small", 100)]
 
 
-@pytest.mark.parametrize("sampler,options,steps", CASES)
-def test_gaussian_data_mean_and_std(sampler, options, steps):
+@pytest.mark.parametrize("sampler,eta,ddpm_variance,steps", CASES)
+def test_gaussian_data_mean_and_std(sampler, eta, ddpm_variance, steps):
     sched = Schedule.vp("scaled_linear")
     noise = torch.randn(N_SAMPLES, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    out = sample(exact_network(sched, "eps"), noise, sched, sampler, steps=steps,
-                 generator=torch.Generator().manual_seed(2), **options)
+    config = SamplingConfig(sampler, steps, eta=eta, cfg_scale=1.0)
+    out = sample(exact_network(sched, "eps"), noise, sched, config, ddpm_variance=ddpm_variance,
+                 generator=torch.Generator().manual_seed(2))
     assert abs(out.mean().item() - MU) < 4 * S / N_SAMPLES**0.5
     assert abs(out.std().item() - S) < 4 * S / (2 * N_SAMPLES) ** 0.5
 
@@ -57,7 +58,7 @@ def mixture_network(sched):
 def test_mixture_of_gaussians_weights_and_component_moments(sampler, steps):
     sched = Schedule.vp("scaled_linear")
     noise = torch.randn(N_SAMPLES, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    out = sample(mixture_network(sched), noise, sched, sampler, steps=steps, prediction="v",
+    out = sample(mixture_network(sched), noise, sched, SamplingConfig(sampler, steps, cfg_scale=1.0), prediction="v",
                  generator=torch.Generator().manual_seed(4))
     second = out[:, 0] > 0  # the components are 4 apart along x with stds ≤ 0.6: the split misassigns ~1e-9
     weight = second.double().mean().item()

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from tinyldm.diffusion import SAMPLERS, SPACINGS, SamplingConfig, Schedule, sample
+from tinyldm.latents import unscale_latents
 
 # The generator of image (user, index) is seeded with seed·SEED_STRIDE + user·USER_STRIDE + index: two primes
 # larger than any user count × images per user, so no two images of one call (or of nearby seeds) share noise.
@@ -48,9 +49,9 @@ def initial_noise(seed: int, user: int, index: int, shape: tuple[int, ...]) -> t
 
 
 @torch.no_grad()
-def decode_latents(vae, z: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0) -> torch.Tensor:
+def decode_latents(vae, z0: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0) -> torch.Tensor:
     """Diffusion latents (B, c, h, w) → images (B, C, H, W) in [−1, 1]: undo the scale and shift, decode."""
-    return vae.decode_latent(z / scaling_factor + shift_factor).clamp(-1, 1)
+    return vae.decode_latent(unscale_latents(z0, scaling_factor, shift_factor)).clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -78,9 +79,8 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
         y = torch.tensor([u for u, _ in batch], device=device)  # (B,)
         steps_x0 = []
         callback = (lambda i, t, x, x0_hat, acc=steps_x0: acc.append(x0_hat)) if trajectory else None
-        z = sample(model, noise, sched, sampler=sampling.sampler, steps=sampling.steps, spacing=sampling.spacing,
-                   prediction=prediction, eta=sampling.eta, cfg_scale=sampling.cfg_scale,
-                   cfg_rescale=sampling.cfg_rescale, cond=y, null_cond=torch.full_like(y, num_classes),
+        z = sample(model, noise, sched, sampling, prediction=prediction, cond=y,
+                   null_cond=torch.full_like(y, num_classes),
                    generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
         images.append(decode_latents(vae, z, scale, shift).cpu())
         for k, (u, i) in enumerate(batch):

@@ -17,13 +17,14 @@ import math
 
 import torch
 
-from .samplers import _add_noise, _report, grid_floats
+from .samplers import _randn
 
 
 def _grid(sched, ts):
     """The times, α, σ and λ = log(α/σ) at the grid, as lists of N+1 floats (λ = ±inf where σ or α is 0)."""
     alpha, sigma = sched.alpha_sigma(ts)
-    return grid_floats(ts, alpha, sigma, alpha.log() - sigma.log())
+    lam = alpha.log() - sigma.log()
+    return ts.tolist(), alpha.tolist(), sigma.tolist(), lam.tolist()
 
 
 def _noise_prediction_grid(sched, ts, name):
@@ -59,7 +60,8 @@ def dpm_solver_1(denoiser, x, sched, ts, generator=None, callback=None):
             eps_s = (x - alpha[i] * x0_hat) / sigma[i]
             h = lam[i + 1] - lam[i]
             x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * math.expm1(h) * eps_s  # Eq. 3.7
-        _report(callback, i, times[i], x, x0_hat)
+        if callback is not None:
+            callback(i, times[i], x, x0_hat)
     return x
 
 
@@ -69,20 +71,20 @@ def dpm_solver_2(denoiser, x, sched, ts, generator=None, callback=None, r1=0.5):
     times, alpha, sigma, lam = _noise_prediction_grid(sched, ts, "dpm_solver_2")
     for i in range(len(times) - 1):
         x0_hat = denoiser(x, times[i])
-        if sigma[i + 1] == 0:
+        if sigma[i + 1] == 0:  # step to the data: the h → ∞ limit of the step below
             x = alpha[i + 1] * x0_hat
-            _report(callback, i, times[i], x, x0_hat)
-            continue
-        eps_s = (x - alpha[i] * x0_hat) / sigma[i]
-        h = lam[i + 1] - lam[i]
-        # 1. First-order step to the intermediate time s1 with λ_{s1} = λ_s + r1 h.
-        s1, alpha_s1, sigma_s1 = _alpha_sigma_at_lam(sched, lam[i] + r1 * h)
-        u = (alpha_s1 / alpha[i]) * x - sigma_s1 * math.expm1(r1 * h) * eps_s
-        # 2. Full step corrected with the noise predicted at s1.
-        D1 = _eps(denoiser, u, s1, alpha_s1, sigma_s1) - eps_s
-        x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * math.expm1(h) * eps_s \
-            - sigma[i + 1] / (2 * r1) * math.expm1(h) * D1
-        _report(callback, i, times[i], x, x0_hat)
+        else:
+            eps_s = (x - alpha[i] * x0_hat) / sigma[i]
+            h = lam[i + 1] - lam[i]
+            # 1. First-order step to the intermediate time s1 with λ_{s1} = λ_s + r1 h.
+            s1, alpha_s1, sigma_s1 = _alpha_sigma_at_lam(sched, lam[i] + r1 * h)
+            u = (alpha_s1 / alpha[i]) * x - sigma_s1 * math.expm1(r1 * h) * eps_s
+            # 2. Full step corrected with the noise predicted at s1.
+            D1 = _eps(denoiser, u, s1, alpha_s1, sigma_s1) - eps_s
+            x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * math.expm1(h) * eps_s \
+                - sigma[i + 1] / (2 * r1) * math.expm1(h) * D1
+        if callback is not None:
+            callback(i, times[i], x, x0_hat)
     return x
 
 
@@ -92,25 +94,25 @@ def dpm_solver_3(denoiser, x, sched, ts, generator=None, callback=None, r1=1 / 3
     times, alpha, sigma, lam = _noise_prediction_grid(sched, ts, "dpm_solver_3")
     for i in range(len(times) - 1):
         x0_hat = denoiser(x, times[i])
-        if sigma[i + 1] == 0:
+        if sigma[i + 1] == 0:  # step to the data: the h → ∞ limit of the step below
             x = alpha[i + 1] * x0_hat
-            _report(callback, i, times[i], x, x0_hat)
-            continue
-        eps_s = (x - alpha[i] * x0_hat) / sigma[i]
-        h = lam[i + 1] - lam[i]
-        # 1. First-order step to s1 (λ_s + r1 h).
-        s1, alpha_s1, sigma_s1 = _alpha_sigma_at_lam(sched, lam[i] + r1 * h)
-        u1 = (alpha_s1 / alpha[i]) * x - sigma_s1 * math.expm1(r1 * h) * eps_s
-        D1 = _eps(denoiser, u1, s1, alpha_s1, sigma_s1) - eps_s
-        # 2. Second-order step to s2 (λ_s + r2 h).
-        s2, alpha_s2, sigma_s2 = _alpha_sigma_at_lam(sched, lam[i] + r2 * h)
-        u2 = (alpha_s2 / alpha[i]) * x - sigma_s2 * math.expm1(r2 * h) * eps_s \
-            - (sigma_s2 * r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * D1
-        D2 = _eps(denoiser, u2, s2, alpha_s2, sigma_s2) - eps_s
-        # 3. Full step corrected with the noise predicted at s2.
-        x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * math.expm1(h) * eps_s \
-            - (sigma[i + 1] / r2) * (math.expm1(h) / h - 1) * D2
-        _report(callback, i, times[i], x, x0_hat)
+        else:
+            eps_s = (x - alpha[i] * x0_hat) / sigma[i]
+            h = lam[i + 1] - lam[i]
+            # 1. First-order step to s1 (λ_s + r1 h).
+            s1, alpha_s1, sigma_s1 = _alpha_sigma_at_lam(sched, lam[i] + r1 * h)
+            u1 = (alpha_s1 / alpha[i]) * x - sigma_s1 * math.expm1(r1 * h) * eps_s
+            D1 = _eps(denoiser, u1, s1, alpha_s1, sigma_s1) - eps_s
+            # 2. Second-order step to s2 (λ_s + r2 h).
+            s2, alpha_s2, sigma_s2 = _alpha_sigma_at_lam(sched, lam[i] + r2 * h)
+            u2 = (alpha_s2 / alpha[i]) * x - sigma_s2 * math.expm1(r2 * h) * eps_s \
+                - (sigma_s2 * r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * D1
+            D2 = _eps(denoiser, u2, s2, alpha_s2, sigma_s2) - eps_s
+            # 3. Full step corrected with the noise predicted at s2.
+            x = (alpha[i + 1] / alpha[i]) * x - sigma[i + 1] * math.expm1(h) * eps_s \
+                - (sigma[i + 1] / r2) * (math.expm1(h) / h - 1) * D2
+        if callback is not None:
+            callback(i, times[i], x, x0_hat)
     return x
 
 
@@ -150,7 +152,8 @@ def _dpmpp_multistep(denoiser, x, sched, ts, order, callback, lower_order_final)
             phi3 = phi2 / h - 0.5
             x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * phi1 * m[0] \
                 + alpha[i + 1] * phi2 * D1 - alpha[i + 1] * phi3 * D2
-        _report(callback, i, times[i], x, x0_hat)
+        if callback is not None:
+            callback(i, times[i], x, x0_hat)
     return x
 
 
@@ -185,6 +188,7 @@ def dpmpp_2m_sde(denoiser, x, sched, ts, generator=None, callback=None, lower_or
             x = x + alpha[i + 1] * (1 - one_minus_exp / (2 * h)) * (m[0] - m[1]) / r
         # 4. Fresh noise of variance σ_t² (1 − e^{−2h}) (zero on the step to σ = 0).
         if sigma[i + 1] > 0:
-            x = _add_noise(x, sigma[i + 1] * math.sqrt(one_minus_exp), generator)
-        _report(callback, i, times[i], x, x0_hat)
+            x = x + sigma[i + 1] * math.sqrt(one_minus_exp) * _randn(x, generator)
+        if callback is not None:
+            callback(i, times[i], x, x0_hat)
     return x

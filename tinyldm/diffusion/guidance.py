@@ -11,7 +11,7 @@ import torch
 def classifier_free_guidance(pred_cond: torch.Tensor, pred_uncond: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     """ε̂ = ε̂_u + w (ε̂_c − ε̂_u), w = cfg_scale: 0 unconditional, 1 conditional, > 1 guided (Ho & Salimans 2022,
     Eq. 6)."""
-    return torch.lerp(pred_uncond, pred_cond, cfg_scale)  # lerp(a, b, w) = a + w (b − a): one op, not three
+    return pred_uncond + cfg_scale * (pred_cond - pred_uncond)
 
 
 def rescale_guidance(pred_cfg: torch.Tensor, pred_cond: torch.Tensor, cfg_rescale: float) -> torch.Tensor:
@@ -28,12 +28,12 @@ def rescale_guidance(pred_cfg: torch.Tensor, pred_cond: torch.Tensor, cfg_rescal
 def guided_model(model, cond, null_cond, cfg_scale: float, cfg_rescale: float = 0.0):
     """model(x, t, cond) → a function (x, t) that runs one batched forward of [cond, null] and guides.
 
-    cond is (B, ...); null_cond has the same shape, or batch size 1 and is repeated.
+    cond is (B, ...); null_cond has the same shape, or batch size 1 and is repeated. cfg_scale and cfg_rescale are
+    trusted (a SamplingConfig checked them).
     """
-    if not 0.0 <= cfg_rescale <= 1.0:
-        raise ValueError(f"cfg_rescale φ must be in [0, 1] (0 = off, 0.7 in Lin et al.), got {cfg_rescale}")
     if cond is None or null_cond is None:
-        raise ValueError("cfg_scale needs both cond and null_cond (the null / unconditional input)")
+        raise ValueError(f"guidance w = cfg_scale = {cfg_scale:g} needs both cond and null_cond (the null / "
+                         "unconditional input); pass both, or cfg_scale=1.0 (SamplingConfig) for no guidance")
     if torch.is_tensor(null_cond) and torch.is_tensor(cond) and null_cond.shape[0] == 1 and cond.shape[0] != 1:
         null_cond = null_cond.expand(cond.shape[0], *null_cond.shape[1:])
     both_cond = torch.cat([cond, null_cond]) if torch.is_tensor(cond) else list(cond) + list(null_cond)

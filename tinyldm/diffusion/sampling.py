@@ -6,8 +6,9 @@ scale, `Schedule.model_time` of the schedule time (VP: the index 0 … T−1; fl
 into the denoiser D(x, t) → x̂0 that every sampler uses.
 
 `SamplingConfig` is the one validated group of sampling settings (sampler, steps, spacing, η, guidance w and its
-rescale φ, seed) that travels by keyword from the command line (sample.py, evaluate.py) through
-`tinyldm.generate.generate` to `sample`; one name per concept: `cfg_scale` is the guidance scale w everywhere.
+rescale φ, seed), checked once when it is built and passed whole from the command line (sample.py, evaluate.py)
+through `tinyldm.generate.generate` to `sample`, which trusts it; one name per concept: `cfg_scale` is the guidance
+scale w everywhere.
 """
 
 import math
@@ -132,32 +133,32 @@ def _check_timesteps(timesteps, sched: Schedule) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m", steps: int = 20,
-           spacing: str = "trailing", prediction: str = "eps", eta: float = 0.0, cfg_scale: float | None = None,
-           cfg_rescale: float = 0.0, generator: torch.Generator | None = None, callback=None,
-           timesteps=None, denoise_to_zero: bool = True, cond=None, null_cond=None,
-           ddpm_variance: str = "fixed_small", sampler_options: dict | None = None,
+def sample(model, noise: torch.Tensor, sched: Schedule, config: SamplingConfig, *, prediction: str = "eps",
+           cond=None, null_cond=None, generator: torch.Generator | None = None, callback=None, timesteps=None,
+           denoise_to_zero: bool = True, ddpm_variance: str = "fixed_small", sampler_options: dict | None = None,
            progress: bool = False) -> torch.Tensor:
     """Integrate from `noise` (x at the first time, unit variance, (B, ...)) to the data; returns x, same shape.
 
-    steps/spacing pick N times with `Schedule.timesteps`; `timesteps` (decreasing schedule times, fractional
-    allowed) overrides them. With denoise_to_zero the sampler adds a final first-order step to the data (σ = 0);
-    without it, it stops at the last listed time and returns x there. eta is DDIM's η. With cfg_scale w,
-    model(x, t, cond) is called once per step on the batch [cond, null_cond] and guided (guidance.py); None or 1
-    = no guidance (one forward on cond). The settings are checked by `SamplingConfig`. callback(i, t, x, x0_hat)
-    is called after step i with the schedule time t (float) where the network was asked, the new state x and the
-    prediction x̂0; progress=True shows a tqdm bar over the steps. sampler_options are further keyword options of
-    the sampler function (e.g. {"lower_order_final": False} for dpmpp_*; diffusers_grids.py uses them).
+    `config` was validated when it was built and is trusted here (its seed is the caller's, for `noise`; a stochastic
+    sampler's step noise comes from `generator`). config.steps and config.spacing pick N times with
+    `Schedule.timesteps`; `timesteps` (decreasing schedule times, fractional allowed) overrides them. With
+    denoise_to_zero the sampler adds a final first-order step to the data (σ = 0); without it, it stops at the last
+    listed time and returns x there. With config.cfg_scale w ≠ 1, model(x, t, cond) is called once per step on the
+    batch [cond, null_cond] and guided (guidance.py); w = 1 is no guidance: one forward, model(x, t, cond), or
+    model(x, t) without a cond (an unconditional model takes SamplingConfig(cfg_scale=1.0)). callback(i, t, x,
+    x0_hat) is called after step i with the schedule time t (float) where the network was asked, the new state x
+    and the prediction x̂0; progress=True shows a tqdm bar over the steps. sampler_options are further keyword
+    options of the sampler function (e.g. {"lower_order_final": False} for dpmpp_*; diffusers_grids.py uses them).
     """
-    # 1. Check the request.
-    SamplingConfig(sampler, steps, spacing, eta, 1.0 if cfg_scale is None else cfg_scale, cfg_rescale)
+    # 1. Check what the config cannot: the prediction against the schedule, and the schedule against the sampler.
     check_prediction(sched, prediction)
+    sampler = config.sampler
     if sched.kind == "flow" and sampler in FLOW_FORMS:
         warnings.warn(f"sampler {sampler!r} on a flow schedule runs {FLOW_FORMS[sampler]!r}: the same method in t, "
                       "because σ̃ = t/(1 − t) is infinite at t = 1", stacklevel=3)
         sampler = FLOW_FORMS[sampler]
     # 2. Build the time grid: the listed times, then the data (t_min) if we denoise to zero.
-    ts = sched.timesteps(steps, spacing) if timesteps is None else _check_timesteps(timesteps, sched)
+    ts = sched.timesteps(config.steps, config.spacing) if timesteps is None else _check_timesteps(timesteps, sched)
     if denoise_to_zero and ts[-1] > sched.t_min:
         ts = torch.cat([ts, ts.new_tensor([sched.t_min])])
     if len(ts) < 2:
@@ -167,26 +168,22 @@ def sample(model, noise: torch.Tensor, sched: Schedule, sampler: str = "dpmpp_2m
                          "at t = 1); train with prediction='v' (VP) or 'flow', or start the grid below that time")
     # 3. Wrap the network: guidance on its raw output, then the prediction → x0. w = 1 is the conditional
     #    output itself (for any φ), so it needs no second, unconditional forward.
-    if cfg_scale is not None and cfg_scale != 1.0:
-        net = guided_model(model, cond, null_cond, cfg_scale, cfg_rescale)
+    if config.cfg_scale != 1.0:
+        net = guided_model(model, cond, null_cond, config.cfg_scale, config.cfg_rescale)
     elif cond is not None:
         net = lambda x, t: model(x, t, cond)
     else:
         net = model
     denoiser = make_denoiser(net, sched, prediction, ts, like=noise)
-    # 4. Run the sampler, reporting each step (no reporting at all when nobody listens: it costs an op per step).
-    options = {"ddim": {"eta": eta}, "ddpm": {"variance": ddpm_variance}}.get(sampler, {}) | (sampler_options or {})
-    bar = tqdm(total=len(ts) - 1, desc=sampler) if progress else None  # a disabled tqdm still costs ~60 µs to make
+    # 4. Run the sampler, reporting each step to the callback and the progress bar.
+    options = {"ddim": {"eta": config.eta}, "ddpm": {"variance": ddpm_variance}}.get(sampler, {})
+    options |= sampler_options or {}
+    bar = tqdm(total=len(ts) - 1, desc=sampler, disable=not progress)
 
     def report(i, t, x, x0_hat):
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if callback is not None:
-            callback(i, float(t), x, x0_hat)
+            callback(i, t, x, x0_hat)
 
-    try:
-        return SAMPLERS[sampler](denoiser, noise, sched, ts, generator=generator,
-                                 callback=report if progress or callback is not None else None, **options)
-    finally:
-        if bar is not None:
-            bar.close()
+    with bar:
+        return SAMPLERS[sampler](denoiser, noise, sched, ts, generator=generator, callback=report, **options)

@@ -35,13 +35,13 @@ What diffusers does that tinyldm's own grids (`Schedule.timesteps`) do not:
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from tinyldm.diffusion.guidance import guided_model
 from tinyldm.diffusion.objectives import from_x0, to_x0
-from tinyldm.diffusion.sampling import sample
+from tinyldm.diffusion.sampling import SamplingConfig, sample
 from tinyldm.diffusion.schedules import Schedule, integer_spacing, karras_sigmas
 
 PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -286,17 +286,20 @@ def diffusers_model(model, grid: DiffusersGrid):
     return wrapped
 
 
-def sample_like_diffusers(model, noise: torch.Tensor, grid: DiffusersGrid, cfg_scale: float | None = None,
+def sample_like_diffusers(model, noise: torch.Tensor, grid: DiffusersGrid, cfg_scale: float = 1.0,
                           cfg_rescale: float = 0.0, cond=None, null_cond=None, generator: torch.Generator | None = None,
                           callback=None, progress: bool = False) -> torch.Tensor:
     """`sample` on `grid` from unit noise z (diffusers' latents before × init_noise_sigma): with the same network,
-    noise and generator (in the state diffusers' `step` finds it), diffusers' result. Guidance as in `sample`."""
-    if grid.clip_x0 is not None and cfg_scale is not None and cfg_scale != 1.0:
+    noise and generator (in the state diffusers' `step` finds it), diffusers' result. Guidance w = cfg_scale as in
+    `sample` (1 = none)."""
+    # The grid's times override steps and spacing; steps counts the times where the network is asked.
+    steps = len(grid.timesteps) - (0 if grid.denoise_to_zero else 1)
+    config = SamplingConfig(grid.sampler, steps, eta=grid.eta, cfg_scale=cfg_scale, cfg_rescale=cfg_rescale)
+    if grid.clip_x0 is not None and cfg_scale != 1.0:
         # diffusers clips the x̂0 of the guided output, so guide first and clip that.
         model, cond, null_cond = guided_model(model, cond, null_cond, cfg_scale, cfg_rescale), None, None
-        cfg_scale = None
-    return sample(diffusers_model(model, grid), grid.noise_scale * noise, grid.sched, grid.sampler,
+        config = replace(config, cfg_scale=1.0)
+    return sample(diffusers_model(model, grid), grid.noise_scale * noise, grid.sched, config,
                   prediction=grid.prediction, timesteps=grid.timesteps, denoise_to_zero=grid.denoise_to_zero,
-                  eta=grid.eta, ddpm_variance=grid.ddpm_variance, sampler_options=grid.sampler_options,
-                  cfg_scale=cfg_scale, cfg_rescale=cfg_rescale, cond=cond, null_cond=null_cond, generator=generator,
-                  callback=callback, progress=progress)
+                  ddpm_variance=grid.ddpm_variance, sampler_options=grid.sampler_options, cond=cond,
+                  null_cond=null_cond, generator=generator, callback=callback, progress=progress)
