@@ -232,15 +232,3 @@ def test_euler_and_heun_on_a_flow_schedule_say_they_run_their_flow_form(name, fl
     with pytest.warns(UserWarning, match=f"runs '{flow_name}'"):
         out = sample(model, x, sched, unguided(name, steps=6), prediction="flow")
     assert torch.equal(out, sample(model, x, sched, unguided(flow_name, steps=6), prediction="flow"))
-
-
-def test_denoiser_grid_lookup_equals_computing_each_time():
-    # make_denoiser with the grid looks α, σ and the network time up; without it, or off the grid, it computes them.
-    for sched, prediction in [(Schedule.vp("linear"), "eps"), (Schedule.flow(shift=3.0), "flow")]:
-        net = exact_network(sched, prediction)
-        ts = sched.timesteps(7, "trailing")
-        with_grid, without = make_denoiser(net, sched, prediction, ts), make_denoiser(net, sched, prediction)
-        x = _x()
-        for t in ts.tolist() + [0.5 * (ts[1] + ts[2]).item()]:  # every grid time, and one between two of them
-            torch.testing.assert_close(with_grid(x, t), without(x, torch.tensor(t, dtype=torch.float64)),
-                                       rtol=0, atol=0)

@@ -31,10 +31,7 @@ def check_prediction(sched: Schedule, prediction: str) -> None:
 
 def _bcast(c, x: torch.Tensor) -> torch.Tensor:
     """A coefficient (a number, or a tensor of shape () or (B,)) as a tensor that broadcasts over x (B, ...), in x's
-    dtype and device. A 0-dim tensor already in x's dtype and device (the samplers' per-step coefficients) is
-    returned as it is."""
-    if torch.is_tensor(c) and c.dim() == 0 and c.dtype == x.dtype and c.device == x.device:
-        return c
+    dtype and device."""
     c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 
@@ -62,9 +59,8 @@ def x0_coefficients(alpha, sigma, prediction: str):
 
 
 def apply_x0_coefficients(pred: torch.Tensor, x_t: torch.Tensor, c_x: torch.Tensor, c_pred: torch.Tensor):
-    """x̂0 = c_x·x_t + c_pred·pred (`x0_coefficients`) in two ops, addcmul(a, b, c) = a + b·c; c_x and c_pred are
-    tensors that broadcast over x_t, in its dtype (a sampler's are 0-dim, prepared once per grid time)."""
-    return torch.addcmul(c_x * x_t, c_pred, pred)
+    """x̂0 = c_x·x_t + c_pred·pred (`x0_coefficients`); c_x and c_pred broadcast over x_t, in its dtype."""
+    return c_x * x_t + c_pred * pred
 
 
 def to_x0(pred: torch.Tensor, x_t: torch.Tensor, alpha, sigma, prediction: str) -> torch.Tensor:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import dpm_solver, samplers
 from .guidance import guided_model
-from .objectives import apply_x0_coefficients, check_prediction, x0_coefficients
+from .objectives import check_prediction, to_x0
 from .schedules import SPACINGS, Schedule
 
 SAMPLERS = {
@@ -89,37 +89,15 @@ def nfe(sampler: str, steps: int, denoise_to_zero: bool = True) -> int:
     return k * (steps - 1) + (1 if denoise_to_zero else 0)
 
 
-def make_denoiser(net, sched: Schedule, prediction: str, ts: torch.Tensor | None = None,
-                  like: torch.Tensor | None = None):
-    """D(x, t) → x̂0: call net(x, model_time(t)) with t as a (B,) tensor and convert its output to x0.
-
-    t is a schedule time (float or 0-dim tensor). The conversion is x̂0 = c_x·x + c_pred·out, two ops whatever the
-    prediction (objectives.x0_coefficients). Given the sampling grid `ts` and a tensor `like` the state (its dtype and
-    device), c_x, c_pred and the network's time are prepared once for every grid time and looked up; other times
-    are computed when asked, the same way.
-    """
-
-    def coefficients(t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # float64 from the schedule, then x's dtype and device: the same numbers on and off the grid
-        return tuple(c.to(dtype=x.dtype, device=x.device) for c in x0_coefficients(*sched.alpha_sigma(t), prediction))
-
-    grid = {}  # schedule time → (c_x, c_pred, the network's time for a batch like `like`), ready for x
-    if ts is not None and like is not None:
-        c_x, c_pred = coefficients(ts, like)  # (N+1,) each
-        t_net = sched.model_time(ts).to(dtype=torch.promote_types(like.dtype, torch.float32), device=like.device)
-        t_net = t_net[:, None].expand(len(ts), like.shape[0])  # (N+1, B), a view
-        grid = dict(zip(ts.tolist(), zip(c_x.unbind(), c_pred.unbind(), t_net.unbind())))
+def make_denoiser(net, sched: Schedule, prediction: str):
+    """D(x, t) → x̂0: ask the network at schedule time t (a float) on its own time scale, `Schedule.model_time`,
+    with t as a (B,) tensor, and convert its output (ε, v, x0 or flow velocity) to x0 (objectives.to_x0)."""
 
     def denoiser(x: torch.Tensor, t) -> torch.Tensor:
-        t = float(t)
-        on_grid = grid.get(t)
-        if on_grid is not None and on_grid[2].shape[0] == x.shape[0]:
-            c_x, c_pred, t_model = on_grid
-        else:
-            c_x, c_pred = coefficients(torch.tensor(t, dtype=torch.float64), x)
-            t_model = torch.full((x.shape[0],), float(sched.model_time(t)), device=x.device,
-                                 dtype=torch.promote_types(x.dtype, torch.float32))  # (B,)
-        return apply_x0_coefficients(net(x, t_model), x, c_x, c_pred)  # x̂0 = c_x·x + c_pred·out
+        alpha, sigma = (c.item() for c in sched.alpha_sigma(torch.tensor(float(t), dtype=torch.float64)))
+        t_model = torch.full((x.shape[0],), float(sched.model_time(float(t))), device=x.device,
+                             dtype=torch.promote_types(x.dtype, torch.float32))  # (B,)
+        return to_x0(net(x, t_model), x, alpha, sigma, prediction)
 
     return denoiser
 
@@ -174,7 +152,7 @@ def sample(model, noise: torch.Tensor, sched: Schedule, config: SamplingConfig, 
         net = lambda x, t: model(x, t, cond)
     else:
         net = model
-    denoiser = make_denoiser(net, sched, prediction, ts, like=noise)
+    denoiser = make_denoiser(net, sched, prediction)
     # 4. Run the sampler, reporting each step to the callback and the progress bar.
     options = {"ddim": {"eta": config.eta}, "ddpm": {"variance": ddpm_variance}}.get(sampler, {})
     options |= sampler_options or {}
