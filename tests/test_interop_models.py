@@ -12,9 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tinyldm import DiT, UNet2DConditionModel, VQModel
-from tinyldm.interop.pretrained import WEIGHTS, PretrainedError
+from tinyldm.interop.diffusers_names import DIFFUSERS_CLASS
+from tinyldm.interop.pretrained import PAPER_HEADS, WEIGHTS, PretrainedError
 from tinyldm.layers import timestep_embedding
 from tinyldm.models.autoencoder_kl import AutoencoderKL
+from tinyldm.models.dit import PRESETS as DIT_PRESETS
 from tinyldm.models.dit import DiTConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "diffusers"
@@ -158,6 +160,14 @@ def test_the_original_dit_layout_loads_and_equals_the_diffusers_conversion():
     as_diffusers = DiT.from_pretrained(FIXTURES / "dit_original.pt", num_heads=2, timestep_freq_shift=1.0,
                                        norm_eps=1e-5)
     assert rel_err(outputs("dit", as_diffusers)["out"], io("dit")["out"]) <= 1e-4
+
+
+def test_interop_names_every_model_class_and_the_papers_dit_heads():
+    """interop imports no model module (the models import it), so it names the classes and holds the paper's DiT
+    head counts itself: both must agree with the models."""
+    assert set(DIFFUSERS_CLASS) == {cls.__name__ for cls in CLASSES.values()}
+    paper = {p["hidden_size"]: p["num_heads"] for name, p in DIT_PRESETS.items() if name.startswith("DiT-")}
+    assert PAPER_HEADS == paper
 
 
 def test_legacy_attention_names_of_older_vae_files_load(tmp_path):

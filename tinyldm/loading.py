@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tinyldm.interop.pretrained import WEIGHTS
+from tinyldm.interop.pretrained_weights import WEIGHTS
 from tinyldm.models.autoencoder_kl import PRESETS as KL_PRESETS
 from tinyldm.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
 from tinyldm.models.dit import PRESETS as DIT_PRESETS

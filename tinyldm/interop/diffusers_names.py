@@ -1,7 +1,7 @@
 """Name tables: tinyldm's state-dict keys and config fields ↔ diffusers' and the original DiT's.
 
 Only `pretrained.py` reads these tables; the model files never meet them (tinyldm's module names stay as they are,
-so run folders written before keep loading).
+so run folders written before keep loading). No model is imported here: classes are named by their `__name__`.
 
 Weights. Each row is (tinyldm, other, how). A row matches a tinyldm key where its left side appears at a dot
 boundary ("attn1.to_out." matches "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_out.weight"); the first
@@ -86,6 +86,13 @@ DIT_ORIGINAL = [
     (None,                               "pos_embed",                "fixed"),
 ]
 
+# tinyldm class (by name: this package imports no model) → the diffusers class it reads and writes, and that class's
+# weight-name table.
+DIFFUSERS_CLASS = {"AutoencoderKL": "AutoencoderKL", "VQModel": "VQModel",
+                   "UNet2DConditionModel": "UNet2DConditionModel", "DiT": "DiTTransformer2DModel"}
+WEIGHT_NAMES = {"AutoencoderKL": AUTOENCODER, "VQModel": AUTOENCODER, "UNet2DConditionModel": UNET,
+                "DiTTransformer2DModel": DIT}
+
 # Where each model's user encoder lives (it is new, and initialised, when from_pretrained changes num_classes).
 USER_ENCODER = {"UNet2DConditionModel": ("cond_encoder.", "cond_proj."), "DiT": ("y_embedder.",)}
 
@@ -140,7 +147,7 @@ CONFIG_KEYS = {
         "block_out_channels": ("block_out_channels", [320, 640, 1280, 1280]),
         "layers_per_block": ("layers_per_block", 2),
         "cross_attention_dim": ("cross_attention_dim", 1280),
-        "attention_head_dim": ("attention_head_dim", 8),  # the number of heads, as diffusers reads it (unet.py)
+        "attention_head_dim": ("attention_head_dim", 8),  # the number of heads, as diffusers reads it (docs/interop.md)
         "use_linear_projection": ("use_linear_projection", False),
         "norm_num_groups": ("norm_num_groups", 32),
         "transformer_layers_per_block": ("transformer_layers_per_block", 1),

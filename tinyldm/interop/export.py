@@ -28,7 +28,7 @@ to run the folders in diffusers.
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,7 +37,7 @@ from tinyldm.interop.diffusers_grids import BETA_SCHEDULES, PREDICTIONS
 from tinyldm.interop.diffusers_names import DIFFUSERS_VERSION
 from tinyldm.interop.pretrained import diffusers_config, save_pretrained
 from tinyldm.loading import load_ldm, load_run_vae
-from tinyldm.models.dit import DiT, DiTConfig
+from tinyldm.models.dit import DiT
 from tinyldm.runs import RunError, atomic_write_json, check_writable, run_cli
 
 # The backbone → (its folder, diffusers' class). MMDiT has none: tinyldm's is neither SD3's nor FLUX's transformer.
@@ -84,7 +84,7 @@ def timestep_shift_change(dit: DiT, latent_shape, schedule: dict) -> float:
     """How much diffusers' time features (frequency shift 1) change this DiT's prediction: max |Δ| / max |out| over
     four random latents at times spread over the schedule, user 0."""
     g = torch.Generator().manual_seed(0)
-    as_diffusers = DiT(DiTConfig(**{**asdict(dit.config), "timestep_freq_shift": 1.0}))
+    as_diffusers = DiT(replace(dit.config, timestep_freq_shift=1.0))
     as_diffusers.load_state_dict(dit.state_dict())
     x = torch.randn(4, *latent_shape, generator=g)  # (4, c, h, w)
     T = schedule["num_train_timesteps"]

@@ -7,8 +7,10 @@ diffusers_names.py, strictly: a tensor missing, left over or of another shape is
 the same tables the other way. An original DiT checkpoint (a plain state dict in a .pt file) is read with
 torch.load(weights_only=True), which runs no code. diffusers itself is never imported.
 
-Reading weight files and moving tensors through the name tables is pretrained_weights.py; this file holds the
-configs and the two entry points. Leaves first: configs → from_pretrained → save_pretrained.
+The model classes call in here (`DiT.from_pretrained` → `from_pretrained(DiT, DiTConfig, ...)`), never the reverse:
+this file imports no model module and knows each class by its name (diffusers_names.DIFFUSERS_CLASS), so the
+import graph has no circle. Reading weight files and moving tensors through the name tables is pretrained_weights.py;
+this file holds the configs and the two entry points. Leaves first: configs → from_pretrained → save_pretrained.
 """
 
 import math
@@ -32,22 +34,19 @@ from tinyldm.interop.pretrained_weights import (
     read_state_dict,
     row_regex,
 )
-from tinyldm.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
-from tinyldm.models.dit import PRESETS as DIT_PRESETS
-from tinyldm.models.dit import DiT, DiTConfig
-from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
-from tinyldm.models.vq import VQModel, VQModelConfig
 from tinyldm.runs import atomic_save_weights, atomic_write_json
 
-# tinyldm class → (its config class, the diffusers class it reads and writes, its weight-name table)
-CLASSES = {
-    AutoencoderKL: (AutoencoderKLConfig, "AutoencoderKL", names.AUTOENCODER),
-    VQModel: (VQModelConfig, "VQModel", names.AUTOENCODER),
-    UNet2DConditionModel: (UNetConfig, "UNet2DConditionModel", names.UNET),
-    DiT: (DiTConfig, "DiTTransformer2DModel", names.DIT),
-}
-TINYLDM_CLASS = {diffusers: cls.__name__ for cls, (_, diffusers, _) in CLASSES.items()}
-PAPER_HEADS = {p["hidden_size"]: p["num_heads"] for name, p in DIT_PRESETS.items() if name.startswith("DiT-")}
+TINYLDM_CLASS = {diffusers: ours for ours, diffusers in names.DIFFUSERS_CLASS.items()}
+# An original DiT checkpoint does not store its head count: the paper's sizes (Table 1) give it by width.
+PAPER_HEADS = {384: 6, 768: 12, 1024: 16, 1152: 16}  # DiT-S, -B, -L, -XL (tests check them against dit.PRESETS)
+
+
+def diffusers_class(cls: type) -> str:
+    """The diffusers class whose folders tinyldm's `cls` reads and writes."""
+    if cls.__name__ not in names.DIFFUSERS_CLASS:
+        raise TypeError(f"from_pretrained / save_pretrained read and write {sorted(names.DIFFUSERS_CLASS)}, not "
+                        f"{cls.__name__}")
+    return names.DIFFUSERS_CLASS[cls.__name__]
 
 
 # ---- configs ---------------------------------------------------------------------------------------------------------
@@ -78,7 +77,7 @@ def square(value, key: str, where: Path):
 
 def read_diffusers_config(config: dict, cls: type, where: Path) -> dict:
     """A diffusers config.json → keyword arguments for tinyldm's config class (before the caller's overrides)."""
-    _, class_name, _ = CLASSES[cls]
+    class_name = diffusers_class(cls)
     found = config.get("_class_name", class_name)
     legacy = found in names.LEGACY_CLASS and config.get("norm_type") == "ada_norm_zero"
     found = names.LEGACY_CLASS[found] if legacy else found
@@ -103,9 +102,9 @@ def read_diffusers_config(config: dict, cls: type, where: Path) -> dict:
         kwargs["sample_size"] = square(kwargs["sample_size"], "sample_size", where)
     if "input_size" in kwargs:
         kwargs["input_size"] = square(kwargs["input_size"], "sample_size", where)
-    if cls is UNet2DConditionModel:
+    if class_name == "UNet2DConditionModel":
         unet_kwargs(values, kwargs, where)
-    if cls is DiT:
+    if class_name == "DiTTransformer2DModel":
         heads, in_channels, out = values["num_attention_heads"], values["in_channels"], values["out_channels"]
         if out not in (None, in_channels, 2 * in_channels):
             raise PretrainedError(f"{where}: out_channels={out} is neither in_channels={in_channels} nor twice it "
@@ -145,13 +144,12 @@ def unet_kwargs(values: dict, kwargs: dict, where: Path) -> None:
 
 def diffusers_config(model: nn.Module, approximate_timestep: bool = False) -> dict:
     """tinyldm model → the config.json diffusers' class reads; what diffusers cannot represent is refused."""
-    cls, c = type(model), model.config
-    _, class_name, _ = CLASSES[cls]
+    class_name, c = diffusers_class(type(model)), model.config
     out = {key: getattr(c, field) for key, (field, _) in names.CONFIG_KEYS[class_name].items() if field}
-    if cls is VQModel and c.l2_normalize:
+    if class_name == "VQModel" and c.l2_normalize:
         raise PretrainedError("l2_normalize=True (cosine-similarity code lookup) has no diffusers VQModel "
                               "equivalent; only a VQModel trained without it can be written")
-    if cls is UNet2DConditionModel:
+    if class_name == "UNet2DConditionModel":
         if c.num_classes and c.cond_type != "embedding":
             raise PretrainedError(f"cond_type {c.cond_type!r} has no diffusers UNet2DConditionModel equivalent; only "
                                   "the 'embedding' user encoder (or none, num_classes=0) can be written")
@@ -161,7 +159,7 @@ def diffusers_config(model: nn.Module, approximate_timestep: bool = False) -> di
                    class_embed_type="simple_projection" if users else None, num_class_embeds=None,
                    projection_class_embeddings_input_dim=c.cross_attention_dim if users else None,
                    encoder_hid_dim_type="text_proj" if users else None, encoder_hid_dim=users, time_embedding_dim=None)
-    if cls is DiT:
+    if class_name == "DiTTransformer2DModel":
         if c.cond_type != "embedding" or c.mlp_ratio != 4.0:
             what = f"cond_type {c.cond_type!r}" if c.cond_type != "embedding" else f"mlp_ratio {c.mlp_ratio}"
             raise PretrainedError(f"{what} has no diffusers DiTTransformer2DModel equivalent (it has a label table and "
@@ -203,8 +201,7 @@ def original_dit_config(state: dict, path: Path, overrides: dict) -> dict:
 
 # ---- from_pretrained -------------------------------------------------------------------------------------------------
 
-def build(cls: type, kwargs: dict, overrides: dict, where: Path) -> nn.Module:
-    config_cls = CLASSES[cls][0]
+def build(cls: type, config_cls: type, kwargs: dict, overrides: dict, where: Path) -> nn.Module:
     allowed = {f.name for f in fields(config_cls)}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
@@ -216,28 +213,28 @@ def build(cls: type, kwargs: dict, overrides: dict, where: Path) -> nn.Module:
         raise PretrainedError(f"{where}: {e}") from None
 
 
-def from_pretrained(cls: type, path, subfolder: str | None = None, **overrides) -> nn.Module:
-    """A diffusers model folder (or, for DiT, an original DiT .pt state dict) → a tinyldm model in eval mode.
+def from_pretrained(cls: type, config_cls: type, path, subfolder: str | None = None, **overrides) -> nn.Module:
+    """A diffusers model folder (or, for DiT, an original DiT .pt state dict) → a tinyldm model of class `cls`, built
+    from a `config_cls`, in eval mode. Each model's own from_pretrained calls this with its two classes.
 
     Keyword arguments override config values (e.g. num_classes=31, reference_attention=True). Where they give the
     model another user encoder than the checkpoint's (a new number of users, or one where it has none), that
     encoder is new and initialised, and a line says so.
     """
-    if cls not in CLASSES:
-        raise TypeError(f"from_pretrained reads {sorted(c.__name__ for c in CLASSES)}, not {cls.__name__}")
+    class_name = diffusers_class(cls)
     path = Path(path) / subfolder if subfolder else Path(path)
-    if cls is DiT and path.is_file():  # the original DiT layout
+    if class_name == "DiTTransformer2DModel" and path.is_file():  # the original DiT layout
         state = read_safetensors(path) if path.suffix == ".safetensors" else read_state_dict(path)
         kwargs, table, weights, where = original_dit_config(state, path, overrides), names.DIT_ORIGINAL, path, path
     else:
         where = model_folder(path) / "config.json"
         kwargs = read_diffusers_config(read_json(where), cls, where)
         state, weights = folder_weights(path)
-        table = CLASSES[cls][2]
-        if cls in (AutoencoderKL, VQModel):  # older attention names, renamed as diffusers renames them
+        table = names.WEIGHT_NAMES[class_name]
+        if class_name in ("AutoencoderKL", "VQModel"):  # older attention names, renamed as diffusers renames them
             for old, new in names.AUTOENCODER_LEGACY:
                 state = {re.sub(row_regex(old).pattern, new, k): v for k, v in state.items()}
-    model = build(cls, kwargs, overrides, where)
+    model = build(cls, config_cls, kwargs, overrides, where)
 
     # A user encoder other than the checkpoint's is new: initialised here, its old tensors dropped.
     new, c = (), model.config
@@ -245,7 +242,7 @@ def from_pretrained(cls: type, path, subfolder: str | None = None, **overrides) 
     if cls.__name__ in names.USER_ENCODER and (c.num_classes, c.cond_type) != had:
         new = names.USER_ENCODER[cls.__name__]
         init = "as DiT initialises it"
-        if cls is UNet2DConditionModel and model.cond_proj is not None:
+        if class_name == "UNet2DConditionModel" and model.cond_proj is not None:
             nn.init.zeros_(model.cond_proj.weight)  # the pretrained time embedding is unchanged at first
             nn.init.zeros_(model.cond_proj.bias)
             init = "its projection onto the time embedding zero: that starts as the pretrained one"
@@ -254,8 +251,8 @@ def from_pretrained(cls: type, path, subfolder: str | None = None, **overrides) 
             else "none"
         print(f"{cls.__name__}.from_pretrained: user encoder of {path}: {before} → {now}", flush=True)
     fill_weights(model, state, table, weights, depth=getattr(model.config, "depth", 0), new=new)
-    if cls is VQModel and model.quantize.use_ema:  # EMA statistics start from the loaded codes: N_k = 1, m_k = e_k
-        model.quantize.ema_embed_sum.copy_(model.quantize.embedding.weight.detach())
+    if class_name == "VQModel" and model.quantize.use_ema:  # EMA statistics start from the loaded codes
+        model.quantize.ema_embed_sum.copy_(model.quantize.embedding.weight.detach())  # N_k = 1, m_k = e_k
     return model.eval()
 
 
@@ -264,10 +261,9 @@ def from_pretrained(cls: type, path, subfolder: str | None = None, **overrides) 
 def save_pretrained(model: nn.Module, out_dir, approximate_timestep: bool = False) -> None:
     """model → a diffusers model folder out_dir/ (config.json + diffusion_pytorch_model.safetensors) that diffusers'
     from_pretrained of the same class loads; each file is written under a temporary name and renamed."""
-    if type(model) not in CLASSES:
-        raise TypeError(f"save_pretrained writes {sorted(c.__name__ for c in CLASSES)}, not {type(model).__name__}")
     config = diffusers_config(model, approximate_timestep)
-    tensors = export_weights(model, CLASSES[type(model)][2], depth=getattr(model.config, "depth", 0))
+    table = names.WEIGHT_NAMES[config["_class_name"]]
+    tensors = export_weights(model, table, depth=getattr(model.config, "depth", 0))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_weights(out / WEIGHTS, tensors, metadata={"format": "pt"})

@@ -15,6 +15,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from tinyldm.interop import pretrained
 from tinyldm.layers import Attention, Downsample, ResnetBlock, Upsample, activation
 
 
@@ -55,6 +56,7 @@ class DownEncoderBlock(nn.Module):
         self.resnets = nn.ModuleList(
             ResnetBlock(chans[i], chans[i + 1], groups=groups, act_fn=act_fn) for i in range(num_layers)
         )
+        # a list of one: diffusers' weight names
         self.downsamplers = nn.ModuleList([Downsample(out_channels, padding=0)]) if down else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,6 +72,7 @@ class UpDecoderBlock(nn.Module):
         self.resnets = nn.ModuleList(
             ResnetBlock(chans[i], chans[i + 1], groups=groups, act_fn=act_fn) for i in range(num_layers)
         )
+        # a list of one: diffusers' weight names
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if up else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -279,13 +282,11 @@ class AutoencoderKL(nn.Module):
     def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "AutoencoderKL":
         """A diffusers AutoencoderKL folder (a pipeline folder with subfolder="vae") → AutoencoderKL with its
         weights, in eval mode; keyword arguments override config values (tinyldm/interop/pretrained.py)."""
-        from tinyldm.interop.pretrained import from_pretrained
-        return from_pretrained(cls, path, subfolder, **overrides)
+        return pretrained.from_pretrained(cls, AutoencoderKLConfig, path, subfolder, **overrides)
 
     def save_pretrained(self, out_dir) -> None:
         """Write a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
-        from tinyldm.interop.pretrained import save_pretrained
-        save_pretrained(self, out_dir)
+        pretrained.save_pretrained(self, out_dir)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         return DiagonalGaussian(self.quant_conv(self.encoder(x)))  # moments (B, 2c, H/f, W/f)

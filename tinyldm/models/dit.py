@@ -19,6 +19,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from tinyldm.interop import pretrained
 from tinyldm.layers import Attention, FeedForward, FinalLayer, TimestepEmbedding, checkpointed, modulate
 from tinyldm.models.conditioning import COND_TYPES, ConditionEncoder
 
@@ -44,6 +45,7 @@ class DiTBlock(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, reference_attention: bool = False,
                  norm_eps: float = 1e-6):
         super().__init__()
+        # ε before attention is 1e-6 in DiT and diffusers alike; diffusers' norm_eps sets only the MLP's (norm2).
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, heads=num_heads, dim_head=hidden_size // num_heads, qkv_bias=True,
                               reference=reference_attention)
@@ -141,15 +143,11 @@ class DiT(nn.Module):
     def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "DiT":
         """A diffusers DiTTransformer2DModel folder, or an original DiT checkpoint (a .pt state dict) → DiT with its
         weights, in eval mode; keyword arguments override config values (tinyldm/interop/pretrained.py)."""
-        from tinyldm.interop.pretrained import from_pretrained
-        return from_pretrained(cls, path, subfolder, **overrides)
+        return pretrained.from_pretrained(cls, DiTConfig, path, subfolder, **overrides)
 
     def save_pretrained(self, out_dir, approximate_timestep: bool = False) -> None:
-        """Write a diffusers DiTTransformer2DModel folder (config.json + diffusion_pytorch_model.safetensors).
-        diffusers' DiT always uses timestep_freq_shift 1; `approximate_timestep=True` writes a DiT with another
-        shift anyway (diffusers then runs it with 1, as it runs every DiT converted from the original)."""
-        from tinyldm.interop.pretrained import save_pretrained
-        save_pretrained(self, out_dir, approximate_timestep)
+        """Write a diffusers DiTTransformer2DModel folder; approximate_timestep: even if timestep_freq_shift ≠ 1."""
+        pretrained.save_pretrained(self, out_dir, approximate_timestep)
 
     def initialize_weights(self) -> None:
         """All init rules in one place (Peebles & Xie 2023, Sec. 3.2 and their released code's choices)."""

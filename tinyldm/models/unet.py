@@ -7,13 +7,6 @@ t ─sinusoid─► MLP ─► temb (+ the user vector) into every ResnetBlock; 
 `encoder_hidden_states` passed in, e.g. a text encoder's) are the context of every cross-attention.
 Leaves first: config (with the heads resolution) → PRESETS → spatial_transformer → DownBlock → MidBlock →
 UpBlock → UNet.
-
-Heads: diffusers' `attention_head_dim` is, for Stable Diffusion 1.x, really the number of heads (a legacy
-naming bug), and configs that also give `num_attention_heads` conflict with it. tinyldm resolves it one way:
-  * `num_attention_heads` given (int or per level) → that many heads, head width = channels / heads;
-    `attention_head_dim` is then ignored (the seed's [5, 10, 20, 20] gives 64-wide heads at 320…1280);
-  * only `attention_head_dim` given → read as diffusers reads it for SD 1.x: the number of heads.
-`UNet2DConditionModel.summary()` prints the resolved heads × head width per level.
 """
 
 from dataclasses import dataclass, field
@@ -21,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tinyldm.interop import pretrained
 from tinyldm.layers import Downsample, ResnetBlock, SpatialTransformer, TimestepEmbedding, Upsample, checkpointed
 from tinyldm.models.conditioning import COND_TYPES, ConditionEncoder
 
@@ -39,7 +33,7 @@ class UNetConfig:
         default_factory=lambda: ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"])  # with / without attention
     up_block_types: list[str] = field(default_factory=lambda: ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3)
     cross_attention_dim: int = 768  # width of the condition tokens
-    attention_head_dim: int | list[int] = 8  # diffusers' name; see the module docstring for how it is read
+    attention_head_dim: int | list[int] = 8  # diffusers' name, but a head count (SD 1.x); docs/interop.md
     num_attention_heads: int | list[int] | None = None  # heads per level; wins over attention_head_dim
     use_linear_projection: bool = False  # Linear (SD 2.x) instead of 1×1 conv around the transformer
     norm_num_groups: int = 32  # GroupNorm groups; must divide every width
@@ -75,7 +69,7 @@ class UNetConfig:
         self.heads()  # validates the head layout
 
     def heads(self) -> list[tuple[int, int]]:
-        """(heads, head width) per level, resolved as the module docstring says."""
+        """(heads, head width) per level: num_attention_heads if given, else attention_head_dim."""
         spec = self.num_attention_heads if self.num_attention_heads is not None else self.attention_head_dim
         per_level = spec if isinstance(spec, (list, tuple)) else [spec] * len(self.block_out_channels)
         if len(per_level) != len(self.block_out_channels):
@@ -129,6 +123,7 @@ class DownBlock(nn.Module):
                                      for i in range(layers))
         self.attentions = nn.ModuleList(spatial_transformer(c_out, heads, cfg) for _ in range(layers)) \
             if attention else None
+        # a list of one: diffusers' weight names
         self.downsamplers = nn.ModuleList([Downsample(c_out, padding=1)]) if down else None
 
     def forward(self, h, temb, context, ckpt=False) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -149,7 +144,7 @@ class MidBlock(nn.Module):
         super().__init__()
         g = cfg.norm_num_groups
         self.resnets = nn.ModuleList(ResnetBlock(c, c, temb, groups=g, eps=1e-5) for _ in range(2))
-        self.attentions = nn.ModuleList([spatial_transformer(c, heads, cfg)])
+        self.attentions = nn.ModuleList([spatial_transformer(c, heads, cfg)])  # a list of one: diffusers' weight names
 
     def forward(self, h, temb, context, ckpt=False):
         h = checkpointed(self.resnets[0], h, temb, enabled=ckpt)
@@ -168,7 +163,7 @@ class UpBlock(nn.Module):
                                      for i, s in zip(ins, skip_channels))
         self.attentions = nn.ModuleList(spatial_transformer(c_out, heads, cfg) for _ in skip_channels) \
             if attention else None
-        self.upsamplers = nn.ModuleList([Upsample(c_out)]) if up else None
+        self.upsamplers = nn.ModuleList([Upsample(c_out)]) if up else None  # a list of one: diffusers' weight names
 
     def forward(self, h, skips, temb, context, ckpt=False):
         for i, resnet in enumerate(self.resnets):
@@ -230,13 +225,11 @@ class UNet2DConditionModel(nn.Module):
         """A diffusers UNet2DConditionModel folder (a pipeline folder with subfolder="unet") → UNet with its
         weights, in eval mode; keyword arguments override config values (tinyldm/interop/pretrained.py). An SD UNet
         has no user encoder: pass num_classes=N to add a new one, or call it with encoder_hidden_states."""
-        from tinyldm.interop.pretrained import from_pretrained
-        return from_pretrained(cls, path, subfolder, **overrides)
+        return pretrained.from_pretrained(cls, UNetConfig, path, subfolder, **overrides)
 
     def save_pretrained(self, out_dir) -> None:
         """Write a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
-        from tinyldm.interop.pretrained import save_pretrained
-        save_pretrained(self, out_dir)
+        pretrained.save_pretrained(self, out_dir)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from tinyldm.interop import pretrained
 from tinyldm.losses import commitment_loss, vq_loss
 from tinyldm.models.autoencoder_kl import Decoder, Encoder, check_layout
 
@@ -253,13 +254,11 @@ class VQModel(nn.Module):
     def from_pretrained(cls, path, subfolder: str | None = None, **overrides) -> "VQModel":
         """A diffusers VQModel folder (a pipeline folder with subfolder="vqvae") → VQModel with its weights, in
         eval mode; keyword arguments override config values (tinyldm/interop/pretrained.py)."""
-        from tinyldm.interop.pretrained import from_pretrained
-        return from_pretrained(cls, path, subfolder, **overrides)
+        return pretrained.from_pretrained(cls, VQModelConfig, path, subfolder, **overrides)
 
     def save_pretrained(self, out_dir) -> None:
         """Write a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)."""
-        from tinyldm.interop.pretrained import save_pretrained
-        save_pretrained(self, out_dir)
+        pretrained.save_pretrained(self, out_dir)
 
     def _quantize(self, x: torch.Tensor, generator: torch.Generator | None):
         z = self.quant_conv(self.encoder(x))  # (B, D, H/f, W/f)
