@@ -30,8 +30,10 @@ def check_prediction(sched: Schedule, prediction: str) -> None:
 
 
 def _bcast(c, x: torch.Tensor) -> torch.Tensor:
-    """A coefficient (a number, or a tensor of shape () or (B,)) as a tensor that broadcasts over x (B, ...), in x's
-    dtype and device."""
+    """A coefficient as something that broadcasts over x (B, ...): a Python number as it is, a tensor of shape () or
+    (B,) in x's dtype and device."""
+    if isinstance(c, (int, float)):
+        return c
     c = torch.as_tensor(c, dtype=x.dtype, device=x.device)
     return c.reshape(c.shape + (1,) * (x.dim() - c.dim())) if c.dim() else c
 

@@ -231,11 +231,11 @@ def flow_euler(denoiser, x, sched, ts, generator=None, callback=None):
         raise ValueError("sampler 'flow_euler' needs a Schedule.flow(); for a VP schedule use 'euler' or 'ddim'")
     times = ts.tolist()
     for i in range(len(times) - 1):
-        # 1. Predict x0 and the velocity.
+        # 1. Predict x0.
         x0_hat = denoiser(x, times[i])
-        v = (x - x0_hat) / times[i]  # v = ε − x0 = (x_t − x̂0)/t
-        # 2. Euler step in t.
-        x = x + (times[i + 1] - times[i]) * v
+        # 2. Euler step in t, x ← x + (t_{i+1} − t_i)·v, along the velocity v = ε − x0 = (x − x̂0)/t_i.
+        dt = times[i + 1] - times[i]
+        x = x + dt / times[i] * (x - x0_hat)
         if callback is not None:
             callback(i, times[i], x, x0_hat)
     return x

@@ -89,15 +89,27 @@ def nfe(sampler: str, steps: int, denoise_to_zero: bool = True) -> int:
     return k * (steps - 1) + (1 if denoise_to_zero else 0)
 
 
-def make_denoiser(net, sched: Schedule, prediction: str):
+def make_denoiser(net, sched: Schedule, prediction: str, ts: torch.Tensor | None = None):
     """D(x, t) → x̂0: ask the network at schedule time t (a float) on its own time scale, `Schedule.model_time`,
-    with t as a (B,) tensor, and convert its output (ε, v, x0 or flow velocity) to x0 (objectives.to_x0)."""
+    with t as a (B,) tensor, and convert its output (ε, v, x0 or flow velocity) to x0 (objectives.to_x0).
+
+    α_t, σ_t and the network's time are read from the schedule for all of `ts` (the sampling grid) at once, and for
+    any other time (DPM-Solver-2 and -3 ask between grid times) when it is first asked.
+    """
+
+    def read_schedule(t: torch.Tensor) -> dict[float, tuple[float, float, float]]:  # (n,) times → {t: (α, σ, t_net)}
+        alpha, sigma = sched.alpha_sigma(t)
+        return dict(zip(t.tolist(), zip(alpha.tolist(), sigma.tolist(), sched.model_time(t).tolist())))
+
+    known = read_schedule(ts) if ts is not None else {}
 
     def denoiser(x: torch.Tensor, t) -> torch.Tensor:
-        alpha, sigma = (c.item() for c in sched.alpha_sigma(torch.tensor(float(t), dtype=torch.float64)))
-        t_model = torch.full((x.shape[0],), float(sched.model_time(float(t))), device=x.device,
-                             dtype=torch.promote_types(x.dtype, torch.float32))  # (B,)
-        return to_x0(net(x, t_model), x, alpha, sigma, prediction)
+        t = float(t)
+        if t not in known:
+            known.update(read_schedule(torch.tensor([t], dtype=torch.float64)))
+        alpha, sigma, t_net = known[t]
+        t_net = torch.full((x.shape[0],), t_net, device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
+        return to_x0(net(x, t_net), x, alpha, sigma, prediction)  # (B, ...)
 
     return denoiser
 
@@ -152,7 +164,7 @@ def sample(model, noise: torch.Tensor, sched: Schedule, config: SamplingConfig, 
         net = lambda x, t: model(x, t, cond)
     else:
         net = model
-    denoiser = make_denoiser(net, sched, prediction)
+    denoiser = make_denoiser(net, sched, prediction, ts)
     # 4. Run the sampler, reporting each step to the callback and the progress bar.
     options = {"ddim": {"eta": config.eta}, "ddpm": {"variance": ddpm_variance}}.get(sampler, {})
     options |= sampler_options or {}
@@ -163,5 +175,6 @@ def sample(model, noise: torch.Tensor, sched: Schedule, config: SamplingConfig, 
         if callback is not None:
             callback(i, t, x, x0_hat)
 
-    with bar:
-        return SAMPLERS[sampler](denoiser, noise, sched, ts, generator=generator, callback=report, **options)
+    with bar:  # no reporting when nobody listens: the Karras samplers would compute x = α x̃ for it
+        return SAMPLERS[sampler](denoiser, noise, sched, ts, generator=generator,
+                                 callback=report if progress or callback is not None else None, **options)
