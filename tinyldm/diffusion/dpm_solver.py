@@ -131,8 +131,7 @@ def _dpmpp_multistep(denoiser, x, sched, ts, order, callback, lower_order_final)
     m = []  # x̂0 at this and the previous steps, newest first (m0, m1, m2)
     for i in range(n):
         # 1. Predict x0 and pick this step's order.
-        x0_hat = denoiser(x, times[i])
-        m = [x0_hat] + m[:2]
+        m = [denoiser(x, times[i])] + m[:2]
         k = _multistep_order(order, i, n, sigma[i + 1], lower_order_final)
         h = lam[i + 1] - lam[i]
         phi1 = math.expm1(-h)  # e^{−h} − 1
@@ -144,17 +143,22 @@ def _dpmpp_multistep(denoiser, x, sched, ts, order, callback, lower_order_final)
             D = (1 + 1 / (2 * r)) * m[0] - (1 / (2 * r)) * m[1]
             x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * phi1 * D
         else:  # 3M: (*) with both derivatives from the quadratic through the last three x̂0
-            r0, r1 = (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
-            D1_0, D1_1 = (m[0] - m[1]) / r0, (m[1] - m[2]) / r1  # h × the two divided differences
-            D1 = D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1)  # ≈ h x̂0'
-            D2 = 2 * (D1_0 - D1_1) / (r0 + r1)  # ≈ h² x̂0''
+            D1, D2 = _quadratic_derivatives(m, lam[i - 2:i + 2], h)
             phi2 = phi1 / h + 1
             phi3 = phi2 / h - 0.5
             x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * phi1 * m[0] \
                 + alpha[i + 1] * phi2 * D1 - alpha[i + 1] * phi3 * D2
         if callback is not None:
-            callback(i, times[i], x, x0_hat)
+            callback(i, times[i], x, m[0])
     return x
+
+
+def _quadratic_derivatives(m: list[torch.Tensor], lams: list[float], h: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h x̂0', h² x̂0'') at the newest point, from the quadratic in λ through m = [x̂0_i, x̂0_{i−1}, x̂0_{i−2}];
+    lams = [λ_{i−2}, λ_{i−1}, λ_i, λ_{i+1}], h = λ_{i+1} − λ_i."""
+    r0, r1 = (lams[2] - lams[1]) / h, (lams[1] - lams[0]) / h
+    D1_0, D1_1 = (m[0] - m[1]) / r0, (m[1] - m[2]) / r1  # h × the two divided differences
+    return D1_0 + r0 / (r0 + r1) * (D1_0 - D1_1), 2 * (D1_0 - D1_1) / (r0 + r1)
 
 
 def dpmpp_2m(denoiser, x, sched, ts, generator=None, callback=None, lower_order_final=True):
