@@ -14,8 +14,9 @@
 
 Every stage is the same script a user runs by hand with its defaults: the demo chooses only where things go (and,
 if asked, fewer or more steps). The recipes were found by timing each lever to the evaluation's targets
-(benchmarks/time_to_quality.py, docs/speedrun.md). Rerunning the demo starts each stage afresh (the simulated data,
-the latent cache and the evaluation classifier are reused).
+(benchmarks/time_to_quality.py, docs/speedrun.md). Rerunning the demo starts each stage afresh, replacing the
+demo's earlier runs and samples in its --out (the scripts' --overwrite; the simulated data, the latent cache and the
+evaluation classifier are reused).
 
     python demo.py [--preset tiny|compact] [--family walking|activities] [--out runs/demo] [--backbone dit|unet]
                    [--vae-steps N] [--ldm-steps N] [--vae RUN]
@@ -81,16 +82,16 @@ def main(argv=None) -> int:
     vae_dir = args.vae or args.out / "vae"
     if args.vae is None:
         stage("vae", train_vae.main(["--preset", args.preset, "--data", str(data), "--out", str(vae_dir),
-                                     *(["--max-steps", str(args.vae_steps)] if args.vae_steps else [])]))
+                                     "--overwrite", *(["--max-steps", str(args.vae_steps)] if args.vae_steps else [])]))
 
     ldm_dir = args.out / f"ldm-{args.backbone}"
     stage("ldm", train_ldm.main(["--preset", args.preset, "--backbone", args.backbone, "--vae", str(vae_dir),
-                                 "--out", str(ldm_dir),
+                                 "--out", str(ldm_dir), "--overwrite",
                                  *(["--max-steps", str(args.ldm_steps)] if args.ldm_steps else [])]))
 
     samples_dir = args.out / "samples"
     stage("sample", sample.main(["--run", str(ldm_dir), "--users", "all", "--n-per-user", "4",
-                                 "--out", str(samples_dir), "--trajectory"]))
+                                 "--out", str(samples_dir), "--trajectory", "--overwrite"]))
 
     report = evaluate_run(ldm_dir, args.out / "eval")
     stage("eval")

@@ -19,7 +19,7 @@ import copy
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,15 +42,28 @@ from tinyldm.loading import (
 )
 from tinyldm.models.conditioning import drop_ids
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name, finite
-from tinyldm.runs import RunError, append_log, autocast_dtype, precision_words, read_log, run_cli, unlock_run
-from tinyldm.train import (
+from tinyldm.runs import (
+    RunError,
     StopRequest,
+    append_log,
+    autocast_dtype,
+    precision_words,
+    read_log,
+    run_cli,
+    unlock_run,
+)
+from tinyldm.threads import share_cores
+from tinyldm.train import (
+    LossWatch,
     adamw,
     apply_recipe,
     args_record,
     batch_indices,
     check_finite_step,
+    check_loss_trend,
+    check_same_data,
     claim_run_folder,
+    data_fingerprint,
     ema_decay_at,
     ema_update,
     init_distributed,
@@ -94,6 +107,7 @@ class Training:
     amp: torch.dtype | None  # bf16 autocast, or None (float32)
     step: int = 0
     train_seconds: float = 0.0
+    watch: LossWatch = field(default_factory=LossWatch)  # the recent losses, for the divergence guard
 
 
 def training_step(tr: Training) -> tuple[float, torch.Tensor]:
@@ -125,6 +139,7 @@ def training_step(tr: Training) -> tuple[float, torch.Tensor]:
     # 4. One AdamW step on the clipped gradient (none if the loss or the gradient is not finite), then the EMA.
     grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), args.grad_clip or float("inf"))
     check_finite_step(loss_sum, grad_norm, tr.step, tr.run_dir, tr.opt.param_groups[0]["lr"])
+    check_loss_trend(tr.watch, loss_sum, tr.step, tr.run_dir, tr.opt.param_groups[0]["lr"])  # finite blow-ups
     tr.opt.step()
     tr.opt.zero_grad(set_to_none=True)
     ema_update(tr.ema, tr.model, ema_decay_at(tr.step, args.ema_decay))
@@ -159,6 +174,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     timed_out, interrupted = rank0_decides([spent(tr.train_seconds, args.max_minutes), False], tr.world, tr.device)
     with StopRequest() as stop:
         while tr.step < tr.total_steps and not (timed_out or interrupted):
+            share_cores()  # fewer threads while other processes use cores (tinyldm/threads.py)
             t0 = time.time()
             loss, grad_norm = training_step(tr)
             tr.step += 1
@@ -200,7 +216,7 @@ def after_step(tr: Training, bar, loss: float, grad_norm: torch.Tensor, seconds:
         path = save_grid(tr.run_dir, tr.ema, tr.vae, tr.config, step, tr.device)
         save_loss_curves(tr.run_dir, args.prediction)
         bar.write(f"step {step}: loss {loss:.4f}; grid {path}")
-    if step % args.ckpt_every == 0 or finished or stopping:
+    if (step % args.ckpt_every == 0 and not tr.watch.suspect) or finished or stopping:  # not while the loss rises
         state = {"step": step, "optimizer": tr.opt.state_dict(), "rng": rng_state(), "generator": tr.gen.get_state(),
                  "total_steps": tr.total_steps, "train_seconds": tr.train_seconds}
         save_checkpoint(tr.run_dir, step, {"model": tr.model.state_dict(), "ema": tr.ema.state_dict()}, state)
@@ -209,7 +225,7 @@ def after_step(tr: Training, bar, loss: float, grad_norm: torch.Tensor, seconds:
 # ---- Settings: recipes, options, resuming ------------------------------------------------------------------------
 
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "stop_after", "ckpt_every", "sample_every", "device",
-                       "compile")
+                       "compile", "data")  # --data: the run's data, moved (checked to be the same images)
 # Options that config.json stores once outside "args", and where (read back on --resume).
 STORED_ELSEWHERE = {"backbone": ("backbone",), "vae": ("vae",), "data": ("data",), "prediction": ("prediction",),
                     "cond": ("backbone_config", "cond_type"), "patch_size": ("backbone_config", "patch_size"),
@@ -328,6 +344,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, default=None, help="run folder (default runs/ldm-<backbone>-<preset>)")
     g.add_argument("--resume", type=Path, default=None, help="continue this run folder exactly")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its weights, config.json, checkpoints and log are deleted "
+                        "first); without it such an --out is refused")
     g.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N optimizer steps (and at the end)")
     g.add_argument("--sample-every", type=int, default=500, help="write a sample grid every N steps (and at the end)")
     g.add_argument("--grid-cfg", type=float, default=SamplingConfig.cfg_scale,
@@ -338,6 +357,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                    help="auto, cpu, cuda, cuda:1 … or mps (under torchrun: one GPU per process)")
     args = p.parse_args(argv)
     check_ranges(p, args, OPTION_RANGES)
+    if args.resume is not None and args.overwrite:
+        p.error("--resume continues the run in its folder and --overwrite replaces it; choose one")
     return args, p.parse_args([])
 
 
@@ -406,8 +427,12 @@ def start_training(args: argparse.Namespace, defaults: argparse.Namespace) -> Tr
     args, rank, world, device, weights, train_state = set_up(args, defaults)
     run_dir = Path(args.resume or args.out or Path("runs") / f"ldm-{args.backbone}-{args.preset}")
     if rank == 0:
-        claim_run_folder(run_dir, "train_ldm.py", args.data)  # one writer: a second one is refused before any work
+        claim_run_folder(run_dir, "train_ldm.py", args.data,  # one writer: a second is refused before any work
+                         resuming=args.resume is not None, overwrite=args.overwrite)
     vae, stage1, train_ds, latents = load_latents(args, device, rank == 0)
+    fingerprint = data_fingerprint(train_ds)
+    if args.resume is not None:  # before the checkpoint is restored: a removed user would not fit the backbone
+        check_same_data(run_dir, args.data, fingerprint)
     n, latent_shape, classes = len(latents["y"]), tuple(latents["mean"].shape[1:]), train_ds.classes
     total_steps, length_words = count_steps(args, n)
     c, h, _ = latent_shape
@@ -417,7 +442,8 @@ def start_training(args: argparse.Namespace, defaults: argparse.Namespace) -> Tr
     amp = autocast_dtype(device, args.precision, args.compile)  # bf16 autocast or None (float32)
     model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, amp,
                                                                             weights, train_state)
-    config = run_config(args, bb_config, sched, stage1, classes, latent_shape, world)
+    config = {**run_config(args, bb_config, sched, stage1, classes, latent_shape, world),
+              "data_fingerprint": fingerprint}
     if rank == 0:
         start_run_folder(run_dir, config, step)
         print_start(run_dir, model, step, total_steps, length_words, n, latent_shape, len(classes), args, world,
@@ -477,7 +503,7 @@ def load_latents(args: argparse.Namespace, device, main_rank: bool):
     else:
         z = latents["mean"] + latents["std"] * torch.randn(latents["mean"].shape, generator=torch.Generator()
                                                           .manual_seed(0))  # (N, c, h, w) posterior samples
-        scale, how = measure_scale(z), f"measured here: {args.vae} did not finish, so it has none"
+        scale, how = measure_scale(z), f"measured here: {args.vae} {missing_scale_reason(vae_run)}"
     shift = source.shift_factor
     if main_rank:
         print(f"latents: {'encoded' if built else 'reused'} {cache_path}; scaling_factor {scale:.4f} ({how})"
@@ -489,6 +515,17 @@ def load_latents(args: argparse.Namespace, device, main_rank: bool):
               "split": {"val_fraction": split["val_fraction"], "seed": split["seed"], "strict_size": strict,
                         "aspect": split.get("aspect", "windows")}}
     return vae, stage1, train_ds, latents
+
+
+def missing_scale_reason(vae_run: dict | None) -> str:
+    """Why an autoencoder states no usable latent scale (load_vae's scaling_factor None), in true words."""
+    if vae_run is None:
+        return "states no scaling_factor in its config.json"
+    if "latent_std" not in vae_run.get("results", {}):
+        return "did not finish, so it has none"
+    if "scaling_factor" not in vae_run["model"]:
+        return "has no scaling_factor in its config.json (edited by hand?)"
+    return f"has an unusable scaling_factor {vae_run['model']['scaling_factor']!r} in config.json (not a number > 0)"
 
 
 def count_steps(args: argparse.Namespace, n: int) -> tuple[int, str]:

@@ -14,7 +14,7 @@ scaling_factor = 1/std(z) goes into config.json for stage 2.
 import argparse
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from tinyldm.loading import autoencoder_config, build_autoencoder, load_vae
 from tinyldm.losses import AutoencoderLossWeights, autoencoder_loss, load_perceptual_loss
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name
 from tinyldm.runs import (
+    StopRequest,
     append_log,
     atomic_write_json,
     autocast_dtype,
@@ -39,14 +40,18 @@ from tinyldm.runs import (
     run_cli,
     unlock_run,
 )
+from tinyldm.threads import share_cores
 from tinyldm.train import (
-    StopRequest,
+    LossWatch,
     adamw,
     apply_recipe,
     args_record,
     batch_indices,
     check_finite_step,
+    check_loss_trend,
+    check_same_data,
     claim_run_folder,
+    data_fingerprint,
     lr_at,
     restore,
     resume_run,
@@ -62,7 +67,8 @@ from tinyldm.train import (
 from tinyldm.viz import error_map, image_grid, plot_curves, smooth
 
 # Options that a resumed run may change; every other setting comes from the run's config.json.
-RESUMABLE_OVERRIDES = ("epochs", "max_steps", "stop_after", "ckpt_every", "device", "num_workers")
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "stop_after", "ckpt_every", "device", "num_workers",
+                       "data")  # --data: the run's data, moved (checked to be the same images)
 # Options that config.json stores once outside "args", and where (read back on --resume).
 STORED_ELSEWHERE = {"model": ("model_type",), "data": ("data", "root"), "image_size": ("data", "image_size"),
                     "channels": ("data", "channels"), "latent_channels": ("model", "latent_channels"),
@@ -184,6 +190,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, default=None, help="run folder (default runs/vae-<model>-<preset>)")
     g.add_argument("--resume", type=Path, default=None, help="continue this run folder exactly from its checkpoint")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its weights, config.json, checkpoints and log are deleted "
+                        "first); without it such an --out is refused")
     g.add_argument("--ckpt-every", type=int, default=500, help="write a checkpoint every N steps (and at the end)")
     g.add_argument("--stop-after", type=int, default=None,
                    help="checkpoint and stop once this many steps are done (as if interrupted; resume later)")
@@ -195,6 +204,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0 = load in the main process)")
     args = p.parse_args(argv)
     check_ranges(p, args, OPTION_RANGES)
+    if args.resume is not None and args.overwrite:
+        p.error("--resume continues the run in its folder and --overwrite replaces it; choose one")
     return args, p.parse_args([])
 
 
@@ -320,7 +331,8 @@ def spread(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def load_data(args: argparse.Namespace, size: int):
-    """The train/validation split in memory as uint8 → (train split, x_train, x_val, the 8 images the grids show)."""
+    """The train/validation split in memory as uint8 → (train split, x_train, x_val, the 8 images the grids show,
+    the data's fingerprint)."""
     split = dict(image_size=size, channels=args.channels, val_fraction=args.val_fraction, seed=args.seed,
                  strict_size=args.strict_size, aspect=args.aspect)
     train_ds = UserImageFolder(args.data, split="train", **split)
@@ -331,7 +343,7 @@ def load_data(args: argparse.Namespace, size: int):
     x_train, _ = load_images(train_ds)
     x_val, _ = load_images(val_ds) if len(val_ds) else (x_train[: args.batch_size], None)  # no split: train images
     x_show = spread(x_val, 8)
-    return train_ds, x_train, x_val, x_show
+    return train_ds, x_train, x_val, x_show, data_fingerprint(train_ds, *([val_ds] if len(val_ds) else []))
 
 
 def build_training(args, model_cfg: dict, device, weights: dict | None, train_state: dict | None,
@@ -470,6 +482,7 @@ class Training:
     amp: torch.dtype | None  # bf16 autocast, or None (float32)
     step: int = 0
     train_seconds: float = 0.0
+    watch: LossWatch = field(default_factory=LossWatch)  # the recent losses, for the divergence guard
 
 
 def start_training(args: argparse.Namespace, defaults: argparse.Namespace) -> Training:
@@ -479,9 +492,12 @@ def start_training(args: argparse.Namespace, defaults: argparse.Namespace) -> Tr
     args, device, weights, train_state = set_up(args, defaults)
     model_cfg, init_weights = model_setup(args, args.resume, train_state is not None)
     run_dir = args.out or Path("runs") / f"vae-{args.model}-{args.preset}"
-    claim_run_folder(run_dir, "train_vae.py", args.data)  # one writer: a second one is refused before any work
+    claim_run_folder(run_dir, "train_vae.py", args.data,  # one writer: a second one is refused before any work
+                     resuming=args.resume is not None, overwrite=args.overwrite)
     size = model_cfg["sample_size"]
-    train_ds, x_train, x_val, x_show = load_data(args, size)
+    train_ds, x_train, x_val, x_show, fingerprint = load_data(args, size)
+    if args.resume is not None:
+        check_same_data(run_dir, args.data, fingerprint)
     perceptual = load_perceptual_loss(device) if args.perceptual_weight > 0 else None  # before the RNG is restored
     model, opt, step, train_seconds = build_training(args, model_cfg, device, weights, train_state, init_weights)
     loss_weights = AutoencoderLossWeights(rec=1.0, kl=args.kl_weight, perceptual=args.perceptual_weight,
@@ -490,7 +506,8 @@ def start_training(args: argparse.Namespace, defaults: argparse.Namespace) -> Tr
     amp = autocast_dtype(device, args.precision)
     crop = crop_for(args, crop_given, model_cfg, size, model.config.downsample_factor)
     total_steps, length_words = training_length(args, len(x_train), args.batch_size)
-    run_config = make_run_config(args, model_cfg, loss_weights, perceptual is not None, train_ds, len(x_val))
+    run_config = {**make_run_config(args, model_cfg, loss_weights, perceptual is not None, train_ds, len(x_val)),
+                  "data_fingerprint": fingerprint}
     start_run_folder(run_dir, run_config, step)
     print((f"resumed {run_dir} at step {step}/{total_steps}\n" if step else "") +
           (f"fine-tuning the pretrained autoencoder {args.init}\n" if init_weights is not None else "") +
@@ -511,7 +528,10 @@ def training_step(tr: Training) -> tuple[dict, torch.Tensor]:
         x = random_crops(x, tr.crop, tr.model.config.downsample_factor,
                          torch.Generator().manual_seed(args.seed * 1_000_003 + step))
     set_lr(tr.opt, lr_at(step, args.lr, args.warmup, tr.total_steps, args.lr_schedule))
-    return optimizer_step(tr.model, tr.opt, x, args, tr.loss_weights, tr.perceptual, tr.amp, step, tr.run_dir)
+    terms, grad_norm = optimizer_step(tr.model, tr.opt, x, args, tr.loss_weights, tr.perceptual, tr.amp, step,
+                                      tr.run_dir)
+    check_loss_trend(tr.watch, float(terms["total"]), step, tr.run_dir, tr.opt.param_groups[0]["lr"])  # finite
+    return terms, grad_norm
 
 
 def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
@@ -526,6 +546,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     with StopRequest() as stop:
         while tr.step < tr.total_steps:
             # 1. One optimizer step; the training clock leaves out validation, pictures and checkpoints.
+            share_cores()  # fewer threads while other processes use cores (tinyldm/threads.py)
             epoch, t0 = tr.step // steps_per_epoch, time.time()
             terms, grad_norm = training_step(tr)
             tr.step += 1
@@ -543,7 +564,7 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
                 metrics = end_of_epoch(run_dir, tr.model, tr.x_val, tr.x_show, tr.device, args.batch_size, step,
                                        epoch, bar)
             stopping = stop.requested or (args.stop_after is not None and args.stop_after <= step < tr.total_steps)
-            if step % args.ckpt_every == 0 or finished or stopping:
+            if (step % args.ckpt_every == 0 and not tr.watch.suspect) or finished or stopping:  # not while it rises
                 state = {"step": step, "optimizer": tr.opt.state_dict(), "rng": rng_state(),
                          "total_steps": tr.total_steps, "train_seconds": tr.train_seconds}
                 save_checkpoint(run_dir, step, {"model": tr.model.state_dict()}, state)

@@ -58,7 +58,7 @@ def test_split_is_stratified_disjoint_and_seeded(tmp_path):
 def test_conversions_to_the_configured_channels(tmp_path):
     red = np.zeros((8, 8, 3), np.uint8)
     red[..., 0] = 255
-    save(tmp_path / "u" / "rgba.png", np.dstack([red, np.full((8, 8), 77, np.uint8)]))
+    save(tmp_path / "u" / "rgba.png", np.dstack([red, np.full((8, 8), 255, np.uint8)]))  # opaque
     palette = Image.fromarray(red).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
     palette.save(tmp_path / "u" / "palette.png")
     save(tmp_path / "u" / "gray16.png", np.full((8, 8), 65535, np.uint16))  # PIL mode I;16
@@ -68,7 +68,7 @@ def test_conversions_to_the_configured_channels(tmp_path):
     rgb = {p.name: x for (p, _, _), x in zip(UserImageFolder(tmp_path, 8, 3, split="all").samples,
                                              UserImageFolder(tmp_path, 8, 3, split="all")._cache)}
     for name in ("rgba.png", "palette.png", "scan.tiff"):
-        assert rgb[name].tolist() == red.tolist(), name  # alpha dropped, palette expanded
+        assert rgb[name].tolist() == red.tolist(), name  # opaque alpha dropped, palette expanded
     assert np.abs(rgb["photo.jpg"].astype(int) - red).max() <= 3
     assert (rgb["gray16.png"] == 255).all() and (rgb["gray8.bmp"] == 0).all()  # 16-bit scaled, gray replicated
     gray = UserImageFolder(tmp_path, 8, 1, split="all")

@@ -57,7 +57,7 @@ def test_train_then_sample_end_to_end(vae_run, tmp_path, backbone):
     first = (out / "user_02" / "001.png").read_bytes()
     assert sample_script.main(argv) == 0  # same seed → same images
     assert (out / "user_02" / "001.png").read_bytes() == first
-    assert sample_script.main([*argv[:-1], "8"]) == 0  # another seed → other images
+    assert sample_script.main([*argv[:-1], "8", "--overwrite"]) == 0  # another seed → other images
     assert (out / "user_02" / "001.png").read_bytes() != first
 
 

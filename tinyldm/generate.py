@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from tinyldm.diffusion import SAMPLERS, SPACINGS, SamplingConfig, Schedule, sample
 from tinyldm.latents import unscale_latents
+from tinyldm.threads import share_cores
 
 # The generator of image (user, index) is seeded with seed·SEED_STRIDE + user·USER_STRIDE + index: two primes
 # larger than any user count × images per user, so no two images of one call (or of nearby seeds) share noise.
@@ -57,11 +58,14 @@ def decode_latents(vae, z0: torch.Tensor, scaling_factor: float, shift_factor: f
 @torch.no_grad()
 def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
              sampling: SamplingConfig = DEFAULT_SAMPLING, *, batch_size: int = 64, device="cpu",
-             progress: bool = False, trajectory: bool = False) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+             progress: bool = False, trajectory: bool = False, on_batch=None
+             ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Images for each (user, index) → (images (U, n, C, H, W) in [−1, 1], trajectory or None).
 
     trajectory: with `trajectory=True`, the decoded x̂0 predictions after every step for the first image of each
     user, a list over steps of (U, C, H, W): the teaching view of denoising.
+    on_batch: called as `on_batch([(user, index), …], images (B, C, H, W))` as soon as a batch is decoded, so that a
+    caller can write images as they are made (sample.py); an exception it raises stops the sampling.
     """
     c, h, w = run_config["latent_shape"]
     num_classes, scale = run_config["num_classes"], run_config["scaling_factor"]
@@ -74,6 +78,7 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
     images, first_x0s = [], {}
     bar = tqdm(total=len(jobs), desc="sampling", unit="img", disable=not progress)
     for start in range(0, len(jobs), batch_size):
+        share_cores()  # fewer threads while other processes use cores (tinyldm/threads.py)
         batch = jobs[start:start + batch_size]
         noise = torch.stack([initial_noise(sampling.seed, u, i, (c, h, w)) for u, i in batch]).to(device)
         y = torch.tensor([u for u, _ in batch], device=device)  # (B,)
@@ -83,6 +88,8 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
                    null_cond=torch.full_like(y, num_classes),
                    generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
         images.append(decode_latents(vae, z, scale, shift).cpu())
+        if on_batch is not None:
+            on_batch(batch, images[-1])
         for k, (u, i) in enumerate(batch):
             if trajectory and i == 0:
                 first_x0s[u] = torch.stack([x0[k] for x0 in steps_x0])  # (S, c, h, w)

@@ -13,7 +13,13 @@ train_vae.py measures scale = 1/std(z) once, over posterior samples z = μ + σ�
 pair it trained with into its own config.json, which sampling and export read.
 """
 
+import math
+
 import torch
+
+# A latent standard deviation outside this range is not an autoencoder's scale but a sign that it diverged (latents
+# of 10⁶: "scaling_factor 0.0000") or collapsed (all latents equal); trained ones measure ~0.3–6 (SD's VAE: 5.5).
+LATENT_STD_RANGE = (1e-3, 1e3)
 
 
 def scale_latents(z: torch.Tensor, scale: float, shift: float = 0.0) -> torch.Tensor:
@@ -27,5 +33,13 @@ def unscale_latents(z0: torch.Tensor, scale: float, shift: float = 0.0) -> torch
 
 
 def measure_scale(z: torch.Tensor) -> float:
-    """scale = 1/std(z) over every element of posterior samples z (N, c, h, w), so that z·scale has unit variance."""
-    return 1.0 / z.double().std().item()
+    """scale = 1/std(z) over every element of posterior samples z (N, c, h, w), so that z·scale has unit variance.
+    A std that is not finite or outside LATENT_STD_RANGE is a ValueError: stage 2 cannot use that autoencoder."""
+    std = z.double().std().item()
+    low, high = LATENT_STD_RANGE
+    if not (math.isfinite(std) and low <= std <= high):
+        raise ValueError(f"the latents' standard deviation is {std:.3g} (expected {low:g}…{high:g}; scaling_factor "
+                         f"1/std would be {1 / std if std else math.inf:.3g}): the autoencoder diverged or collapsed. "
+                         "Retrain it with a lower --lr (or resume an earlier checkpoint); its latent scale was not "
+                         "written")
+    return 1.0 / std

@@ -8,6 +8,7 @@ Stage 2's autoencoder ("vae") is a train_vae.py run folder or a diffusers autoen
 vae/ too): `load_vae` reads either and says, in a `VAESource`, where it came from and what it expects.
 """
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tinyldm.models.unet import PRESETS as UNET_PRESETS
 from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 from tinyldm.models.vq import PRESETS as VQ_PRESETS
 from tinyldm.models.vq import VQModel, VQModelConfig
-from tinyldm.runs import RunError, check_finite, file_sha256, load_weights, read_config
+from tinyldm.runs import RunError, check_finite, file_sha256, load_weights, read_config, resolve_device
 
 MODEL_TYPES = ("kl", "vq")
 BACKBONES = ("unet", "dit", "mmdit")
@@ -95,6 +96,7 @@ def build_from(run_dir, build, *args) -> nn.Module:
 
 def load_autoencoder(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """A finished (or checkpointed) train_vae.py run → (model in eval mode with its weights, the run's config)."""
+    device = resolve_device(device)  # before any work: a device this machine lacks is one line
     run = read_run(run_dir, "autoencoder", "train_vae.py")
     model = build_from(run_dir, build_autoencoder, run["model_type"], run["model"])
     load_into(model, Path(run_dir) / "model.safetensors", "its config.json")
@@ -116,7 +118,7 @@ class VAESource:
     image_size: int  # H = W it was trained at: its run's image size, or diffusers' sample_size
     channels: int  # image channels it reads (in_channels)
     downsample_factor: int  # f: an H×W image becomes (H/f)×(W/f) latents
-    scaling_factor: float | None  # stage 2 trains on (z − shift_factor)·scaling_factor; None: a run that never finished
+    scaling_factor: float | None  # stage 2 trains on (z − shift_factor)·scaling_factor; None: none stated (measure it)
     shift_factor: float  # 0 for all but the SD3/FLUX VAEs (diffusers' None is 0)
 
 
@@ -139,22 +141,31 @@ def vae_folder(path: str | Path) -> tuple[str, Path]:
 def load_vae(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, VAESource]:
     """A train_vae.py run folder or a diffusers AutoencoderKL / VQModel folder (or pipeline folder with vae/) →
     (the autoencoder in eval mode, where it came from and what it expects)."""
+    device = resolve_device(device)
     fmt, folder = vae_folder(path)
     if fmt == "tinyldm":
         model, run = load_autoencoder(folder, device)
         weights, model_type = folder / "model.safetensors", run["model_type"]
-        image_size, finished = run["data"]["image_size"], "latent_std" in run.get("results", {})
+        image_size = run["data"]["image_size"]
+        # train_vae.py writes the measured scale and results.latent_std together at its end; before, the model's
+        # scaling_factor is only its config class's default, not this autoencoder's.
+        scale = run["model"].get("scaling_factor") if "latent_std" in run.get("results", {}) else None
     else:
         model_type = "vq" if read_config(folder).get("_class_name") == "VQModel" else "kl"
         cls = VQModel if model_type == "vq" else AutoencoderKL  # another class is refused by from_pretrained, by name
         model = cls.from_pretrained(folder).to(device).eval()
         weights = folder / WEIGHTS if (folder / WEIGHTS).is_file() else folder / "diffusion_pytorch_model.bin"
-        image_size, finished = model.config.sample_size, True
+        image_size, scale = model.config.sample_size, read_config(folder).get("scaling_factor")  # not the default
     c = model.config
     source = VAESource(fmt, str(folder), str(weights), file_sha256(weights), model_type, image_size, c.in_channels,
-                       2 ** (len(c.block_out_channels) - 1), float(c.scaling_factor) if finished else None,
+                       2 ** (len(c.block_out_channels) - 1), float(scale) if usable_scale(scale) else None,
                        float(getattr(c, "shift_factor", None) or 0.0))
     return model, source
+
+
+def usable_scale(scale) -> bool:
+    """A latent scaling_factor stage 2 can train with: a finite number > 0 (0, NaN or a string are not)."""
+    return isinstance(scale, (int, float)) and not isinstance(scale, bool) and math.isfinite(scale) and scale > 0
 
 
 def load_run_vae(run: dict, device: str | torch.device = "cpu") -> nn.Module:
@@ -229,6 +240,7 @@ def build_backbone(backbone: str, config: dict) -> nn.Module:
 def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "ema"
              ) -> tuple[nn.Module, dict]:
     """A train_ldm.py run → (backbone in eval mode with its EMA (or raw) weights, the run's config)."""
+    device = resolve_device(device)  # before any work: a device this machine lacks is one line
     run = read_run(run_dir, "ldm", "train_ldm.py")
     model = build_from(run_dir, build_backbone, run["backbone"], run["backbone_config"])
     load_into(model, Path(run_dir) / f"{weights}.safetensors", f"a {run['backbone']} with its config.json")

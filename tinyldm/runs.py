@@ -15,9 +15,12 @@ Bad input is a `RunError` (a ValueError), which `run_cli` turns into one line on
 """
 
 import atexit
+import errno
 import hashlib
 import json
 import os
+import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -25,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tinyldm import threads
 from tinyldm.malloc import keep_freed_memory
 
 
@@ -38,23 +42,62 @@ def run_cli(script: str, body, *args) -> int:
     Bugs (any other exception) still show their traceback. First, malloc is told to keep freed memory
     (tinyldm/malloc.py: 2× faster 256×256 convolutions on a CPU)."""
     keep_freed_memory()
+    threads.start()  # torch's threads follow what other processes use of the cores (tinyldm/threads.py)
     try:
         rc = body(*args)
         return rc if isinstance(rc, int) else 0
     except ValueError as e:
         print(f"{script}: error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError, OSError) as e:  # out of memory or disk: the user's machine, not a bug
+        line = resource_message(e)
+        if line is None:
+            raise
+        print(f"{script}: error: {line}", file=sys.stderr)
+        return 2
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resource_message(e: BaseException) -> str | None:
+    """One line for an exception that means the machine ran out of memory or disk space, else None. Files are
+    written atomically (below), so the checkpoints already on disk are intact either way."""
+    text = str(e).splitlines()[0].split(". ")[0][:120] if str(e) else type(e).__name__
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text \
+            or "out of memory" in text.lower():
+        return (f"out of memory ({text}); lower --batch-size (a training run can raise --grad-accum to keep its "
+                "batch) or the image size (--image-size, a smaller --preset); the checkpoints written so far are "
+                "intact: continue with --resume RUN_DIR")
+    if is_disk_full(e):
+        return f"disk full ({text}); free space, then continue with --resume RUN_DIR (the last checkpoint is intact)"
+    return None
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC / EDQUOT from the OS, or what torch.save and safetensors report for it (a failed C++ stream write)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(s in text for s in ("basic_ios::clear", "file write failed",
+                                                                     "No space left"))
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """"auto", "cpu", "cuda", "cuda:N", "mps" (or a torch.device) → a device this machine has; else one ValueError."""
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise ValueError(f"device {name}: CUDA is not available on this machine (this torch build: "
+                         f"{'CPU only' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda}); use cpu")
+    if name.startswith("mps") and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name}: Apple's MPS is not available on this machine; use cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}; choose one of them")
+    return device
 
 
 def cpu_bf16_hardware() -> str | None:
@@ -120,6 +163,14 @@ def atomic_write_json(path: Path, obj) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    _fsync_replace(tmp, path)
+
+
+def atomic_save_image(path: Path, image) -> None:
+    """A PIL image → a PNG under a temporary name, then renamed into place: a kill leaves no cut-short picture."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")  # the format by name: the temporary name has no .png
     _fsync_replace(tmp, path)
 
 
@@ -208,7 +259,7 @@ def lock_run(run_dir: Path, script: str) -> None:
                           "taking it over", flush=True)
                 path.unlink(missing_ok=True)
                 continue
-            raise RunError(f"run folder {run_dir} is in use by {owner.get('script', 'another process')} (pid {pid} "
+            raise RunError(f"folder {run_dir} is in use by {owner.get('script', 'another process')} (pid {pid} "
                            f"on {host}); wait for it to finish or choose another --out (if you are sure nothing "
                            f"writes there, delete {path})") from None
         with os.fdopen(fd, "w") as f:
@@ -228,12 +279,71 @@ def unlock_run(run_dir: Path) -> None:
         pass
 
 
+class StopRequest:
+    """`with StopRequest() as stop:` around a loop (training, sampling): Ctrl-C (SIGINT) or SIGTERM (what cluster
+    schedulers send) sets `stop.requested`, so the loop can finish its step (or batch), write what it has and exit
+    130 instead of dying mid-step. A second signal stops at once (writes stay atomic). The handlers are restored on
+    exit. `message` is the training scripts' last line."""
+
+    def __enter__(self) -> "StopRequest":
+        self.signal = None
+        self._previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler, the default behaviour stays
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+        self.restore()  # a second Ctrl-C falls through to the default handler
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def message(self, script: str, step: int, run_dir: Path) -> str:
+        return (f"{self.signal}: stopped after step {step} and wrote a checkpoint; continue with: "
+                f"python {script} --resume {run_dir}")
+
+
 def check_out_not_in_data(run_dir: Path, data: Path) -> None:
-    """A run folder inside the data folder would be scanned as a user's images by the next run."""
+    """A run folder inside the data folder would be scanned as a user's images by the next run; samples written
+    there would replace real images."""
     out, root = Path(run_dir).resolve(), Path(data).resolve()
     root = root.parent if root.is_file() else root  # a CSV: its folder
     if out == root or root in out.parents:
-        raise RunError(f"--out {run_dir} is inside the data folder {data}; choose a run folder outside the data")
+        raise RunError(f"--out {run_dir} is inside the data folder {data}; choose an --out outside the data")
+
+
+# What makes a folder a run (finished or not): a new run there would replace it.
+RUN_FILES = ("config.json", "model.safetensors", "ema.safetensors", "checkpoints", "log.jsonl")
+
+
+def check_new_run_folder(run_dir: Path, script: str, overwrite: bool) -> None:
+    """A new run may start only in a folder that holds no run: another run's weights, config.json and checkpoints
+    would be replaced without a word. With --overwrite the old run's files are deleted first, so that a new run
+    stopped before its first checkpoint cannot be resumed from the old run's."""
+    found = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+    if found and not overwrite:
+        raise RunError(f"--out {run_dir} already holds a run ({', '.join(found)}); continue it with "
+                       f"`python {script} --resume {run_dir}`, choose another --out, or pass --overwrite to replace it")
+    for path in (Path(run_dir) / name for name in found):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if found:
+        print(f"notice: --overwrite: deleted the earlier run's {', '.join(found)} in {run_dir}", flush=True)
 
 
 # ---- config.json ---------------------------------------------------------------------------------------
@@ -243,9 +353,13 @@ def read_config(run_dir: Path) -> dict:
     if not path.is_file():
         raise RunError(f"{run_dir} is not a tinyldm run folder (no config.json)")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise RunError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); was it edited by hand?") from None
+    if not isinstance(config, dict):
+        raise RunError(f"{path} holds a JSON {type(config).__name__}, not an object of settings; was it edited by "
+                       "hand or replaced? Restore it or retrain")
+    return config
 
 
 # ---- the loss log ---------------------------------------------------------------------------------------

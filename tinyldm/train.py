@@ -10,13 +10,15 @@ after the new one is in place. The training state goes through `torch.load(weigh
 """
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import pickle
 import random
 import shutil
-import signal
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +28,16 @@ from tinyldm.runs import (
     RunError,
     atomic_save_weights,
     atomic_write_json,
+    check_new_run_folder,
     check_out_not_in_data,
     check_writable,
+    is_disk_full,
     load_weights,
     lock_run,
     read_config,
     read_log,
     resolve_device,
+    unlock_run,
 )
 
 
@@ -203,13 +208,55 @@ def saved_args(config: dict, stored_elsewhere: dict[str, tuple[str, ...]]) -> di
     return saved
 
 
+# ---- the data a run reads: the same on --resume -----------------------------------------------------------
+
+def data_fingerprint(*splits) -> dict:
+    """What identifies the images a run reads (UserImageFolder splits), for config.json: the images per user and
+    sha256 over the sorted (user, file name, size in bytes) of every file. Paths are left out, so a moved data
+    folder (--data on --resume) has the same fingerprint; contents are not read (that would cost a pass over the
+    data), so an image edited in place at the same size goes unnoticed."""
+    files = {path: (ds.classes[user], path.name, path.stat().st_size) for ds in splits for path, user, _ in ds.samples}
+    per_user = {}
+    for user, _, _ in files.values():
+        per_user[user] = per_user.get(user, 0) + 1
+    digest = hashlib.sha256(json.dumps(sorted(files.values())).encode()).hexdigest()
+    return {"images": len(files), "images_per_user": dict(sorted(per_user.items())), "sha256": digest}
+
+
+def check_same_data(run_dir: Path, data: Path, now: dict) -> None:
+    """--resume: refuse data that is not what the run started on (config.json's "data_fingerprint"; `now`: the
+    data's fingerprint today), naming what changed. Runs written before fingerprints are compared by users only."""
+    saved = read_config(run_dir)
+    before = saved.get("data_fingerprint")
+    if before is not None and before["sha256"] == now["sha256"]:
+        return
+    users = saved["classes"] if "classes" in saved else saved.get("data", {}).get("classes", [])  # ldm / autoencoder
+    old = before["images_per_user"] if before is not None else dict.fromkeys(users)
+    new = now["images_per_user"]
+    added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    if before is None and not added and not removed:
+        return
+    changes = [f"users {what} {', '.join(names[:3])}{'…' if len(names) > 3 else ''} ({len(names)})"
+               for what, names in (("added", added), ("removed", removed)) if names]
+    if before is not None:
+        if before["images"] != now["images"]:
+            changes.append(f"{before['images']} → {now['images']} images")
+        changes += [f"{u}: {old[u]} → {new[u]} images" for u in sorted(old.keys() & new.keys()) if old[u] != new[u]
+                    ][:2]
+        if not changes:
+            changes.append("the same users and numbers of images, but files renamed, replaced or resized")
+    raise RunError(f"--resume {run_dir}: the data at {data} is not what the run started on ({'; '.join(changes)}); "
+                   "a resumed run must see the same images: restore them (if the data moved, pass --data with its "
+                   "new folder), or start a new run with another --out")
+
+
 def resume_run(run_dir: Path, kind: str, script: str, args: argparse.Namespace, defaults: argparse.Namespace,
                allowed: tuple[str, ...], stored_elsewhere: dict[str, tuple[str, ...]], added_later: dict | None = None
                ) -> tuple[argparse.Namespace, dict[str, dict], dict]:
     """--resume RUN → (the run's settings with the `allowed` command-line changes, weights, training state).
     added_later: options that did not exist when older runs were written → what those runs did, so that resuming
     them stays exact (e.g. a constant learning rate from before --lr-schedule)."""
-    weights, train_state = load_checkpoint(run_dir)
+    weights, train_state = load_checkpoint(run_dir, CHECKPOINT_WEIGHTS[kind])
     saved = read_config(run_dir)
     if saved.get("kind") != kind:
         raise RunError(f"--resume {run_dir}: a {saved.get('kind')!r} run, not a {script} run")
@@ -222,12 +269,18 @@ def resume_run(run_dir: Path, kind: str, script: str, args: argparse.Namespace, 
     return args, weights, train_state
 
 
-def claim_run_folder(run_dir: Path, script: str, data: Path) -> None:
+def claim_run_folder(run_dir: Path, script: str, data: Path, *, resuming: bool, overwrite: bool) -> None:
     """Make the run folder (never inside the data) and take its lock (one writer), before any long work, so a
-    second writer is told at once."""
+    second writer is told at once. A new run never replaces a run already there unless `overwrite` (--overwrite)."""
     check_out_not_in_data(run_dir, data)
     check_writable(run_dir)
     lock_run(run_dir, script)
+    if not resuming:
+        try:
+            check_new_run_folder(run_dir, script, overwrite)
+        except RunError:
+            unlock_run(run_dir)  # refused: the folder is left as it was
+            raise
 
 
 def start_run_folder(run_dir: Path, config: dict, step: int) -> None:
@@ -257,18 +310,33 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict], train_st
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".step_{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    for name, sd in weights.items():
-        atomic_save_weights(tmp / f"{name}.safetensors", sd, {"step": step})
-    torch.save(train_state, tmp / "train_state.pt")
-    with open(tmp / "train_state.pt", "rb") as f:
-        os.fsync(f.fileno())
+    previous = latest_checkpoint(run_dir)
+    try:
+        tmp.mkdir()
+        for name, sd in weights.items():
+            atomic_save_weights(tmp / f"{name}.safetensors", sd, {"step": step})
+        torch.save(train_state, tmp / "train_state.pt")
+        with open(tmp / "train_state.pt", "rb") as f:
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # a full disk: drop the partial folder, the previous checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_disk_full(e):
+            raise
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no checkpoint was written yet"
+        raise RunError(f"disk full while writing the checkpoint of step {step} ({tmp}); {kept}: free space and "
+                       f"continue with --resume {run_dir}") from None
     if final.exists():  # same step saved twice (e.g. the end of a resumed run): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
     # The new checkpoint is complete; now the exported weights and the older checkpoints can change.
-    for name, sd in weights.items():
-        atomic_save_weights(Path(run_dir) / f"{name}.safetensors", sd, {"step": step})
+    try:
+        for name, sd in weights.items():
+            atomic_save_weights(Path(run_dir) / f"{name}.safetensors", sd, {"step": step})
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        raise RunError(f"disk full while writing {run_dir}'s weights of step {step}; the checkpoint {final} is "
+                       f"complete: free space and continue with --resume {run_dir}") from None
     for old in ckpt_root.glob("step_*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -282,11 +350,18 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _read_checkpoint(ckpt: Path) -> tuple[dict[str, dict], dict]:
+# The weights files a run's checkpoint holds, by kind of run (besides train_state.pt).
+CHECKPOINT_WEIGHTS = {"autoencoder": ("model",), "ldm": ("model", "ema")}
+
+
+def _read_checkpoint(ckpt: Path, needs: tuple[str, ...]) -> tuple[dict[str, dict], dict]:
     """One checkpoint folder → (weights, train_state); anything missing or damaged is a RunError naming the file."""
     state_path = ckpt / "train_state.pt"
-    if not (ckpt / "model.safetensors").is_file() or not state_path.is_file():
-        raise RunError(f"{ckpt} is incomplete (needs model.safetensors and train_state.pt)")
+    files = [f"{name}.safetensors" for name in needs] + ["train_state.pt"]
+    missing = [f for f in files if not (ckpt / f).is_file()]
+    if missing:
+        raise RunError(f"{ckpt} is incomplete: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                       f"missing (a checkpoint holds {', '.join(files)})")
     weights = {p.stem: load_weights(p) for p in sorted(ckpt.glob("*.safetensors"))}
     try:
         train_state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -300,9 +375,10 @@ def _read_checkpoint(ckpt: Path) -> tuple[dict[str, dict], dict]:
     return weights, train_state
 
 
-def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict], dict]:
-    """→ ({"model": state_dict, ...}, train_state) of the newest complete checkpoint of a run; a newer folder that
-    is incomplete or damaged is passed over, with a notice, for the one before it."""
+def load_checkpoint(run_dir: Path, needs: tuple[str, ...] = ("model",)) -> tuple[dict[str, dict], dict]:
+    """→ ({"model": state_dict, ...}, train_state) of the newest complete checkpoint of a run (one with the weights
+    files `needs` names); a newer folder that is incomplete or damaged is passed over, with a notice, for the one
+    before it."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"--resume {run_dir}: no such folder")
@@ -310,10 +386,11 @@ def load_checkpoint(run_dir: Path) -> tuple[dict[str, dict], dict]:
         raise RunError(f"--resume {run_dir}: not a tinyldm run (no config.json); pass the folder a training run wrote")
     ckpts = sorted((run_dir / "checkpoints").glob("step_*"), reverse=True)
     if not ckpts:
-        raise RunError(f"--resume {run_dir}: the run has no checkpoint yet (checkpoints/step_*); start it afresh")
+        raise RunError(f"--resume {run_dir}: the run has no checkpoint yet (checkpoints/step_*); start it afresh "
+                       "with --overwrite")
     for i, ckpt in enumerate(ckpts):
         try:
-            loaded = _read_checkpoint(ckpt)
+            loaded = _read_checkpoint(ckpt, needs)
         except RunError as e:
             if i == len(ckpts) - 1:
                 raise
@@ -337,46 +414,49 @@ def check_finite_step(loss: float, grad_norm: torch.Tensor, step: int, run_dir: 
     if math.isfinite(loss) and torch.isfinite(grad_norm):
         return
     what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm.item()}"
+    raise diverged(f"{what} (learning rate {lr:g})", step, run_dir, "finite")
+
+
+def diverged(what: str, step: int, run_dir: Path, kept: str) -> RunError:
     ckpt = latest_checkpoint(run_dir)
-    keep = f"the last finite checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
-    raise RunError(f"training diverged at step {step + 1}: {what} (learning rate {lr:g}); {keep}. Lower --lr "
-                   "(and resume, or start again), or check the data")
+    keep = f"the last {kept} checkpoint is {ckpt}" if ckpt else "no checkpoint was written yet"
+    return RunError(f"training diverged at step {step + 1}: {what}; {keep}. Lower --lr (and resume, or start "
+                    "again), or check the data")
 
 
-class StopRequest:
-    """`with StopRequest() as stop:` around a training loop: Ctrl-C (SIGINT) or SIGTERM (what cluster schedulers
-    send) sets `stop.requested`, so the loop can finish its step, write a checkpoint and exit 130 instead of dying
-    mid-step. A second signal stops at once (checkpoints stay atomic). The handlers are restored on exit."""
+# The finite half of the divergence guard: a loss above DIVERGENCE_FACTOR (K) × its best so far for DIVERGENCE_STEPS
+# (P) steps in a row, the best being the lowest median of DIVERGENCE_WINDOW consecutive losses (one lucky batch does
+# not set it). The CPU recipes' curves (runs/*/log.jsonl of the tiny, compact and activities demos, VAE and DiT)
+# reach at most 2.8× that best for one step and 1.7× for 5 in a row, the VAE's early steep fall included (it only
+# lowers the best); a blow-up (the VAE at --lr 10 --grad-clip 0: 0.8 → 5·10⁶) passes 10× within a few steps.
+DIVERGENCE_FACTOR = 10.0
+DIVERGENCE_STEPS = 5
+DIVERGENCE_WINDOW = 10
 
-    def __enter__(self) -> "StopRequest":
-        self.signal = None
-        self._previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handler, the default behaviour stays
-                pass
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.restore()
+@dataclass
+class LossWatch:
+    """What `check_loss_trend` remembers of a run's losses (since its start or resume)."""
 
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-        self.restore()  # a second Ctrl-C falls through to the default handler
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
+    recent: list[float] = field(default_factory=list)  # the last DIVERGENCE_WINDOW losses
+    best: float = math.inf  # the lowest median of DIVERGENCE_WINDOW consecutive losses so far
+    above: int = 0  # steps in a row with a loss above DIVERGENCE_FACTOR × best
 
     @property
-    def requested(self) -> bool:
-        return self.signal is not None
+    def suspect(self) -> bool:
+        """The last loss was above K × best: a periodic checkpoint waits (it might hold diverging weights)."""
+        return self.above > 0
 
-    def message(self, script: str, step: int, run_dir: Path) -> str:
-        return (f"{self.signal}: stopped after step {step} and wrote a checkpoint; continue with: "
-                f"python {script} --resume {run_dir}")
+
+def check_loss_trend(watch: LossWatch, loss: float, step: int, run_dir: Path, lr: float) -> None:
+    """Stop a run whose loss stays finite but blows up: above K × its best for P steps in a row (see above). The
+    periodic checkpoints skip the suspect steps, so the last one on disk predates the rise."""
+    watch.above = watch.above + 1 if loss > DIVERGENCE_FACTOR * watch.best else 0
+    watch.recent = (watch.recent + [loss])[-DIVERGENCE_WINDOW:]
+    watch.best = min(watch.best, statistics.median(watch.recent))
+    if watch.above >= DIVERGENCE_STEPS:
+        raise diverged(f"the loss {loss:.3g} has stayed above {DIVERGENCE_FACTOR:g}× its best ({watch.best:.3g}) "
+                       f"for {DIVERGENCE_STEPS} steps (learning rate {lr:g})", step, run_dir, "good")
 
 
 def truncate_log(run_dir: Path, up_to_step: int) -> None:

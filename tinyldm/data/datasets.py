@@ -7,7 +7,8 @@
 `UserImageFolder(root)[i]` returns `(x, user_id)` with x a float tensor (C, H, W) in [-1, 1] (x/127.5 - 1).
 User folders are sorted by name as text ("user_10" before "user_2": zero-pad numbers); CSV user ids by value.
 An image file (compared by resolved path, so links count) belongs to one user and to one split.
-Everything is checked when the dataset is built, so a bad file stops the run at start-up with one line
+Finding the files and the layout's traps live in folders.py, the value rule (8-bit, 16-bit, float dB, .npy) in
+values.py. Everything is checked when the dataset is built, so a bad file stops the run at start-up with one line
 (`DataError`) naming the file and what to do, never halfway through training with a deep traceback.
 
 Spectrograms keep their aspect: time runs along the width, Doppler along the height, and stretching one against
@@ -17,27 +18,34 @@ and all windows of a file stay in the file's split. `aspect="squash"` stretches 
 image_size instead, as tinyldm did before.
 """
 
-import csv
-import logging
+import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tinyldm.data.errors import DataError
-from tinyldm.data.images import ASPECTS, count_windows, image_size_of, load_windows, size_notice, to_tensor
+from tinyldm.data.errors import DataError, notice
+from tinyldm.data.folders import read_csv, scan_folder
+from tinyldm.data.images import (
+    ASPECTS,
+    count_windows,
+    load_windows,
+    read_header,
+    read_values,
+    size_notice,
+    to_tensor,
+    transparent_fraction,
+)
+from tinyldm.data.values import check_value_range, measure_ranges, value_bounds
 
-log = logging.getLogger(__name__)
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_CACHE_BYTES = 2 * 1024**3  # decoded images are kept in memory up to this size, else re-read per item
+FAR_FROM_MEDIAN = 4  # a user with 4x fewer or 4x more images than the median user is named at start-up
 
 
-def notice(message):
-    """One-line notice to the user (skipped files, resizing); printed and logged."""
-    print(f"notice: {message}", flush=True)
-    log.info(message)
+def n_val_of(n, val_fraction):
+    """How many of a user's n images go to val: round(val_fraction * n), at least one if n >= 2, never all."""
+    return 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, round(val_fraction * n)))
 
 
 def stratified_split(files_by_user, split, val_fraction, seed):
@@ -49,7 +57,7 @@ def stratified_split(files_by_user, split, val_fraction, seed):
     out = {"train": {}, "val": {}, "all": {name: list(files) for name, files in files_by_user.items()}}
     for name, files in files_by_user.items():
         n = len(files)
-        n_val = 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, round(val_fraction * n)))
+        n_val = n_val_of(n, val_fraction)
         order = np.random.default_rng([seed, zlib.crc32(name.encode())]).permutation(n)
         out["train"][name] = [files[i] for i in sorted(order[n_val:])]
         out["val"][name] = [files[i] for i in sorted(order[:n_val])]
@@ -69,16 +77,19 @@ def check_no_leak(train, val):
 class UserImageFolder(torch.utils.data.Dataset):
     """Images grouped by user; `ds[i] -> (x (C, H, W) float in [-1, 1], user_id int)`.
 
-    root:         a folder with one sub-folder per user (PNG/JPEG/BMP/TIFF, searched recursively), or a
-                  CSV file with rows `path,user` (see `from_csv`)
+    root:         a folder with one sub-folder per user (PNG/JPEG/BMP/TIFF/NPY, searched recursively), or a
+                  CSV file with rows `path,user` (see `from_csv`); folders.py names its layout traps
     image_size:   every sample is image_size x image_size; images of other sizes are read as `aspect` says
                   (one notice naming the sizes) or, with strict_size=True, rejected
-    channels:     1 (grayscale) or 3 (RGB); palette, RGBA, 16-bit and grayscale files are converted
+    channels:     1 (grayscale) or 3 (RGB); palette, RGBA (onto black), 16-bit, float and grayscale files are
+                  converted; 16-bit and float values by the data set's range (values.py, one start-up notice)
     split:        "train", "val" or "all"; a seeded split per user (stratified), val_fraction of each user's files
     transform:    optional callable on the tensor x (C, H, W), e.g. `transforms.SpectrogramAugment()`
     aspect:       "windows" (default): a wide or tall image is resized keeping its aspect and cut into square
                   windows along its longer side, one sample each (see square_windows); "squash": every image is
                   stretched to image_size x image_size, one sample per file
+    value_range:  None (measured over the whole data set, both splits) or (lo, hi) mapped to [-1, 1] for 16-bit
+                  and float files, e.g. (-40, 0) for the top 40 dB
 
     `samples` lists `(path, user_id, window)`, the window's index within its file; `n_files` counts the files.
     `classes` are the sorted user names (id = index), `class_to_idx` maps them back; save it with the run.
@@ -88,11 +99,11 @@ class UserImageFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, image_size=64, channels=3, split="train", val_fraction=0.1, seed=0,
-                 strict_size=False, transform=None, aspect="windows", _files_by_user=None):
+                 strict_size=False, transform=None, aspect="windows", value_range=None, _files_by_user=None):
+        self._check_args(root, image_size, channels, split, val_fraction, seed, transform, aspect, value_range)
         root = Path(root)
         if _files_by_user is None and root.is_file() and root.suffix.lower() == ".csv":
             _files_by_user = read_csv(root)
-        self._check_args(root, image_size, channels, split, val_fraction, aspect)
         self.root, self.image_size, self.channels, self.split = root, int(image_size), int(channels), split
         self.val_fraction, self.seed, self.strict_size, self.transform = val_fraction, seed, strict_size, transform
         self.aspect = aspect
@@ -107,20 +118,31 @@ class UserImageFolder(torch.utils.data.Dataset):
             raise DataError(f"the {split!r} split of {root} is empty (val_fraction={val_fraction}); "
                             f"add images or use split='all'")
         self.n_files = len(files)
+        if split != "val":  # said once, by the split a training script builds first
+            balance_notice(root, files_by_user, val_fraction if split == "train" else 0)
 
-        # 2. Lay out each file's windows from its size (read from the header) and say how other sizes are read.
-        sizes = [image_size_of(path) for path, _ in files]
+        # 2. Read every file's header; measure the value ranges over the whole data set, so both splits agree.
+        headers = {path: read_header(path) for paths in files_by_user.values() for path in paths}
+        self.ranges, message = measure_ranges(
+            [(p, h.kind, value_bounds(read_values(p), p)) for p, h in headers.items() if h.kind != "8-bit"],
+            value_range)
+        if message:
+            notice(f"values of {root}: {message}")
+        alpha_notice(root, [path for path, _ in files if headers[path].alpha])
+
+        # 3. Lay out each file's windows from its size and say how other sizes are read.
+        sizes = [headers[path].size for path, _ in files]
         self._check_sizes([path for path, _ in files], sizes)
         n_windows = [count_windows(w, h, self.image_size, aspect) for w, h in sizes]
         self.samples = [(path, user_id, k) for (path, user_id), n in zip(files, n_windows) for k in range(n)]
 
-        # 3. Decode every file now (catches corrupt files at start-up); keep the windows if they fit.
+        # 4. Decode every file now (catches corrupt files at start-up); keep the windows if they fit.
         n_bytes = len(self.samples) * self.image_size**2 * self.channels
         self._cache = np.empty((len(self.samples), self.image_size, self.image_size, self.channels), np.uint8) \
             if n_bytes <= MAX_CACHE_BYTES else None  # (N, H, W, C), N = number of windows
         i = 0  # index of the file's first window in samples
         for (path, _), n in zip(files, n_windows):
-            windows, _ = load_windows(path, self.image_size, self.channels, aspect)
+            windows, _ = load_windows(path, self.image_size, self.channels, aspect, self.ranges)
             if self._cache is not None:
                 self._cache[i:i + n] = windows
             i += n
@@ -146,18 +168,26 @@ class UserImageFolder(torch.utils.data.Dataset):
         return cls(csv_path, _files_by_user=read_csv(csv_path), **kwargs)
 
     @staticmethod
-    def _check_args(root, image_size, channels, split, val_fraction, aspect):
-        if not isinstance(image_size, (int, np.integer)) or image_size <= 0:
+    def _check_args(root, image_size, channels, split, val_fraction, seed, transform, aspect, value_range):
+        """Each argument checked once, before anything is read: one DataError naming the argument and its value."""
+        if not isinstance(root, (str, os.PathLike)) or str(root) == "":
+            raise DataError(f"root must be a folder of user folders or a .csv file (a str or Path), got {root!r}")
+        if not is_count(image_size) or image_size <= 0:
             raise DataError(f"image_size must be a positive integer, got {image_size!r}")
-        if channels not in (1, 3):
+        if not is_count(channels) or channels not in (1, 3):
             raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
         if split not in ("train", "val", "all"):
             raise DataError(f"split must be 'train', 'val' or 'all', got {split!r}")
-        if not 0 <= val_fraction < 1:
+        if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
             raise DataError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        if not is_count(seed):
+            raise DataError(f"seed must be an integer, got {seed!r}")
+        if transform is not None and not callable(transform):
+            raise DataError(f"transform must be None or a callable on a tensor (C, H, W), got {transform!r}")
         if aspect not in ASPECTS:
             raise DataError(f"aspect must be 'windows' (square windows along the longer side, aspect kept) or "
                             f"'squash' (stretch to a square), got {aspect!r}")
+        check_value_range(value_range)
 
     def __len__(self):
         return len(self.samples)
@@ -167,7 +197,7 @@ class UserImageFolder(torch.utils.data.Dataset):
         if self._cache is not None:
             x = self._cache[i]  # (H, W, C)
         else:
-            x = load_windows(path, self.image_size, self.channels, self.aspect)[0][window]  # (H, W, C)
+            x = load_windows(path, self.image_size, self.channels, self.aspect, self.ranges)[0][window]  # (H, W, C)
         x = to_tensor(x)  # (C, H, W) in [-1, 1]
         if self.transform is not None:
             x = self.transform(x)
@@ -187,133 +217,6 @@ class UserImageFolder(torch.utils.data.Dataset):
                 "num_images": self.n_files, "num_samples": len(self), "class_to_idx": self.class_to_idx}
 
 
-def is_image(path):
-    return path.suffix.lower() in IMAGE_EXTS and not path.name.startswith(".")
-
-
-def scan_folder(root):
-    """{user name: sorted image paths} for a folder of user folders (sorted as text: "user_10" before "user_2")."""
-    if not root.exists():
-        raise DataError(f"data folder {root} does not exist; pass --data DIR with one sub-folder per user")
-    if not root.is_dir():
-        raise DataError(f"data path {root} is a file, not a folder; pass a folder of user folders or a .csv")
-    user_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    loose = sorted(p for p in root.iterdir() if p.is_file() and is_image(p))
-    if not user_dirs:
-        hint = f" ({len(loose)} images lie directly in it: move each user's images into its own sub-folder)" \
-            if loose else " (it is empty)"
-        raise DataError(f"no user folders in {root}{hint}; expected root/<user>/<image>.png")
-    if loose:
-        notice(f"ignored {len(loose)} images lying directly in {root} (e.g. {loose[0].name}); only images in "
-               f"user folders are used: move them into their user's folder")
-    check_user_dirs(root, user_dirs)
-    entries, skipped = [], []  # entries: (image path, user name, where it was found)
-    for d in user_dirs:
-        files = sorted(p for p in d.rglob("*") if p.is_file())
-        images = [p for p in files if is_image(p)]
-        skipped += [p for p in files if not is_image(p)]
-        if not images:
-            raise DataError(f"user folder {d} has no images (PNG/JPEG/BMP/TIFF); add images or remove the folder")
-        entries += [(p, d.name, p.relative_to(root)) for p in images]
-    if skipped:
-        notice(f"skipped {len(skipped)} non-image files in {root} (e.g. {skipped[0].relative_to(root)})")
-    return one_user_per_image(entries, root)
-
-
-def check_user_dirs(root, user_dirs):
-    """A user folder linked to the root (or above it) or to another user's folder would take others' images."""
-    real_root, real_dirs = root.resolve(), {}
-    for d in user_dirs:
-        real = d.resolve()
-        if real == real_root or real in real_root.parents:
-            raise DataError(f"user folder {d} links to {real}, which contains the data folder {root} and so every "
-                            f"user's images; replace the link with a folder of this user's images")
-        if real in real_dirs:
-            raise DataError(f"user folders {real_dirs[real]} and {d} are the same folder {real}; an image belongs "
-                            f"to one user: remove the link")
-        real_dirs[real] = d
-    names = [d.name for d in user_dirs]
-    if all(n.isascii() and n.isdigit() for n in names) and len({len(n) for n in names}) > 1:
-        short, long = min(names, key=len), max(names, key=len)
-        notice(f"user folders in {root} are numbers of different widths (e.g. {short} and {long}); they are sorted "
-               f"as text, not by value: zero-pad the names (e.g. {short.zfill(len(long))}) for numeric order")
-
-
-def one_user_per_image(entries, source):
-    """{user: paths} from (path, user, where) entries; a repeat under one user is dropped, under two users raises.
-
-    Images are compared by resolved path, so a link, a copied row or an './' prefix is the same image.
-    """
-    by_user, first, repeats = {}, {}, []  # first: resolved path -> (user, where)
-    for path, user, where in entries:
-        real = path.resolve()
-        if real not in first:
-            first[real] = (user, where)
-            by_user.setdefault(user, []).append(path)
-        elif first[real][0] == user:
-            repeats.append(f"{where} repeats {first[real][1]}")
-        else:
-            raise DataError(f"{source}: image {path} is under user {first[real][0]} ({first[real][1]}) and user "
-                            f"{user} ({where}); an image belongs to one user: remove one of them")
-    if repeats:
-        notice(f"dropped {len(repeats)} duplicate images in {source} (e.g. {repeats[0]}); each image is used once")
-    return by_user
-
-
-CSV_HEADERS = ("path", "file", "filename", "image")  # a first row starting with one of these is a header
-
-
-def read_csv(csv_path):
-    """{user value as text: paths} from rows `path,user`; a header row is recognised and skipped.
-
-    Ids are zero-padded ("02", "10") so that the dataset's text sort is numeric order. A row repeating a
-    (path, user) is dropped with a notice; the same image under two users is a DataError.
-    """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"CSV file {csv_path} does not exist; pass a CSV with rows 'path,user'")
-    rows = csv_rows(csv_path)
-    if not rows:
-        raise DataError(f"CSV file {csv_path} has no rows; expected lines 'path,user' (user an integer)")
-    by_user = one_user_per_image([(*csv_entry(csv_path, line, row), f"row {line}") for line, row in rows], csv_path)
-    width = len(str(max(by_user)))
-    return {str(k).zfill(width): sorted(v) for k, v in sorted(by_user.items())}
-
-
-def csv_rows(csv_path):
-    """[(line number in the file, row)] of the non-blank rows, header dropped. A UTF-8 BOM (Excel) is accepted."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
-    except UnicodeDecodeError as e:
-        raise DataError(f"CSV file {csv_path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 "
-                        f"(Excel: 'CSV UTF-8')") from None
-    if rows and rows[0][1][0].strip().lower() in CSV_HEADERS:
-        rows = rows[1:]
-    return rows
-
-
-def csv_entry(csv_path, line, row):
-    """(image path, user id) of one CSV row, checked; relative paths are relative to the CSV's folder."""
-    if len(row) < 2:
-        raise DataError(f"{csv_path} row {line} {row!r} needs two columns 'path,user'")
-    path, user = Path(row[0].strip()), row[1].strip()
-    try:
-        user_id = int(user)
-    except ValueError:
-        raise DataError(f"{csv_path} row {line}: user {user!r} is not an integer; use integer user ids") from None
-    if user_id < 0:
-        raise DataError(f"{csv_path} row {line}: user {user_id} is negative (negative ids do not sort by value as "
-                        f"text); use user ids 0, 1, 2, ...")
-    path = path if path.is_absolute() else csv_path.parent / path
-    if not path.is_file():
-        raise DataError(f"{csv_path} row {line}: image {path} does not exist; fix the path or drop the row")
-    if path.suffix.lower() not in IMAGE_EXTS:
-        raise DataError(f"{csv_path} row {line}: {path} is not a PNG/JPEG/BMP/TIFF image; drop the row")
-    return path, user_id
-
-
 PRESETS = {  # name: (users, images per user, image height); what default_data_dir generates for a preset
     "tiny": (31, 40, 64),
     "small": (31, 150, 128),
@@ -324,6 +227,41 @@ PRESETS = {  # name: (users, images per user, image height); what default_data_d
 DATA_FOLDER = {"tiny": "tiny", "small": "small", "compact": "seed", "seed": "seed"}
 FAMILIES = ("walking", "activities")  # the built-in simulated data: 31 people walking; 6 activities (wide images)
 ACTIVITIES_PER_CLASS = 150  # recordings per activity at every preset, as in a measured set of ~150 per class
+
+
+def is_count(value):
+    """An integer (Python or numpy), not a bool: True would pass as 1."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def balance_notice(root, files_by_user, val_fraction):
+    """One notice naming the users whose image counts are FAR_FROM_MEDIAN from the median user's, and the users
+    that get no validation image (fewer than 2 images) when there is a val split."""
+    counts = {name: len(files) for name, files in files_by_user.items()}
+    median = float(np.median(list(counts.values())))
+    far = sorted((n, name) for name, n in counts.items()
+                 if n * FAR_FROM_MEDIAN <= median or n >= FAR_FROM_MEDIAN * median)
+    said = []
+    if far:
+        said.append(f"{len(far)} users have far fewer or far more images than the median user's {median:g}: "
+                    + ", ".join(f"{name} {n}" for n, name in far[:6]) + (", …" if len(far) > 6 else "")
+                    + " (a model sees each user as often as it has images; rebalance or drop a user if that matters)")
+    no_val = sorted(name for name, n in counts.items() if val_fraction > 0 and n_val_of(n, val_fraction) == 0)
+    if no_val:
+        said.append(f"{len(no_val)} users get no validation image (a user needs 2 images to have one): "
+                    + ", ".join(no_val[:6]) + (", …" if len(no_val) > 6 else ""))
+    if said:
+        notice(f"{root}: " + "; ".join(said))
+
+
+def alpha_notice(root, paths):
+    """One notice naming the files of a split with transparent pixels, composited onto black (images.py)."""
+    transparent = [(p, f) for p in paths for f in [transparent_fraction(p)] if f > 0]
+    if transparent:
+        p, f = transparent[0]
+        notice(f"{len(transparent)} images in {root} have transparent pixels (e.g. {p}: {100 * f:.0f} % of it); "
+               f"they are composited onto black (a transparent pixel holds no value). If your colour map's floor is "
+               f"not black (jet: dark blue), flatten the images onto that colour before training")
 
 
 def default_data_dir(preset="tiny", root="data", workers=None, family="walking"):

@@ -72,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="generated images as <user>/NNN.png (sample.py's --out)")
     g.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="where the report goes (default RUN/eval; required with --real/--generated)")
+    g.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="--run only: the run's data where it is now, if it moved since training (default: the "
+                        "folder its config.json names; checked to hold the same users)")
     g = p.add_argument_group("real data and classifier")
     g.add_argument("--image-size", type=int, default=None,
                    help="--real only: size the images are read at (default: that of the first real image)")
@@ -113,8 +116,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.run is not None:
         if args.real is not None or args.generated is not None:
             raise ValueError("give either --run, or --real with --generated, not both")
-        return evaluate_run(args.run, args.out, sampling=sampling_config(args), n_per_user=args.n_per_user,
-                            seeds=args.seeds, with_tstr=not args.no_tstr, sweep=args.sweep,
+        return evaluate_run(args.run, args.out, data=args.data, sampling=sampling_config(args),
+                            n_per_user=args.n_per_user, seeds=args.seeds, with_tstr=not args.no_tstr, sweep=args.sweep,
                             guidance_scales=parse_list(args.sweep_guidance, float, "--sweep-guidance"),
                             samplers=parse_list(args.sweep_samplers, str, "--sweep-samplers"),
                             steps_list=parse_list(args.sweep_steps, int, "--sweep-steps"),
@@ -122,6 +125,8 @@ def run(args: argparse.Namespace) -> dict:
                             weights=args.weights, retrain=args.retrain_classifier, use_cache=not args.no_cache)
     if args.real is None or args.generated is None:
         raise ValueError("give --run RUN_DIR, or both --real DIR and --generated DIR")
+    if args.data is not None:
+        raise ValueError("--data is for --run (the run's data, moved); with --generated give the real data as --real")
     if args.sweep:
         raise ValueError("--sweep samples new images, so it needs --run RUN_DIR, not a --generated folder")
     if args.out is None:

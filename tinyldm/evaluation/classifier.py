@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from tinyldm.data import DataError, SpectrogramAugment
 from tinyldm.runs import RunError, atomic_save_weights, atomic_write_json, load_weights, read_config
+from tinyldm.threads import share_cores
 
 INPUT_SIZE = 64  # the side larger images are area-downscaled to before the classifier sees them
 MIN_EPOCH_STEPS = 10  # optimizer steps per "epoch" (and per early-stopping check) on small data sets
@@ -208,6 +209,7 @@ def train_epoch(model, opt, sched, train_x, train_y, batches, n_steps: int, g: t
     model.train()
     losses = []
     for _ in range(n_steps):
+        share_cores()
         idx = next(batches)
         x = torch.stack([AUGMENT(train_x[i].float(), generator=g) for i in idx.tolist()]).to(device)  # (B, C, S, S)
         loss = F.cross_entropy(model(x), train_y[idx].to(device))

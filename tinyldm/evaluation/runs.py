@@ -119,31 +119,35 @@ def other_seeds(model, vae, cfg: dict, ref: Reference, first: dict, n_per_user: 
             "spread": seed_spread(per_seed)}
 
 
-def run_reference(run_dir: Path, cfg: dict, classifier_dir: Path, seed: int, device, retrain: bool, cache
-                  ) -> tuple[Reference, dict]:
+def run_reference(run_dir: Path, cfg: dict, classifier_dir: Path, seed: int, device, retrain: bool, cache,
+                  data: Path | None = None) -> tuple[Reference, dict]:
     """The real reference of a run → (reference, split). The split is the one the run read its data with; for a
-    train_ldm.py run on a train_vae.py autoencoder, that autoencoder's."""
+    train_ldm.py run on a train_vae.py autoencoder, that autoencoder's. data: where the run's data is now, if it
+    moved (default: the folder its config.json names)."""
     from tinyldm.loading import autoencoder_split, data_split
 
     if cfg["kind"] == "ldm":
         split, root, classes = data_split(cfg), cfg["data"], cfg["classes"]
     else:
         split, root, classes = autoencoder_split(cfg), cfg["data"]["root"], cfg["data"]["classes"]
+    root = data if data is not None else root
     ref = build_reference(root, split["image_size"], split["channels"], split["val_fraction"], split["seed"],
                           classifier_dir, seed, device, retrain, cache, split["aspect"])
     if ref.classes != classes:
         raise DataError(f"the data at {root} now has users {ref.classes[:3]}… ({len(ref.classes)}) but {run_dir} "
-                        f"was trained on {classes[:3]}… ({len(classes)}); evaluate against the run's data")
+                        f"was trained on {classes[:3]}… ({len(classes)}); evaluate against the run's data (pass "
+                        "--data DIR where it is now)")
     return ref, split
 
 
-def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SAMPLING,
+def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig = DEFAULT_SAMPLING,
                  n_per_user: int | None = None, seeds: int = 3, with_tstr: bool = True, sweep: bool = False,
                  guidance_scales=GUIDANCE_SCALES, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
                  sweep_n_per_user: int = 4, classifier_dir=None, device="cpu", weights: str = "ema",
                  retrain: bool = False, quiet: bool = False, use_cache: bool = True) -> dict:
     """Evaluate a train_ldm.py run (sample n_per_user images of every user with `sampling`, then measure;
-    optionally sweep guidance and samplers × steps) or a train_vae.py run (reconstructions). sampling.seed also
+    optionally sweep guidance and samplers × steps) or a train_vae.py run (reconstructions); data: the run's data
+    where it is now, if it moved (checked to hold the same users). sampling.seed also
     seeds the classifiers and KID's subsets. n_per_user None: images_per_user (≥ 240 images in all). seeds > 1
     repeats the measurement at the next sampling seeds and reports the spread (other_seeds).
     Writes to out_dir (default RUN/eval), keeps the classifier in classifier_dir (default RUN/classifier, and the
@@ -161,7 +165,7 @@ def evaluate_run(run_dir, out_dir=None, *, sampling: SamplingConfig = DEFAULT_SA
     check_writable(out_dir)
 
     # 1. The real reference, on the split the run read its data with: its validation images were never trained on.
-    ref, split = run_reference(run_dir, cfg, classifier_dir, seed, device, retrain, cache)
+    ref, split = run_reference(run_dir, cfg, classifier_dir, seed, device, retrain, cache, data)
     report = _header(ref, str(run_dir), cfg["kind"], split["val_fraction"], split["seed"])
     vae = load_run_vae(cfg, device) if cfg["kind"] == "ldm" else load_autoencoder(run_dir, device)[0]
     report["autoencoder"] = reconstruction_metrics(vae, ref)
