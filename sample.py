@@ -250,19 +250,28 @@ def run(args: argparse.Namespace) -> int:
         if stop.requested:
             raise Stopped
 
-    with StopRequest() as stop:
-        try:
-            images, trajectory = generate(model, vae, cfg, users, args.n_per_user, sampling,
-                                          batch_size=args.batch_size, device=device, progress=True,
-                                          trajectory=args.trajectory, on_batch=write_batch)
-        except Stopped:
-            pass
-    if stop.requested:
-        print(f"{stop.signal}: stopped: {len(written)} of {total} images written to {out}; run the same command "
-              f"again to write all {total} (it starts afresh)", flush=True)
-        return 130
+    try:
+        with StopRequest() as stop:
+            try:
+                images, trajectory = generate(model, vae, cfg, users, args.n_per_user, sampling,
+                                              batch_size=args.batch_size, device=device, progress=True,
+                                              trajectory=args.trajectory, on_batch=write_batch)
+            except Stopped:
+                pass
+        if stop.requested:
+            print(f"{stop.signal}: stopped: {len(written)} of {total} images written to {out}; run the same command "
+                  f"again to write all {total} (it starts afresh)", flush=True)
+            return 130
+        pictures = save_pictures(out, cfg, names, images, trajectory, sampling, args)
+    finally:
+        unlock_run(out)
+    print(f"wrote {total} images of {len(users)} users to {out}/<user>/NNN.png and {', '.join(pictures)} to {out}")
+    return 0
 
-    # The grid.
+
+def save_pictures(out: Path, cfg: dict, names: list[str], images: torch.Tensor, trajectory, sampling, args
+                  ) -> list[str]:
+    """The grid, the denoising trajectory (with --trajectory) and real beside generated → the file names written."""
     atomic_save_image(out / "grid.png", user_blocks([thumbnails(row, THUMBNAIL) for row in images], names))
     pictures = ["grid.png"]
 
@@ -282,9 +291,7 @@ def run(args: argparse.Namespace) -> int:
             generated = [row[:args.compare_real] for row in images[:len(shown)]]  # each (≤ N, C, H, W)
             atomic_save_image(out / "real_vs_generated.png", real_vs_generated(real, generated, shown))
             pictures.append("real_vs_generated.png")
-    unlock_run(out)
-    print(f"wrote {total} images of {len(users)} users to {out}/<user>/NNN.png and {', '.join(pictures)} to {out}")
-    return 0
+    return pictures
 
 
 def main(argv=None) -> int:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from tinyldm.checkpoints import restore, save_checkpoint
 from tinyldm.data import DataError, UserImageFolder
 from tinyldm.data.latent_cache import cached_latents, shared_cache_dir
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
@@ -68,10 +69,8 @@ from tinyldm.train import (
     ema_update,
     init_distributed,
     lr_at,
-    restore,
     resume_run,
     rng_state,
-    save_checkpoint,
     seed_everything,
     set_lr,
     set_rng_state,

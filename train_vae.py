@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from tinyldm.checkpoints import restore, save_checkpoint
 from tinyldm.data import DataError, UserImageFolder, default_data_dir
 from tinyldm.data.transforms import random_crops
 from tinyldm.evaluation.image_metrics import psnr, ssim
@@ -53,10 +54,8 @@ from tinyldm.train import (
     claim_run_folder,
     data_fingerprint,
     lr_at,
-    restore,
     resume_run,
     rng_state,
-    save_checkpoint,
     seed_everything,
     set_lr,
     set_rng_state,

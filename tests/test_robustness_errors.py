@@ -15,12 +15,17 @@ from test_train_vae import make_folder
 
 import train_ldm
 import train_vae
+from tinyldm.checkpoints import load_checkpoint
 from tinyldm.evaluation import evaluate_run
 from tinyldm.evaluation import runs as evaluation_runs
 from tinyldm.latents import measure_scale
 from tinyldm.loading import load_ldm
 from tinyldm.runs import RunError, read_config, resolve_device, resource_message
-from tinyldm.train import DIVERGENCE_STEPS, LossWatch, check_loss_trend, load_checkpoint
+from tinyldm.train import (
+    DIVERGENCE_STEPS,
+    LossWatch,
+    check_loss_trend,
+)
 
 VAE = ["--image-size", "32", "--batch-size", "4", "--val-fraction", "0.25"]
 

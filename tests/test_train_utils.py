@@ -5,14 +5,12 @@ import math
 import pytest
 import torch
 
+from tinyldm.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from tinyldm.evaluation.image_metrics import psnr, ssim
 from tinyldm.runs import RunError, append_log, atomic_write_json, read_log
 from tinyldm.train import (
-    latest_checkpoint,
-    load_checkpoint,
     lr_at,
     rng_state,
-    save_checkpoint,
     set_rng_state,
     truncate_log,
 )
