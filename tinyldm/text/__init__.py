@@ -1,0 +1,1 @@
+"""Text side of conditioning: CLIP's byte-level BPE tokenizer (tokenizer.py)."""
