@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from tinyldm.checkpoints import restore, save_checkpoint
 from tinyldm.data import DataError, UserImageFolder
+from tinyldm.data.captions import captions_of
 from tinyldm.data.latent_cache import cached_latents, shared_cache_dir
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
 from tinyldm.generate import generate
@@ -37,11 +38,13 @@ from tinyldm.loading import (
     autoencoder_split,
     backbone_config,
     build_backbone,
+    load_tokenizer,
     load_vae,
     read_run,
     vae_folder,
 )
-from tinyldm.models.conditioning import drop_ids
+from tinyldm.models.clip_text import PRESETS as TEXT_PRESETS
+from tinyldm.models.conditioning import drop_captions, drop_ids
 from tinyldm.options import SEED_RANGE, above, at_least, between, check_ranges, device_name, finite
 from tinyldm.runs import (
     RunError,
@@ -53,6 +56,7 @@ from tinyldm.runs import (
     run_cli,
     unlock_run,
 )
+from tinyldm.text.tokenizer import CLIPTokenizer, train_bpe
 from tinyldm.threads import share_cores
 from tinyldm.train import (
     LossWatch,
@@ -147,14 +151,19 @@ def training_step(tr: Training) -> tuple[float, torch.Tensor]:
 
 def draw_step(step: int, latents: dict, num_classes: int, sched: Schedule, args, gen: torch.Generator
               ) -> dict[str, torch.Tensor]:
-    """All randomness of one optimizer step, drawn for the whole global batch (G latents)."""
+    """All randomness of one optimizer step, drawn for the whole global batch (G latents). The condition y is the
+    user ids with null ids for CFG, or, for --cond text, the captions' token ids (G, L) with empty captions."""
     global_batch, shape = args.batch_size * args.grad_accum, latents["mean"].shape[1:]
     idx = batch_indices(step, len(latents["y"]), global_batch, args.seed)  # (G,) this step's latents
-    return {"idx": idx,
+    draw = {"idx": idx,
             "eps_z": torch.randn((global_batch, *shape), generator=gen),  # posterior sample z = μ + σ·ε_z
             "noise": torch.randn((global_batch, *shape), generator=gen),  # ε of q(x_t | z0)
-            "t": sample_timesteps(global_batch, sched, gen, kind=args.timesteps),  # (G,) schedule times
-            "y": drop_ids(latents["y"][idx], num_classes, args.cond_dropout, gen)}  # (G,) with null ids for CFG
+            "t": sample_timesteps(global_batch, sched, gen, kind=args.timesteps)}  # (G,) schedule times
+    if "text" in latents:
+        draw["y"] = drop_captions(latents["text"][idx], latents["null_text"], args.cond_dropout, gen)  # (G, L)
+    else:
+        draw["y"] = drop_ids(latents["y"][idx], num_classes, args.cond_dropout, gen)  # (G,)
+    return draw
 
 
 def main(argv=None) -> int:
@@ -258,6 +267,7 @@ OPTION_RANGES = {
     "image_size": at_least(1),
     "min_snr_gamma": above(0),
     "cond_dropout": between(0, 1, "0 = no classifier-free guidance", high_open=True),
+    "text_merges": at_least(0, "0 = one token per byte"),
     "flow_shift": above(0, "1 = none"),
     "epochs": at_least(1),
     "max_steps": at_least(1),
@@ -284,9 +294,13 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
     g.add_argument("--preset", choices=["tiny", "compact", "small", "seed"], default="tiny",
                    help="tiny: CPU-sized; compact: tiny's backbones on the compact autoencoder's 32×32×4 latents of "
                         "256×256 images (CPU); small: one GPU; seed: the seed's SD-UNet / DiT-XL/2")
-    g.add_argument("--cond", choices=["embedding", "onehot_mlp", "tokens"], default=None,
+    g.add_argument("--cond", choices=["embedding", "onehot_mlp", "tokens", "text"], default=None,
                    help="how a user id is encoded, each with a null id for CFG (default: tokens for mmdit, whose "
-                        "condition stream is a token sequence; embedding otherwise)")
+                        "condition stream is a token sequence; embedding otherwise); text: each image's caption "
+                        "(the data folder's captions.json) through a small CLIP text transformer trained with the "
+                        "backbone, the empty caption as the null condition")
+    g.add_argument("--text-merges", type=int, default=200,
+                   help="--cond text: BPE merges learned from the training captions for the run's tokenizer/")
     g.add_argument("--patch-size", type=int, default=None,
                    help="DiT/MMDiT patch size (default: the preset's); tokens = (latent size / patch)²")
     g = p.add_argument_group("data")
@@ -435,20 +449,46 @@ def start_training(args: argparse.Namespace, defaults: argparse.Namespace) -> Tr
     n, latent_shape, classes = len(latents["y"]), tuple(latents["mean"].shape[1:]), train_ds.classes
     total_steps, length_words = count_steps(args, n)
     c, h, _ = latent_shape
+    tokenizer, text_config = None, None
+    if args.cond == "text":  # each latent's caption, tokenized; the text model is sized by the tokenizer
+        tokenizer, captions = caption_tokenizer(args, run_dir, train_ds)
+        latents["text"], latents["null_text"] = tokenizer(captions), tokenizer("")[0]  # (N, L), (L,)
+        text_config = {**TEXT_PRESETS["tiny"], "vocab_size": tokenizer.vocab_size,
+                       "max_position_embeddings": tokenizer.max_length, "eos_token_id": tokenizer.eos_id,
+                       "bos_token_id": tokenizer.bos_id, "pad_token_id": tokenizer.pad_id}
     bb_config = backbone_config(args.backbone, BACKBONE_SIZE[args.preset], c, h, len(classes), args.cond,
-                                args.patch_size)
+                                args.patch_size, text_config)
     sched = make_schedule(args)
     amp = autocast_dtype(device, args.precision, args.compile)  # bf16 autocast or None (float32)
     model, train_model, ema, opt, gen, step, train_seconds = build_training(args, bb_config, world, device, amp,
                                                                             weights, train_state)
     config = {**run_config(args, bb_config, sched, stage1, classes, latent_shape, world),
               "data_fingerprint": fingerprint}
+    if tokenizer is not None:  # the grid's rows: the caption of each grid user's first training image
+        first = {user: i for i, (_, user, _) in reversed(list(enumerate(train_ds.samples)))}
+        config["grid"]["prompts"] = [captions[first[u]] for u in config["grid"]["users"]]
     if rank == 0:
         start_run_folder(run_dir, config, step)
+        if tokenizer is not None and args.resume is None:
+            tokenizer.save(run_dir / "tokenizer")
         print_start(run_dir, model, step, total_steps, length_words, n, latent_shape, len(classes), args, world,
                     device, amp, sched)
     return Training(args, run_dir, model, train_model, ema, opt, gen, sched, latents, stage1, vae, config,
                     total_steps, length_words, rank, world, device, amp, step, train_seconds)
+
+
+def caption_tokenizer(args: argparse.Namespace, run_dir: Path, train_ds) -> tuple[CLIPTokenizer, list[str]]:
+    """--cond text → (the run's tokenizer, each training latent's caption). A new run learns a small BPE vocabulary
+    from its training captions (--text-merges) and sizes its length L to the longest; a resumed run reads back its
+    own run_dir/tokenizer/."""
+    captions = captions_of(args.data, [path for path, _, _ in train_ds.samples])
+    if args.resume is not None:
+        tokenizer = CLIPTokenizer.from_folder(run_dir / "tokenizer")
+    else:
+        vocab, merges = train_bpe(sorted(set(captions)), args.text_merges)
+        longest = max(len(CLIPTokenizer(vocab, merges).encode(text)) for text in set(captions))
+        tokenizer = CLIPTokenizer(vocab, merges, max_length=longest)
+    return tokenizer, captions
 
 
 def stage1_split(args: argparse.Namespace, source, vae_run: dict | None) -> tuple[dict, bool]:
@@ -588,9 +628,11 @@ def print_start(run_dir: Path, model, step: int, total_steps: int, length_words:
 
 
 def save_grid(run_dir: Path, ema, vae, config: dict, step: int, device) -> Path:
-    """samples/grid_step_N.png: rows = the grid users, EMA weights, the grid's fixed sampling settings."""
+    """samples/grid_step_N.png: rows = the grid users (a text run: their captions), EMA weights, the grid's fixed
+    sampling settings."""
     users = config["grid"]["users"]
-    x, _ = generate(ema, vae, config, users, 4, SamplingConfig(**config["grid"]["sampling"]), device=device)
+    x, _ = generate(ema, vae, config, users, 4, SamplingConfig(**config["grid"]["sampling"]),
+                    prompts=config["grid"].get("prompts"), tokenizer=load_tokenizer(run_dir, config), device=device)
     (run_dir / "samples").mkdir(exist_ok=True)
     path = run_dir / "samples" / f"grid_step_{step:06d}.png"
     image_grid(list(x), row_labels=[config["classes"][u] for u in users]).save(path)

@@ -55,12 +55,33 @@ def decode_latents(vae, z0: torch.Tensor, scaling_factor: float, shift_factor: f
     return vae.decode_latent(unscale_latents(z0, scaling_factor, shift_factor)).clamp(-1, 1)
 
 
+def row_conditions(run_config: dict, users: list[int], prompts: list[str] | None, tokenizer
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each row of pictures is conditioned on → (cond (U, ...), the null condition (1, ...)): user ids and
+    the null id; or, for a text-conditioned run (cond_type "text"), the prompts' token ids and the empty caption's."""
+    num_classes = run_config["num_classes"]
+    if run_config["backbone_config"].get("cond_type") == "text":
+        if prompts is None or tokenizer is None or len(prompts) != len(users):
+            raise ValueError("this run is text-conditioned: give one prompt per row (sample.py --prompt \"…\") and "
+                             "the run's tokenizer")
+        return tokenizer(prompts), tokenizer("")  # (U, L), (1, L)
+    if prompts is not None:
+        raise ValueError("this run is conditioned on user ids, not text; leave out --prompt and choose --users")
+    for u in users:
+        if not 0 <= u < num_classes:
+            raise ValueError(f"user id {u} is outside 0…{num_classes - 1} (this run has {num_classes} users)")
+    return torch.tensor(users), torch.tensor([num_classes])  # (U,), (1,)
+
+
 @torch.no_grad()
 def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
-             sampling: SamplingConfig = DEFAULT_SAMPLING, *, batch_size: int = 64, device="cpu",
-             progress: bool = False, trajectory: bool = False, on_batch=None
+             sampling: SamplingConfig = DEFAULT_SAMPLING, *, prompts: list[str] | None = None, tokenizer=None,
+             batch_size: int = 64, device="cpu", progress: bool = False, trajectory: bool = False, on_batch=None
              ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Images for each (user, index) → (images (U, n, C, H, W) in [−1, 1], trajectory or None).
+
+    prompts: for a text-conditioned run, the caption of each row (with the run's tokenizer); `users` then only
+    numbers the rows' noise, as user ids do for a user-conditioned run.
 
     trajectory: with `trajectory=True`, the decoded x̂0 predictions after every step for the first image of each
     user, a list over steps of (U, C, H, W): the teaching view of denoising.
@@ -68,12 +89,10 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
     caller can write images as they are made (sample.py); an exception it raises stops the sampling.
     """
     c, h, w = run_config["latent_shape"]
-    num_classes, scale = run_config["num_classes"], run_config["scaling_factor"]
-    shift = run_config.get("shift_factor", 0.0)  # runs written before diffusers VAEs have none: 0
+    scale, shift = run_config["scaling_factor"], run_config.get("shift_factor", 0.0)  # older runs have no shift: 0
     sched, prediction = Schedule.from_config(run_config["schedule"]), run_config["prediction"]
-    for u in users:
-        if not 0 <= u < num_classes:
-            raise ValueError(f"user id {u} is outside 0…{num_classes - 1} (this run has {num_classes} users)")
+    cond_rows, null_cond = row_conditions(run_config, users, prompts, tokenizer)
+    row_of = {u: r for r, u in enumerate(users)}
     jobs = [(u, i) for u in users for i in range(n_per_user)]
     images, first_x0s = [], {}
     bar = tqdm(total=len(jobs), desc="sampling", unit="img", disable=not progress)
@@ -81,11 +100,10 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
         share_cores()  # fewer threads while other processes use cores (tinyldm/threads.py)
         batch = jobs[start:start + batch_size]
         noise = torch.stack([initial_noise(sampling.seed, u, i, (c, h, w)) for u, i in batch]).to(device)
-        y = torch.tensor([u for u, _ in batch], device=device)  # (B,)
+        y = cond_rows[[row_of[u] for u, _ in batch]].to(device)  # (B,) user ids or (B, L) caption ids
         steps_x0 = []
         callback = (lambda i, t, x, x0_hat, acc=steps_x0: acc.append(x0_hat)) if trajectory else None
-        z = sample(model, noise, sched, sampling, prediction=prediction, cond=y,
-                   null_cond=torch.full_like(y, num_classes),
+        z = sample(model, noise, sched, sampling, prediction=prediction, cond=y, null_cond=null_cond.to(device),
                    generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
         images.append(decode_latents(vae, z, scale, shift).cpu())
         if on_batch is not None:

@@ -27,6 +27,7 @@ from tinyldm.models.unet import UNet2DConditionModel, UNetConfig
 from tinyldm.models.vq import PRESETS as VQ_PRESETS
 from tinyldm.models.vq import VQModel, VQModelConfig
 from tinyldm.runs import RunError, check_finite, file_sha256, load_weights, read_config, resolve_device
+from tinyldm.text.tokenizer import CLIPTokenizer
 
 MODEL_TYPES = ("kl", "vq")
 BACKBONES = ("unet", "dit", "mmdit")
@@ -199,7 +200,8 @@ def data_split(run: dict) -> dict:
 
 
 def backbone_config(backbone: str, preset: str, latent_channels: int, latent_size: int, num_classes: int,
-                    cond_type: str = "embedding", patch_size: int | None = None) -> dict:
+                    cond_type: str = "embedding", patch_size: int | None = None, text_encoder: dict | None = None
+                    ) -> dict:
     """`preset` of the backbone's PRESETS for latents (c, h, h) and `num_classes` users, validated, as a plain dict.
     patch_size (DiT, MMDiT) replaces the preset's: (h / p)² tokens.
 
@@ -223,7 +225,8 @@ def backbone_config(backbone: str, preset: str, latent_channels: int, latent_siz
         if latent_size % patch_size:
             raise ValueError(f"--patch-size {patch_size} does not divide the {latent_size}×{latent_size} latents")
         shape["patch_size"] = patch_size
-    base = {**presets[preset], "num_classes": num_classes, "cond_type": cond_type, "class_dropout_prob": 0.0}
+    base = {**presets[preset], "num_classes": num_classes, "cond_type": cond_type, "class_dropout_prob": 0.0,
+            "text_encoder": text_encoder}
     return asdict(config_cls(**{**base, **shape}))
 
 
@@ -235,6 +238,13 @@ def build_backbone(backbone: str, config: dict) -> nn.Module:
     if backbone == "mmdit":
         return MMDiT(MMDiTConfig(**config))
     raise ValueError(f"backbone {backbone!r}: choose one of {BACKBONES}")
+
+
+def load_tokenizer(run_dir: str | Path, run: dict):
+    """A text-conditioned run's tokenizer (run_dir/tokenizer/, learned from its captions); None for a user-id run."""
+    if run["backbone_config"].get("cond_type") != "text":
+        return None
+    return CLIPTokenizer.from_folder(Path(run_dir) / "tokenizer")
 
 
 def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "ema"

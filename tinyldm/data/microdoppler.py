@@ -2,10 +2,11 @@
 
     python -m tinyldm.data.microdoppler --out data/md --users 31 --per-user 150 --size 256 [--gray] [--seed 0]
 
-writes data/md/user_00/000.png ... and data/md/metadata.json. Each user is one person (height, speed, cadence,
-arm swing, hip and knee gains, build, left-right asymmetry), drawn once from (seed, user), so user k is the same
-person whatever --users says. Each image is a fresh 3.3 s recording of that person: start phase of the gait,
-aspect angle, range, +-3 % speed, SNR and a sub-column time offset are drawn from (seed, user, image).
+writes data/md/user_00/000.png ..., data/md/metadata.json and data/md/captions.json (captions.py). Each user is
+one person (height, speed, cadence, arm swing, hip and knee gains, build, left-right asymmetry), drawn once from
+(seed, user), so user k is the same person whatever --users says. Each image is a fresh 3.3 s recording of that
+person: start phase of the gait, aspect angle, range, +-3 % speed, SNR and a sub-column time offset are drawn from
+(seed, user, image).
 Kinematics: walking.py (Boulic-Thalmann); radar and spectrogram: radar.py.
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from tinyldm.data.captions import write_walking_captions
 from tinyldm.data.errors import DataError
 from tinyldm.data.radar import RadarConfig, returns, spectrogram, spectrogram_image
 from tinyldm.data.walking import LOWER_LEG, UPPER_LEG, walk
@@ -235,6 +237,7 @@ def generate_dataset(out, users=31, per_user=150, size=256, gray=False, seed=0, 
         run_jobs(_write_one, jobs, workers, f"simulating {out}", progress)
     finally:
         remove_temporaries(out)
+    write_walking_captions(out)  # one sentence per image from its person's parameters (train_ldm.py --cond text)
     return out
 
 

@@ -162,6 +162,9 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig =
     cfg = read_config(run_dir)
     if cfg.get("kind") not in ("ldm", "autoencoder"):
         raise RunError(f"{run_dir} is a {cfg.get('kind')!r} run; pass a train_ldm.py or train_vae.py run folder")
+    if cfg.get("backbone_config", {}).get("cond_type") == "text":
+        raise RunError(f"{run_dir} is conditioned on captions, not user ids, and this evaluation asks for users; "
+                       "measure whether its images follow their captions with benchmarks/caption_following.py")
     check_writable(out_dir)
 
     # 1. The real reference, on the split the run read its data with: its validation images were never trained on.

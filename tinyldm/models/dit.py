@@ -74,8 +74,9 @@ class DiTConfig:
     learn_sigma: bool = True  # also output the variance: 2C channels (DiT); training here wants False (backbone_config)
     timestep_freq_shift: float = 0.0  # s in the time features' ω_i = 10000^(−i/(128 − s)): 0 DiT's, 1 diffusers'
     norm_eps: float = 1e-6  # ε of the LayerNorm before each MLP: 1e-6 DiT's, 1e-5 diffusers' default
-    cond_type: str = "embedding"  # user encoder: embedding | onehot_mlp | tokens
+    cond_type: str = "embedding"  # user encoder: embedding | onehot_mlp | tokens | text (captions)
     num_cond_tokens: int = 4  # K, for cond_type="tokens"
+    text_encoder: dict | None = None  # the text model's CLIPTextConfig fields, for cond_type="text"
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
     reference_attention: bool = False  # written-out softmax(QKᵀ/√d)V instead of SDPA (tests, reading); slower
 
@@ -127,7 +128,7 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", sincos_2d(c.hidden_size, grid, grid)[None], persistent=False)  # (1, T, D)
         self.t_embedder = TimestepEmbedding(256, c.hidden_size, freq_shift=c.timestep_freq_shift)
         self.y_embedder = ConditionEncoder(c.num_classes, c.hidden_size, c.cond_type, c.num_cond_tokens,
-                                           c.class_dropout_prob)
+                                           c.class_dropout_prob, c.text_encoder)
         self.blocks = nn.ModuleList(DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.reference_attention,
                                              c.norm_eps) for _ in range(c.depth))
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.out_channels)

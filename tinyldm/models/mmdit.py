@@ -138,6 +138,7 @@ class MMDiTConfig:
     num_classes: int = 31  # number of users; id num_classes is the null id
     cond_type: str = "tokens"  # user encoder: tokens (K learned tokens per id) | embedding | onehot_mlp (K = 1)
     num_cond_tokens: int = 4  # K, for cond_type="tokens"
+    text_encoder: dict | None = None  # the text model's CLIPTextConfig fields, for cond_type="text"
     class_dropout_prob: float = 0.1  # condition dropout inside the model (training mode only); train_ldm.py uses 0
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
     reference_attention: bool = False  # written-out softmax(QKᵀ/√d)V instead of SDPA (tests, reading); slower
@@ -172,7 +173,9 @@ class MMDiTConfig:
 
     @property
     def num_txt_tokens(self) -> int:
-        """K: condition tokens per sample (the embedding and one-hot encoders give one)."""
+        """K: condition tokens per sample (the embedding and one-hot encoders give one, a caption its length)."""
+        if self.cond_type == "text":
+            return self.text_encoder["max_position_embeddings"]
         return self.num_cond_tokens if self.cond_type == "tokens" else 1
 
 
@@ -210,7 +213,7 @@ class MMDiT(nn.Module):
         self.img_in = nn.Linear(c.patch_size * c.patch_size * c.in_channels, c.hidden_size)  # patch embedding
         self.time_in = TimestepEmbedding(256, c.hidden_size)
         self.y_embedder = ConditionEncoder(c.num_classes, c.hidden_size, c.cond_type, c.num_cond_tokens,
-                                           c.class_dropout_prob)
+                                           c.class_dropout_prob, c.text_encoder)
         rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")  # (grid, grid) each
         positions = torch.cat([torch.zeros(c.num_txt_tokens, 2, dtype=torch.long),  # condition tokens: (0, 0)
                                torch.stack([rows.flatten(), cols.flatten()], dim=1)])  # (K + N, 2), image row-major

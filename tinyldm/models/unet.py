@@ -39,8 +39,9 @@ class UNetConfig:
     norm_num_groups: int = 32  # GroupNorm groups; must divide every width
     transformer_layers_per_block: int = 1  # TransformerBlocks in each SpatialTransformer
     num_classes: int = 31  # number of users; id num_classes is the null id; 0: no user encoder (context passed in)
-    cond_type: str = "embedding"  # user encoder: embedding | onehot_mlp | tokens
+    cond_type: str = "embedding"  # user encoder: embedding | onehot_mlp | tokens | text (captions)
     num_cond_tokens: int = 4  # K, for cond_type="tokens"
+    text_encoder: dict | None = None  # the text model's CLIPTextConfig fields, for cond_type="text"
     class_dropout_prob: float = 0.1  # condition dropout for classifier-free guidance
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     reference_attention: bool = False  # written-out softmax(QKᵀ/√d)V instead of SDPA (tests, reading); slower
@@ -190,7 +191,7 @@ class UNet2DConditionModel(nn.Module):
         self.cond_encoder, self.cond_proj = None, None  # num_classes = 0: the context comes from outside
         if c.num_classes:
             self.cond_encoder = ConditionEncoder(c.num_classes, c.cross_attention_dim, c.cond_type,
-                                                 c.num_cond_tokens, c.class_dropout_prob)
+                                                 c.num_cond_tokens, c.class_dropout_prob, c.text_encoder)
             self.cond_proj = nn.Linear(c.cross_attention_dim, temb)  # the user vector joins the time embedding
 
         # Down path; remember each skip's channels, the up path takes them back in reverse.
