@@ -15,6 +15,16 @@ is made, and OUT/samples.json (the settings); then three pictures:
                                --trajectory-users users at ≤ 8 evenly spaced steps (the last included), enlarged
                                to ≥ 128 px, columns headed by step and time t — how denoising builds the picture.
 
+Or text → image with Stable Diffusion 1.x / 2.x from a diffusers folder, run by tinyldm's own parts
+(tinyldm/interop/stable_diffusion.py); the same --seed and scheduler give diffusers' images (on the CPU):
+
+    python sample.py --pipeline ~/sd15 --prompt "a photo of an astronaut riding a horse" --out out/horse \\
+        --scheduler DPMSolverMultistepScheduler --steps 25 --negative-prompt "blurry" --n-per-prompt 2
+
+writes OUT/prompt_<k>/<index>.png (prompt k in the order given), OUT/samples.json and OUT/grid.png (a row per
+prompt). SD 1.x folders ship PNDMScheduler, which tinyldm does not reproduce: --scheduler picks one it does, on the
+folder's settings (as diffusers' Scheduler.from_config).
+
 Nothing a user made is replaced: an --out inside the run's data folder, or one holding folders of files sample.py
 did not write, is refused; earlier samples of other settings are replaced only with --overwrite. Ctrl-C or SIGTERM
 finishes the batch being made, says how many images are written and exits 130.
@@ -22,6 +32,7 @@ finishes the batch being made, says how many images are written and exits 130.
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from dataclasses import asdict
@@ -32,7 +43,15 @@ from PIL import Image
 
 from tinyldm.data import DataError, UserImageFolder
 from tinyldm.diffusion import Schedule
-from tinyldm.generate import add_sampling_args, generate, sampling_config
+from tinyldm.generate import DEFAULT_SAMPLING, add_sampling_args, generate, sampling_config
+from tinyldm.interop.diffusers_grids import DEFAULTS as SCHEDULERS
+from tinyldm.interop.stable_diffusion import (
+    latent_shape,
+    load_stable_diffusion,
+    scheduler_grid,
+    text_to_image,
+    with_scheduler,
+)
 from tinyldm.loading import data_split, load_ldm, load_run_vae
 from tinyldm.options import SEED_RANGE, at_least, check_ranges, device_name
 from tinyldm.runs import (
@@ -48,6 +67,7 @@ from tinyldm.runs import (
     run_cli,
     unlock_run,
 )
+from tinyldm.threads import share_cores
 from tinyldm.viz import real_vs_generated, thumbnails, to_uint8, trajectory_picture, user_blocks
 
 # Users (the first ones asked for) in real_vs_generated.png, which shows images at full size: 8, or 4 for images
@@ -56,6 +76,15 @@ COMPARE_USERS, COMPARE_USERS_LARGE, LARGE = 8, 4, 128
 THUMBNAIL = 64  # grid.png shows images larger than this as thumbnails of this size (the PNGs beside it are full size)
 SETTINGS = "samples.json"  # in OUT: what was sampled, and how; a rerun with the same settings may write there again
 PICTURES = ("grid.png", "trajectory.png", "real_vs_generated.png")
+PROMPT_THUMBNAIL, PROMPT_LABEL = 128, 40  # --pipeline's grid.png: thumbnails of ≤ 128 px, prompts cut to 40 characters
+# The options that only one source reads; one given with the other source is refused (a value other than the
+# parser's default counts as given). The defaults that differ: tinyldm's SamplingConfig for a run; diffusers'
+# StableDiffusionPipeline.__call__ for a pipeline, in batches of 4 (SD's 512 px images, two UNet passes each).
+RUN_ONLY = ("users", "n_per_user", "weights", "trajectory", "trajectory_users", "compare_real", "sampler", "spacing")
+PIPELINE_ONLY = ("prompt", "negative_prompt", "n_per_prompt", "scheduler", "height", "width")
+RUN_DEFAULTS = {"batch_size": 32, "sampler": DEFAULT_SAMPLING.sampler, "spacing": DEFAULT_SAMPLING.spacing,
+                "steps": DEFAULT_SAMPLING.steps, "cfg_scale": DEFAULT_SAMPLING.cfg_scale}
+PIPELINE_DEFAULTS = {"batch_size": 4, "steps": 50, "cfg_scale": 7.5}
 
 # What each numeric option allows (tinyldm.options), checked once at start-up. The sampling options (--steps, --eta,
 # --cfg-scale, --cfg-rescale) are checked by SamplingConfig, the first thing run() builds.
@@ -65,12 +94,20 @@ OPTION_RANGES = {
     "trajectory_users": at_least(1),
     "compare_real": at_least(0, "0 = off"),
     "seed": SEED_RANGE,
+    "n_per_prompt": at_least(1),
+    "height": at_least(1),
+    "width": at_least(1),
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="a train_ldm.py run folder")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="a train_ldm.py run folder")
+    source.add_argument("--pipeline", type=Path, metavar="DIR",
+                        help="a diffusers StableDiffusionPipeline folder (SD 1.x, 2.x: model_index.json, unet/, vae/, "
+                             "text_encoder/, tokenizer/, scheduler/), sampled by tinyldm's own parts as diffusers "
+                             "samples it; needs --prompt and --out")
     p.add_argument("--users", default="all",
                    help="'all', or comma-separated users by name (the data folders the run was trained on, "
                         "config.json 'classes') or by 0-based id, e.g. user_01,alice,7; id:7 is always an id. A "
@@ -79,7 +116,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "written once")
     p.add_argument("--n-per-user", type=int, default=4, help="images per user")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA (default) or raw weights")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int,
+                   help=f"images per batch (default {RUN_DEFAULTS['batch_size']}; {PIPELINE_DEFAULTS['batch_size']} "
+                        "with --pipeline)")
     p.add_argument("--trajectory", action="store_true",
                    help="also write OUT/trajectory.png: x̂0 after ≤ 8 evenly spaced steps (the last included), "
                         "enlarged to ≥ 128 px, for the first --trajectory-users users")
@@ -89,16 +128,54 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="write OUT/real_vs_generated.png: for the first ≤ 8 users, N real images from the run's "
                         "training data beside N generated ones; 0 = off. Skipped, with a notice, when the data "
                         "folder (config.json 'data') cannot be read from here")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default RUN/samples/<sampler>_<steps>)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default with --run: RUN/samples/<sampler>_<steps>; --pipeline needs one)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace earlier sample.py output of other settings in --out (its user folders and pictures); "
                         "without it such an --out is refused. Folders sample.py did not write are never replaced")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:1 … or mps")
     p.add_argument("--seed", type=int, default=0, help="same seed, same images")
+    text = p.add_argument_group("text prompts")
+    text.add_argument("--prompt", action="append", metavar="TEXT",
+                      help="what to draw: a row of images each; give it once per prompt (with --pipeline)")
+    text.add_argument("--negative-prompt", action="append", metavar="TEXT",
+                      help="what guidance steers away from (the unconditional side of w): once for all prompts, or "
+                           "once per --prompt; default \"\" (as diffusers)")
+    text.add_argument("--n-per-prompt", "--n", type=int, default=1, metavar="N", help="images per prompt")
+    sd = p.add_argument_group("Stable Diffusion (--pipeline)", (
+        "Sampling defaults are diffusers' (the folder's scheduler, {steps} steps, --cfg-scale {cfg_scale}); guidance\n"
+        "acts only for w > 1, as in diffusers. --sampler and --spacing are tinyldm's grids and go with --run.\n"
+        "--seed seeds one generator for all latents, as diffusers' generator= does.").format(**PIPELINE_DEFAULTS))
+    sd.add_argument("--scheduler", choices=tuple(SCHEDULERS), metavar="NAME",
+                    help="the diffusers scheduler to sample with, on the folder's settings (as Scheduler.from_config): "
+                         f"{', '.join(SCHEDULERS)}; default: the folder's own (SD 1.x's PNDMScheduler is not "
+                         "reproduced: choose one of these)")
+    sd.add_argument("--height", type=int, help="image height in pixels (default: the UNet's sample_size × the VAE's "
+                                               "downsampling, 512 for SD 1.5)")
+    sd.add_argument("--width", type=int, help="image width in pixels (default as --height)")
     add_sampling_args(p)
+    p.set_defaults(**dict.fromkeys(RUN_DEFAULTS))  # each source's own, set by check_source
     args = p.parse_args(argv)
     check_ranges(p, args, OPTION_RANGES)
+    check_source(p, args)
     return args
+
+
+def check_source(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--run or --pipeline, each with its own options (another one given is a usage error); then the sampling
+    defaults of the one chosen."""
+    others, other_flag, flag = (RUN_ONLY, "--run", "--pipeline") if args.pipeline else (PIPELINE_ONLY, "--pipeline",
+                                                                                          "--run")
+    stray = ["--" + name.replace("_", "-") for name in others if getattr(args, name) != p.get_default(name)]
+    if stray:
+        p.error(f"{', '.join(stray)} {'goes' if len(stray) == 1 else 'go'} with {other_flag}, not {flag}")
+    if args.pipeline and not args.prompt:
+        p.error("--pipeline needs --prompt \"…\" (once per prompt)")
+    if args.pipeline and args.out is None:
+        p.error("--pipeline needs --out, the folder for the images (nothing is written into the model folder)")
+    for name, value in (PIPELINE_DEFAULTS if args.pipeline else RUN_DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def parse_users(spec: str, classes: list[str]) -> list[int]:
@@ -186,9 +263,10 @@ def earlier_output(out: Path, settings: dict) -> tuple[list[Path], str]:
         if before == settings:
             return [], ""
         before = before if isinstance(before, dict) else {}
-        users = [name for name in before.get("users", []) if isinstance(name, str) and Path(name).name == name]
+        folders = before.get("folders", before.get("users", []))  # --pipeline's prompt_<k>, or --run's users
+        folders = [name for name in folders if isinstance(name, str) and Path(name).name == name]
         differ = [key for key in settings if before.get(key) != settings[key]]
-        paths = [out / name for name in (*users, *PICTURES, SETTINGS)]
+        paths = [out / name for name in (*folders, *PICTURES, SETTINGS)]
         return [path for path in paths if path.exists()], f"other {', '.join(differ) or 'settings'}"
     folders = [d for d in sorted(out.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     if (out / "grid.png").is_file():  # written by sample.py before it wrote samples.json: its NNN.png folders
@@ -294,8 +372,63 @@ def save_pictures(out: Path, cfg: dict, names: list[str], images: torch.Tensor, 
     return pictures
 
 
+def run_pipeline(args: argparse.Namespace) -> int:
+    """--pipeline: prompts → images by tinyldm's parts of a diffusers Stable Diffusion folder, each written as made."""
+    if not math.isfinite(args.cfg_scale):
+        raise ValueError(f"--cfg-scale {args.cfg_scale}: must be a finite number")
+    sd = load_stable_diffusion(args.pipeline, resolve_device(args.device))
+    sd = with_scheduler(sd, args.scheduler) if args.scheduler else sd
+    prompts, negative = args.prompt, args.negative_prompt or [""]
+    if len(negative) not in (1, len(prompts)):
+        raise ValueError(f"{len(negative)} --negative-prompt for {len(prompts)} --prompt; give it once for all "
+                         "prompts, or once per prompt")
+    negative = negative * len(prompts) if len(negative) == 1 else negative
+    shape = latent_shape(sd, args.height, args.width)
+    scheduler_grid(sd, args.steps, args.eta)  # a scheduler or setting tinyldm does not reproduce: refused here
+    folders = [f"prompt_{k}" for k in range(len(prompts))]
+    settings = {"pipeline": str(Path(args.pipeline).resolve()), "prompts": prompts, "negative_prompts": negative,
+                "folders": folders, "n_per_prompt": args.n_per_prompt, "batch_size": args.batch_size,
+                "scheduler": sd.scheduler, "steps": args.steps, "cfg_scale": args.cfg_scale,
+                "cfg_rescale": args.cfg_rescale, "eta": args.eta, "seed": args.seed, "latent_shape": list(shape)}
+    out = args.out
+    claim_out(out, None, settings, args.overwrite)
+
+    # All latents from one generator seeded with --seed, each prompt's n images in a row: what diffusers'
+    # pipe(prompts, num_images_per_prompt=n, generator=torch.Generator().manual_seed(seed)) draws, so a
+    # deterministic scheduler gives its images whatever --batch-size. Ctrl-C or SIGTERM stops after the batch.
+    jobs = [(k, i) for k in range(len(prompts)) for i in range(args.n_per_prompt)]
+    generator = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn((len(jobs), *shape), generator=generator)
+    images = []
+    try:
+        with StopRequest() as stop:
+            for start in range(0, len(jobs), args.batch_size):
+                share_cores()  # fewer threads while other processes use cores (tinyldm/threads.py)
+                batch = jobs[start:start + args.batch_size]
+                x = text_to_image(sd, [prompts[k] for k, _ in batch], [negative[k] for k, _ in batch],
+                                  steps=args.steps, cfg_scale=args.cfg_scale, cfg_rescale=args.cfg_rescale,
+                                  eta=args.eta, height=args.height, width=args.width,
+                                  noise=noise[start:start + len(batch)], generator=generator, progress=True).cpu()
+                for (k, i), img in zip(batch, to_uint8(x * 2 - 1)):  # (B, 3, H, W) in [0, 1] → uint8
+                    (out / folders[k]).mkdir(exist_ok=True)
+                    atomic_save_image(out / folders[k] / f"{i:03d}.png", Image.fromarray(img))
+                images.append(x)
+                if stop.requested:
+                    print(f"{stop.signal}: stopped: {start + len(batch)} of {len(jobs)} images written to {out}; run "
+                          f"the same command again to write all {len(jobs)} (it starts afresh)", flush=True)
+                    return 130
+        rows = (torch.cat(images) * 2 - 1).reshape(len(prompts), args.n_per_prompt, *images[0].shape[1:])
+        labels = [p if len(p) <= PROMPT_LABEL else p[:PROMPT_LABEL - 3] + "..." for p in prompts]
+        atomic_save_image(out / "grid.png", user_blocks([thumbnails(r, PROMPT_THUMBNAIL) for r in rows], labels))
+    finally:
+        unlock_run(out)
+    print(f"wrote {len(jobs)} images of {len(prompts)} prompts to {out}/prompt_<k>/NNN.png and grid.png to {out}")
+    return 0
+
+
 def main(argv=None) -> int:
-    return run_cli("sample.py", run, parse_args(argv))
+    args = parse_args(argv)
+    return run_cli("sample.py", run_pipeline if args.pipeline else run, args)
 
 
 if __name__ == "__main__":
