@@ -3,6 +3,8 @@
     python sample.py --run runs/ldm-dit-tiny                          # 4 images of every user, DPM-Solver++(2M)
     python sample.py --run runs/ldm-dit-tiny --users 0,5,7 --n-per-user 16 --cfg-scale 8
     python sample.py --run runs/ldm-dit-tiny --sampler heun --steps 30 --trajectory
+    python sample.py --run runs/text-dit --prompt "a 1.60 m person walking at 1.75 m/s, 0.95 s gait cycle, wide arm \
+        swing" --n-per-prompt 8 --cfg-scale 4      # a run trained with --cond text: a row per --prompt
 
 Writes OUT/<user>/<index>.png (the layout of a data folder, so the evaluation can read it), each as soon as its batch
 is made, and OUT/samples.json (the settings); then three pictures:
@@ -52,7 +54,7 @@ from tinyldm.interop.stable_diffusion import (
     text_to_image,
     with_scheduler,
 )
-from tinyldm.loading import data_split, load_ldm, load_run_vae
+from tinyldm.loading import data_split, load_ldm, load_run_vae, load_tokenizer
 from tinyldm.options import SEED_RANGE, at_least, check_ranges, device_name
 from tinyldm.runs import (
     RunError,
@@ -80,11 +82,12 @@ PROMPT_THUMBNAIL, PROMPT_LABEL = 128, 40  # --pipeline's grid.png: thumbnails of
 # The options that only one source reads; one given with the other source is refused (a value other than the
 # parser's default counts as given). The defaults that differ: tinyldm's SamplingConfig for a run; diffusers'
 # StableDiffusionPipeline.__call__ for a pipeline, in batches of 4 (SD's 512 px images, two UNet passes each).
+# --prompt and --n-per-prompt go with both: a pipeline, and a run trained with --cond text.
 RUN_ONLY = ("users", "n_per_user", "weights", "trajectory", "trajectory_users", "compare_real", "sampler", "spacing")
-PIPELINE_ONLY = ("prompt", "negative_prompt", "n_per_prompt", "scheduler", "height", "width")
+PIPELINE_ONLY = ("negative_prompt", "scheduler", "height", "width")
 RUN_DEFAULTS = {"batch_size": 32, "sampler": DEFAULT_SAMPLING.sampler, "spacing": DEFAULT_SAMPLING.spacing,
                 "steps": DEFAULT_SAMPLING.steps, "cfg_scale": DEFAULT_SAMPLING.cfg_scale}
-PIPELINE_DEFAULTS = {"batch_size": 4, "steps": 50, "cfg_scale": 7.5}
+PIPELINE_DEFAULTS = {"batch_size": 4, "steps": 50, "cfg_scale": 7.5, "n_per_prompt": 1}
 
 # What each numeric option allows (tinyldm.options), checked once at start-up. The sampling options (--steps, --eta,
 # --cfg-scale, --cfg-rescale) are checked by SamplingConfig, the first thing run() builds.
@@ -137,11 +140,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="same seed, same images")
     text = p.add_argument_group("text prompts")
     text.add_argument("--prompt", action="append", metavar="TEXT",
-                      help="what to draw: a row of images each; give it once per prompt (with --pipeline)")
+                      help="what to draw: a row of images each; give it once per prompt (with --pipeline, or a run "
+                           "trained with train_ldm.py --cond text, instead of --users)")
     text.add_argument("--negative-prompt", action="append", metavar="TEXT",
                       help="what guidance steers away from (the unconditional side of w): once for all prompts, or "
                            "once per --prompt; default \"\" (as diffusers)")
-    text.add_argument("--n-per-prompt", "--n", type=int, default=1, metavar="N", help="images per prompt")
+    text.add_argument("--n-per-prompt", "--n", type=int, default=None, metavar="N",
+                      help="images per prompt (default 1 with --pipeline, --n-per-user with a text run)")
     sd = p.add_argument_group("Stable Diffusion (--pipeline)", (
         "Sampling defaults are diffusers' (the folder's scheduler, {steps} steps, --cfg-scale {cfg_scale}); guidance\n"
         "acts only for w > 1, as in diffusers. --sampler and --spacing are tinyldm's grids and go with --run.\n"
@@ -302,28 +307,45 @@ def claim_out(out: Path, data: str | None, settings: dict, overwrite: bool) -> N
     atomic_write_json(out / SETTINGS, settings)
 
 
+def rows_of(args: argparse.Namespace, cfg: dict, tokenizer) -> tuple[list[int], list[str], list[str] | None, int]:
+    """What the rows of pictures are → (row ids, folder names, prompts or None, images per row): the --users of a
+    run conditioned on user ids, or the --prompt texts of a run trained with --cond text (folders prompt_<k>)."""
+    if tokenizer is None:
+        if args.prompt or args.n_per_prompt is not None:
+            raise ValueError(f"{args.run} is conditioned on user ids, not text: choose --users (and --n-per-user) "
+                             "instead of --prompt")
+        users = parse_users(args.users, cfg["classes"])
+        return users, [cfg["classes"][u] for u in users], None, args.n_per_user
+    if not args.prompt or args.users != "all":
+        raise ValueError(f"{args.run} was trained on captions (--cond text): give --prompt \"…\" once per row "
+                         "instead of --users, e.g. one of its training captions (config.json, grid.prompts)")
+    k = range(len(args.prompt))
+    return list(k), [f"prompt_{i}" for i in k], args.prompt, args.n_per_prompt or args.n_per_user
+
+
 def run(args: argparse.Namespace) -> int:
     sampling = sampling_config(args)
     device = resolve_device(args.device)
     model, cfg = load_ldm(args.run, device, args.weights)
-    vae = load_run_vae(cfg, device)
-    users = parse_users(args.users, cfg["classes"])
-    names = [cfg["classes"][u] for u in users]
+    vae, tokenizer = load_run_vae(cfg, device), load_tokenizer(args.run, cfg)
+    users, names, prompts, n = rows_of(args, cfg, tokenizer)
     out = args.out or Path(args.run) / "samples" / f"{sampling.sampler}_{sampling.steps}"
     settings = {"run": str(Path(args.run).resolve()), "weights": args.weights,
                 "weights_sha256": file_sha256(Path(args.run) / f"{args.weights}.safetensors"), "users": names,
-                "n_per_user": args.n_per_user, "batch_size": args.batch_size, "sampling": asdict(sampling)}
+                "n_per_user": n, "batch_size": args.batch_size, "sampling": asdict(sampling)}
+    if prompts is not None:
+        settings["prompts"] = prompts
     claim_out(out, cfg.get("data"), settings, args.overwrite)
 
     # Sample, writing each image as soon as its batch is made (atomically: a kill leaves no cut-short PNG). Ctrl-C or
     # SIGTERM stops after the batch being made.
-    total, written = len(users) * args.n_per_user, []
+    total, written, folder = len(users) * n, [], dict(zip(users, names))
 
     def write_batch(batch: list[tuple[int, int]], x: torch.Tensor) -> None:  # x: (B, C, H, W)
         for (u, i), img in zip(batch, to_uint8(x)):
-            (out / cfg["classes"][u]).mkdir(exist_ok=True)
+            (out / folder[u]).mkdir(exist_ok=True)
             image = Image.fromarray(img if cfg["channels"] == 3 else img[..., 0])
-            atomic_save_image(out / cfg["classes"][u] / f"{i:03d}.png", image)
+            atomic_save_image(out / folder[u] / f"{i:03d}.png", image)
         written.extend(batch)
         if stop.requested:
             raise Stopped
@@ -331,25 +353,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         with StopRequest() as stop:
             try:
-                images, trajectory = generate(model, vae, cfg, users, args.n_per_user, sampling,
-                                              batch_size=args.batch_size, device=device, progress=True,
-                                              trajectory=args.trajectory, on_batch=write_batch)
+                images, trajectory = generate(model, vae, cfg, users, n, sampling, prompts=prompts,
+                                              tokenizer=tokenizer, batch_size=args.batch_size, device=device,
+                                              progress=True, trajectory=args.trajectory, on_batch=write_batch)
             except Stopped:
                 pass
         if stop.requested:
             print(f"{stop.signal}: stopped: {len(written)} of {total} images written to {out}; run the same command "
                   f"again to write all {total} (it starts afresh)", flush=True)
             return 130
-        pictures = save_pictures(out, cfg, names, images, trajectory, sampling, args)
+        labels = names if prompts is None else [p if len(p) <= PROMPT_LABEL else p[:PROMPT_LABEL - 3] + "..."
+                                                 for p in prompts]
+        pictures = save_pictures(out, cfg, labels, images, trajectory, sampling, args, real=prompts is None)
     finally:
         unlock_run(out)
-    print(f"wrote {total} images of {len(users)} users to {out}/<user>/NNN.png and {', '.join(pictures)} to {out}")
+    rows = f"{len(users)} users to {out}/<user>" if prompts is None else f"{len(users)} prompts to {out}/prompt_<k>"
+    print(f"wrote {total} images of {rows}/NNN.png and {', '.join(pictures)} to {out}")
     return 0
 
 
-def save_pictures(out: Path, cfg: dict, names: list[str], images: torch.Tensor, trajectory, sampling, args
-                  ) -> list[str]:
-    """The grid, the denoising trajectory (with --trajectory) and real beside generated → the file names written."""
+def save_pictures(out: Path, cfg: dict, names: list[str], images: torch.Tensor, trajectory, sampling, args,
+                  real: bool = True) -> list[str]:
+    """The grid, the denoising trajectory (with --trajectory) and real beside generated (users' rows, `real`) → the
+    file names written."""
     atomic_save_image(out / "grid.png", user_blocks([thumbnails(row, THUMBNAIL) for row in images], names))
     pictures = ["grid.png"]
 
@@ -362,7 +388,7 @@ def save_pictures(out: Path, cfg: dict, names: list[str], images: torch.Tensor, 
         pictures.append("trajectory.png")
 
     # Real beside generated, for the first users.
-    if args.compare_real > 0:
+    if args.compare_real > 0 and real:
         shown = names[:COMPARE_USERS if images[0].shape[-1] <= LARGE else COMPARE_USERS_LARGE]
         real = real_images(cfg, shown, args.compare_real)
         if real is not None:

@@ -21,7 +21,7 @@ def read(path):
 def test_cli_writes_user_folders_and_metadata(tmp_path, capsys):
     out = tmp_path / "md"
     main(["--out", str(out), "--users", "3", "--per-user", "2", "--size", "32", "--workers", "1"])
-    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "user_00", "user_01", "user_02"]
+    assert sorted(p.name for p in out.iterdir()) == ["captions.json", "metadata.json", "user_00", "user_01", "user_02"]
     assert sorted(p.name for p in (out / "user_01").iterdir()) == ["000.png", "001.png"]
     img = read(out / "user_02" / "001.png")
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from test_train_vae import make_folder
 
+import evaluate
 import sample as sample_script
 import train_ldm
 import train_vae
@@ -146,7 +147,7 @@ def test_drop_captions_replaces_whole_captions_at_rate_p(tokenizer):
     assert dropped.float().mean().item() == pytest.approx(0.1, abs=0.015)
 
 
-def test_train_ldm_cond_text_then_sample_with_a_prompt(tmp_path):
+def test_train_ldm_cond_text_then_sample_with_a_prompt(tmp_path, capsys):
     data = make_folder(tmp_path / "data", users=3, per_user=8, size=32)
     captions = {p.relative_to(data).as_posix(): f"stripes of user {p.parent.name[-1]} number {p.stem}"
                 for p in data.glob("user_*/*.png")}
@@ -168,5 +169,11 @@ def test_train_ldm_cond_text_then_sample_with_a_prompt(tmp_path):
     out = tmp_path / "samples"
     assert sample_script.main(["--run", str(run), "--prompt", "stripes of user 2 number 1", "--n-per-user", "2",
                                "--steps", "2", "--out", str(out)]) == 0
-    pngs = sorted(out.rglob("*.png"))
-    assert pngs and Image.open(pngs[0]).size == (32, 32)
+    pngs = sorted((out / "prompt_0").glob("*.png"))
+    assert len(pngs) == 2 and Image.open(pngs[0]).size == (32, 32)
+    assert json.loads((out / "samples.json").read_text())["prompts"] == ["stripes of user 2 number 1"]
+    # A text run asks for prompts, not users; evaluate.py (users) points to the caption benchmark.
+    assert sample_script.main(["--run", str(run), "--users", "0", "--out", str(tmp_path / "s2")]) == 2
+    assert "--cond text" in "".join(capsys.readouterr())
+    assert evaluate.main(["--run", str(run), "--seeds", "1"]) == 2
+    assert "caption_following.py" in "".join(capsys.readouterr())
