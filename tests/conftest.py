@@ -4,11 +4,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinyldm import threads
+
 # The scripts (train_vae.py, train_ldm.py, sample.py, …) live at the repository root; tests import them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Tests run on 2 CPU cores; keep thread count predictable.
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def steady_threads(request, monkeypatch):
+    """torch's thread count stays what a test sets. The scripts' share_cores (tinyldm/threads.py) follows other
+    processes' CPU use every 2 s; inside a test it could change the count between two runs that the test compares
+    bit for bit (float sums then round differently), at moments that depend on the machine. test_threads.py tests
+    share_cores itself; subprocesses a test starts run the scripts as a user would."""
+    if request.module.__name__ != "test_threads":
+        monkeypatch.setattr(threads, "start", lambda: None)
+        monkeypatch.setitem(threads._state, "active", False)
 
 
 @pytest.fixture(autouse=True, scope="session")
