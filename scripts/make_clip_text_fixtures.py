@@ -24,6 +24,7 @@ from pathlib import Path
 
 import safetensors
 import torch
+from make_diffusers_fixtures import perturb  # the scripts' one "move every weight off its init" (needs diffusers)
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 from transformers import __version__ as transformers_version
@@ -32,15 +33,6 @@ OUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "transformers
 T = 12  # tokens per row (max_position_embeddings is 16)
 SIZE = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=16, layer_norm_eps=1e-5, attention_dropout=0.0)
-
-
-def perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Move every parameter off its initial value (norm scales off 1, biases off 0) so that a mapping error shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def token_rows(bos: int, eos: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

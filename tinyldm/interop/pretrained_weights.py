@@ -89,16 +89,17 @@ def model_folder(path: Path) -> Path:
     return path
 
 
-def folder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The folder's tensors: its safetensors file, or the pickled .bin of older uploads (read as plain tensors)."""
-    single, legacy = folder / WEIGHTS, folder / "diffusion_pytorch_model.bin"
-    if single.is_file():
-        return read_safetensors(single), single
-    if legacy.is_file():
-        return read_state_dict(legacy), legacy
+def folder_weights(folder: Path, single: str = WEIGHTS, legacy: str = "diffusion_pytorch_model.bin"
+                   ) -> tuple[dict[str, torch.Tensor], Path]:
+    """The folder's tensors: its safetensors file `single`, or the pickled `legacy` .bin of older uploads (read as
+    plain tensors). diffusers' names by default; transformers' are model.safetensors and pytorch_model.bin."""
+    if (folder / single).is_file():
+        return read_safetensors(folder / single), folder / single
+    if (folder / legacy).is_file():
+        return read_state_dict(folder / legacy), folder / legacy
     others = listed(sorted(p.name for p in folder.iterdir() if p.name != "config.json"), 6) or "nothing else"
-    raise PretrainedError(f"{folder} has config.json but no {WEIGHTS} (it holds {others}; sharded or fp16-variant "
-                          "weights are not read): download that file too")
+    raise PretrainedError(f"{folder} has config.json but no {single} or {legacy} (it holds {others}; sharded or "
+                          "fp16-variant weights are not read): download that file too")
 
 
 # ---- names -----------------------------------------------------------------------------------------------------------

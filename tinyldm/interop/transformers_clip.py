@@ -22,15 +22,7 @@ from pathlib import Path
 from torch import nn
 
 from tinyldm.interop.pretrained import build
-from tinyldm.interop.pretrained_weights import (
-    PretrainedError,
-    export_weights,
-    fill_weights,
-    listed,
-    read_json,
-    read_safetensors,
-    read_state_dict,
-)
+from tinyldm.interop.pretrained_weights import PretrainedError, export_weights, fill_weights, folder_weights, read_json
 from tinyldm.runs import atomic_save_weights, atomic_write_json
 
 WEIGHTS, LEGACY_WEIGHTS = "model.safetensors", "pytorch_model.bin"
@@ -130,18 +122,6 @@ def text_encoder_folder(path: Path) -> Path:
     return path
 
 
-def folder_weights(folder: Path) -> tuple[dict, Path]:
-    """The folder's tensors: model.safetensors, or the pickled pytorch_model.bin of older uploads (plain tensors)."""
-    single, legacy = folder / WEIGHTS, folder / LEGACY_WEIGHTS
-    if single.is_file():
-        return read_safetensors(single), single
-    if legacy.is_file():
-        return read_state_dict(legacy), legacy
-    others = listed(sorted(p.name for p in folder.iterdir() if p.name != "config.json"), 6) or "nothing else"
-    raise PretrainedError(f"{folder} has config.json but no {WEIGHTS} or {LEGACY_WEIGHTS} (it holds {others}; sharded "
-                          "or fp16-variant weights are not read): download that file too")
-
-
 # ---- from_pretrained / save_pretrained -------------------------------------------------------------------------------
 
 def from_pretrained(cls: type, config_cls: type, path, subfolder: str | None = None, **overrides) -> nn.Module:
@@ -150,7 +130,7 @@ def from_pretrained(cls: type, config_cls: type, path, subfolder: str | None = N
     path = Path(path) / subfolder if subfolder else Path(path)
     where = text_encoder_folder(path) / "config.json"
     kwargs = read_transformers_config(read_json(where), cls, where)
-    state, weights = folder_weights(path)
+    state, weights = folder_weights(path, WEIGHTS, LEGACY_WEIGHTS)
     state = {key.removeprefix(PREFIX): tensor for key, tensor in state.items()}
     state.pop("embeddings.position_ids", None)  # positions are 0 … L − 1 by definition (see the docstring)
     model = build(cls, config_cls, kwargs, overrides, where)
