@@ -24,7 +24,7 @@ Or text → image with Stable Diffusion 1.x / 2.x from a diffusers folder, run b
         --scheduler DPMSolverMultistepScheduler --steps 25 --negative-prompt "blurry" --n-per-prompt 2
 
 writes OUT/prompt_<k>/<index>.png (prompt k in the order given), OUT/samples.json and OUT/grid.png (a row per
-prompt). SD 1.x folders ship PNDMScheduler, which tinyldm does not reproduce: --scheduler picks one it does, on the
+prompt). SD 1.x folders ship PNDMScheduler (PLMS), which tinyldm reproduces; --scheduler picks another, on the
 folder's settings (as diffusers' Scheduler.from_config).
 
 Nothing a user made is replaced: an --out inside the run's data folder, or one holding folders of files sample.py
@@ -153,8 +153,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--seed seeds one generator for all latents, as diffusers' generator= does.").format(**PIPELINE_DEFAULTS))
     sd.add_argument("--scheduler", choices=tuple(SCHEDULERS), metavar="NAME",
                     help="the diffusers scheduler to sample with, on the folder's settings (as Scheduler.from_config): "
-                         f"{', '.join(SCHEDULERS)}; default: the folder's own (SD 1.x's PNDMScheduler is not "
-                         "reproduced: choose one of these)")
+                         f"{', '.join(SCHEDULERS)}; default: the folder's own (SD 1.x's: PNDMScheduler)")
     sd.add_argument("--height", type=int, help="image height in pixels (default: the UNet's sample_size × the VAE's "
                                                "downsampling, 512 for SD 1.5)")
     sd.add_argument("--width", type=int, help="image width in pixels (default as --height)")

@@ -28,6 +28,7 @@ SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012
 # Cosine with v: at t = 999 its α is 5e-5, and x̂0 = (x − σ ε̂)/α would cost both sides 1e-3 in float32.
 COSINE = {"beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction"}
 NO_CLIP = {"clip_sample": False}
+PLMS = {"skip_prk_steps": True}  # PNDM without its Runge–Kutta start, as Stable Diffusion 1.x ships it
 
 # (name, scheduler class, config, steps, arguments of `step` beyond the generator). The names say the setting.
 CASES = [
@@ -100,6 +101,13 @@ CASES = [
      {}),
     ("lms_trailing", "LMSDiscreteScheduler", SD | {"timestep_spacing": "trailing"}, STEPS, {}),
     ("lms_karras", "LMSDiscreteScheduler", SD | {"use_karras_sigmas": True}, STEPS, {}),
+    ("pndm_sd15", "PNDMScheduler", SD | PLMS | {"steps_offset": 1, "set_alpha_to_one": False}, STEPS, {}),
+    ("pndm_defaults_plms_alpha0_noop", "PNDMScheduler", PLMS, STEPS, {}),
+    ("pndm_trailing_alpha1", "PNDMScheduler", SD | PLMS | {"timestep_spacing": "trailing", "set_alpha_to_one": True},
+     STEPS, {}),
+    ("pndm_sd15_20_steps", "PNDMScheduler", SD | PLMS | {"steps_offset": 1}, 20, {}),
+    ("pndm_prk_defaults", "PNDMScheduler", {}, STEPS, {}),
+    ("pndm_v_prediction", "PNDMScheduler", SD | PLMS | {"prediction_type": "v_prediction"}, STEPS, {}),
 ]
 TAKES_GENERATOR = ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler",
                    "EulerAncestralDiscreteScheduler")

@@ -16,9 +16,9 @@ The parts are SD 1.x's at toy widths: a 3-level VAE (32×32 images ↔ 8×8×4 l
 cross-attention to the text width, a 2-layer CLIP text model (quick_gelu), and a CLIP tokenizer on a byte-level BPE
 vocabulary learnt below from a few sentences, written in CLIP's layout (256 byte symbols, the same with `</w>`,
 the merges, then <|startoftext|> and <|endoftext|>): nothing comes from the Hub. The folder's scheduler is
-EulerDiscreteScheduler made `from_config` of SD 1.5's PNDMScheduler settings, as diffusers users switch schedulers
-(PNDM itself is not reproduced by tinyldm): its config keeps PNDM's skip_prk_steps and set_alpha_to_one, unused.
-The cases switch schedulers the same way, from the folder's settings, and DDIM from SD 1.5's.
+EulerDiscreteScheduler made `from_config` of SD 1.5's PNDMScheduler settings, as diffusers users switch schedulers:
+its config keeps PNDM's skip_prk_steps and set_alpha_to_one, unused. The cases switch schedulers the same way, from
+the folder's settings, and DDIM and PNDM (SD 1.x's own, PLMS) from SD 1.5's.
 """
 
 import json
@@ -176,8 +176,9 @@ def main() -> None:
         embeddings = pipe.text_encoder(ids)[0]
     tensors, cases = {"latents": latents, "input_ids": ids, "text_embeddings": embeddings}, []
     # (name, scheduler class, made from_config of: the folder's or SD 1.5's, guidance w, negative prompts, step-noise
-    # seed). DDIM from the folder's Euler settings would keep timestep_spacing="linspace", on which diffusers' DDIM
-    # steps off its own grid (tinyldm refuses that); from SD 1.5's PNDM settings it is "leading" with steps_offset 1.
+    # seed). PNDM from SD 1.5's settings is what a stock SD 1.x folder samples with. DDIM from the folder's Euler
+    # settings would keep timestep_spacing="linspace", on which diffusers' DDIM steps off its own grid (tinyldm
+    # refuses that); from SD 1.5's PNDM settings it is "leading" with steps_offset 1.
     folder, sd15 = pipe.scheduler.config, PNDMScheduler.from_config(SD15_PNDM).config
     plan = [("euler_w7.5_negative", EulerDiscreteScheduler, folder, 7.5, NEGATIVE, None),
             ("euler_w1", EulerDiscreteScheduler, folder, 1.0, None, None),
@@ -185,7 +186,8 @@ def main() -> None:
             ("dpmpp_2m_w3", DPMSolverMultistepScheduler, folder, 3.0, None, None),
             ("ddim_w7.5_negative", DDIMScheduler, sd15, 7.5, NEGATIVE, None),
             ("ddim_w3", DDIMScheduler, sd15, 3.0, None, None),
-            ("euler_ancestral_w5_seed", EulerAncestralDiscreteScheduler, folder, 5.0, None, 5)]
+            ("euler_ancestral_w5_seed", EulerAncestralDiscreteScheduler, folder, 5.0, None, 5),
+            ("pndm_w7.5_negative", PNDMScheduler, sd15, 7.5, NEGATIVE, None)]
     for name, cls, source, w, negative, seed in plan:
         pipe.scheduler = cls.from_config(source)  # as diffusers users switch schedulers
         generator = torch.Generator().manual_seed(seed) if seed is not None else None

@@ -41,6 +41,8 @@ NOT_REPRODUCED = {
     "ddpm_fixed_large_trailing": "last step",
     "dpmpp_2m_heun": "not reproduced",
     "dpmpp_2m_sde_midpoint": "not reproduced",
+    "pndm_prk_defaults": "skip_prk_steps=False",
+    "pndm_v_prediction": "combines the raw v",
 }
 DPMPP_3M = ("dpmpp_3m_linspace", "dpmpp_3m_trailing_20_steps")  # tinyldm's 3M differs on purpose (D2's factor 2)
 # The cosine schedule without zero terminal SNR has ᾱ(999) = 2.4e-9: the first Euler step takes σ̃ from 2.0e4 to 4.4.
@@ -105,7 +107,7 @@ def assert_same_run(ours, theirs):
 def test_reproduces_the_diffusers_trajectory(name):
     case, ours = CASES[name], run_ours(CASES[name])
     assert_same_run(ours, case)
-    assert (len(ours[1]) < len(case["call_t"])) == (name == "ddim_leading_alpha0_noop")  # the one no-op step
+    assert (len(ours[1]) < len(case["call_t"])) == name.endswith("_alpha0_noop")  # the no-op last step
 
 
 def errors_from_float64(case) -> tuple[float, float]:
@@ -259,6 +261,21 @@ def test_ddim_steps_delta_down_so_only_grids_with_that_stride_are_reproduced():
     assert not sd15.denoise_to_zero and sd15.noise_scale == 1.0
 
 
+def test_pndm_is_plms_on_ddims_grid_and_refuses_what_it_does_not_reproduce():
+    sched = Schedule.vp("scaled_linear")
+    sd15 = {"steps_offset": 1, "set_alpha_to_one": False, "skip_prk_steps": True}
+    grid = diffusers_grid("PNDMScheduler", 10, sched, **sd15)
+    assert grid.sampler == "plms" and grid.sampler_options == {} and not grid.denoise_to_zero
+    assert grid.timesteps.tolist() == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1, 0]
+    assert diffusers_grid("PNDMScheduler", 1, sched, **sd15).sampler == "ddim"  # φ with ε alone, as diffusers
+    with pytest.raises(ValueError, match="skip_prk_steps=False starts with Runge–Kutta steps"):
+        diffusers_grid("PNDMScheduler", 10, sched)
+    with pytest.raises(ValueError, match="combines the raw v"):
+        diffusers_grid("PNDMScheduler", 10, sched, **sd15, prediction_type="v_prediction")
+    with pytest.raises(ValueError, match="changes nothing"):  # one step from t = 0 to ᾱ_0: diffusers returns z
+        diffusers_grid("PNDMScheduler", 1, sched, skip_prk_steps=True)
+
+
 def test_dpm_solver_lays_n_plus_one_points_and_drops_the_last():
     sched, T = Schedule.vp("scaled_linear"), 1000
     for steps in (5, 8, 13, 25):
@@ -338,7 +355,7 @@ def test_settings_are_checked_with_clear_errors():
     with pytest.raises(ValueError, match="beta_end=0.02 but the schedule has 0.012"):
         diffusers_grid("EulerDiscreteScheduler", 10, sched, beta_end=0.02)
     with pytest.raises(ValueError, match="not one tinyldm reproduces"):
-        diffusers_grid("PNDMScheduler", 10, sched)
+        diffusers_grid("UniPCMultistepScheduler", 10, sched)
     with pytest.raises(ValueError, match="the config is for 'DDIMScheduler'"):
         diffusers_grid("EulerDiscreteScheduler", 10, sched, _class_name="DDIMScheduler")
     with pytest.raises(ValueError, match="VP scheduler"):
@@ -372,8 +389,9 @@ def test_grids_match_live_diffusers(name):
     diffusers = pytest.importorskip("diffusers")
     sd = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False}
     karras = [False, True] if "use_karras_sigmas" in DEFAULTS[name] else [False]
+    plms = {"skip_prk_steps": True, "set_alpha_to_one": True} if name == "PNDMScheduler" else {}
     for steps, spacing, offset, use_karras in itertools.product((1, 2, 7, 10, 25, 50), SPACINGS, (0, 1), karras):
-        config = {k: v for k, v in sd.items() if k in DEFAULTS[name] | COMMON}
+        config = {k: v for k, v in sd.items() if k in DEFAULTS[name] | COMMON} | plms
         config |= {"timestep_spacing": spacing, "steps_offset": offset, "use_karras_sigmas": use_karras}
         config = {k: v for k, v in config.items() if k != "use_karras_sigmas" or len(karras) == 2}
         ref = getattr(diffusers, name)(**config)
@@ -382,12 +400,15 @@ def test_grids_match_live_diffusers(name):
         try:
             grid = diffusers_grid(name, steps, sched, **config)
         except ValueError as error:
-            assert name == "DDIMScheduler" and spacing != "leading" and "#12633" in str(error)
+            assert name in ("DDIMScheduler", "PNDMScheduler") and spacing != "leading" and "#12633" in str(error)
             continue
-        # The times the network is told, and the states' σ̃ (diffusers' `sigmas`, Heun's without its repeats).
+        # The times the network is told, and the states' σ̃ (diffusers' `sigmas`, Heun's without its repeats; PNDM's
+        # second call, at t_1, is made inside plms's first step).
         asked = grid.model_times[: len(grid.model_times) - (0 if grid.denoise_to_zero else 1)]
         ref_t = ref.timesteps.double()
         ref_t = torch.cat([ref_t[:1], ref_t[1::2]]) if name == "HeunDiscreteScheduler" else ref_t
+        ref_t = torch.cat([ref_t[:1], ref_t[2:]]) if name == "PNDMScheduler" else ref_t
+        assert grid.sampler == {"PNDMScheduler": "plms" if steps > 1 else "ddim"}.get(name, grid.sampler)
         torch.testing.assert_close(asked, ref_t, rtol=0, atol=1e-4)
         if hasattr(ref, "sigmas"):
             ref_sigmas = ref.sigmas.double()
@@ -410,8 +431,8 @@ def test_reproduces_live_diffusers_at_other_step_counts(steps):
         case = CASES[name]
         try:
             ours = run_ours(case, steps=steps)
-        except ValueError as error:  # DDIM trailing when N does not divide T
-            assert name.startswith("ddim_") and "#12633" in str(error)
+        except ValueError as error:  # DDIM and PNDM trailing when N does not divide T
+            assert name.startswith(("ddim_", "pndm_")) and "#12633" in str(error)
             continue
         theirs = script.record(case["scheduler"], case["config"], steps, case["step_args"], FIXTURE["noise"])
         assert_same_run(ours, theirs)
@@ -429,7 +450,8 @@ def nearest_run(case):
     """For a case `diffusers_grid` refuses: tinyldm with the nearest settings it reproduces, or its sampler on
     diffusers' listed network times."""
     fixes = {"ddim_clip": {"use_clipped_model_output": True}, "dpmpp_2m_heun": {"solver_type": "midpoint"},
-             "dpmpp_2m_sde_midpoint": {"solver_type": "heun"}}
+             "dpmpp_2m_sde_midpoint": {"solver_type": "heun"}, "pndm_prk_defaults": {"skip_prk_steps": True},
+             "pndm_v_prediction": {"prediction_type": "epsilon"}}
     sched = schedule_of(case)
     if case["name"] in fixes:
         return run_ours(case, diffusers_grid(case["scheduler"], case["steps"], sched,

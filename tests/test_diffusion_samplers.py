@@ -34,7 +34,7 @@ def exact_network(sched, prediction, mu=0.5, s=0.7):
 def exact_flow_map(sched, x, t_from, t_to, mu=0.5, s=0.7):
     return gaussian_flow_map(sched, x, t_from, t_to, mu, s)
 
-DETERMINISTIC = ["ddim", "euler", "heun", "lms", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m",
+DETERMINISTIC = ["ddim", "euler", "heun", "lms", "plms", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m",
                  "dpmpp_3m"]
 
 

@@ -91,13 +91,28 @@ def test_switching_schedulers_keeps_the_settings_diffusers_keeps(sd):
         assert torch.equal(ours.timesteps, theirs.timesteps) and torch.equal(ours.model_times, theirs.model_times)
 
 
+def test_a_stock_sd1_folder_samples_with_its_own_pndm_as_diffusers(sd):
+    # SD 1.x folders ship PNDMScheduler with skip_prk_steps (PLMS); no --scheduler needed.
+    stock = replace(sd, scheduler="PNDMScheduler", scheduler_config=MANIFEST["sd15_pndm"])
+    assert scheduler_grid(stock, 10).sampler == "plms"
+    case = CASES["pndm_w7.5_negative"]
+    images = text_to_image(stock, PROMPTS, case["negative_prompt"], steps=case["steps"],
+                           cfg_scale=case["guidance_scale"], noise=TENSORS["latents"], **SIZE)
+    theirs = TENSORS["pndm_w7.5_negative"]
+    assert ((images - theirs).abs().max() / theirs.abs().max()).item() <= RTOL
+
+
 def test_schedulers_tinyldm_does_not_reproduce_are_refused_naming_the_file(sd):
-    pndm = replace(sd, scheduler="PNDMScheduler", scheduler_config=MANIFEST["sd15_pndm"])
-    with pytest.raises(ValueError, match=r"scheduler_config.json: _class_name 'PNDMScheduler' is not a scheduler "
-                                         r"tinyldm reproduces.*--scheduler"):
-        text_to_image(pndm, PROMPTS, steps=2, **SIZE)
-    with pytest.raises(ValueError, match="'PNDMScheduler' is not one tinyldm reproduces"):
-        with_scheduler(sd, "PNDMScheduler")
+    unipc = replace(sd, scheduler="UniPCMultistepScheduler", scheduler_config=MANIFEST["sd15_pndm"])
+    with pytest.raises(ValueError, match=r"scheduler_config.json: _class_name 'UniPCMultistepScheduler' is not a "
+                                         r"scheduler tinyldm reproduces.*--scheduler"):
+        text_to_image(unipc, PROMPTS, steps=2, **SIZE)
+    with pytest.raises(ValueError, match="'UniPCMultistepScheduler' is not one tinyldm reproduces"):
+        with_scheduler(sd, "UniPCMultistepScheduler")
+    # PNDM's Runge–Kutta start (skip_prk_steps=False, diffusers' default; not SD's) is refused, naming the file.
+    prk = replace(sd, scheduler="PNDMScheduler", scheduler_config=MANIFEST["sd15_pndm"] | {"skip_prk_steps": False})
+    with pytest.raises(ValueError, match=r"scheduler_config.json \(as PNDMScheduler\).*skip_prk_steps=False"):
+        text_to_image(prk, PROMPTS, steps=2, **SIZE)
     # DDIM on the folder's (Euler's) linspace grid steps off its own grid in diffusers: refused, naming the file.
     with pytest.raises(ValueError, match=r"sd_tiny/scheduler/scheduler_config.json \(as DDIMScheduler\).*off its own "
                                          "grid"):
@@ -183,13 +198,25 @@ def test_sample_py_writes_diffusers_images_for_a_seed_whatever_the_batch_size(tm
     (["--pipeline", "x", "--prompt", "p", "--out", "o", "--users", "0", "--sampler", "heun"],
      "--users, --sampler go with --run, not --pipeline"),
     (["--run", "y", "--scheduler", "DDIMScheduler"], "--scheduler goes with --pipeline, not --run"),
-    (["--pipeline", "x", "--prompt", "p", "--out", "o", "--scheduler", "PNDMScheduler"], "invalid choice"),
+    (["--pipeline", "x", "--prompt", "p", "--out", "o", "--scheduler", "UniPCMultistepScheduler"], "invalid choice"),
 ])
 def test_sample_py_refuses_mixed_sources_and_options(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         sample_script.parse_args(argv)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_sample_py_samples_a_stock_sd1_folder_with_its_pndm(tmp_path):
+    folder = tmp_path / "sd15"
+    shutil.copytree(FIXTURE, folder)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+        {"_class_name": "PNDMScheduler", "_diffusers_version": "0.42.1", **MANIFEST["sd15_pndm"]}))
+    out = tmp_path / "out"
+    assert sample_script.main(["--pipeline", str(folder), "--prompt", PROMPTS[0], "--steps", "3", "--out",
+                               str(out)]) == 0
+    assert json.loads((out / "samples.json").read_text())["scheduler"] == "PNDMScheduler"
+    assert (out / "prompt_0" / "000.png").is_file()
 
 
 def test_sample_py_names_what_the_folder_lacks(tmp_path, capsys):

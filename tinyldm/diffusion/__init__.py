@@ -24,6 +24,7 @@ from .samplers import (
     heun,
     lms,
     lms_coefficients,
+    plms,
 )
 from .sampling import SAMPLERS, SamplingConfig, make_denoiser, nfe, sample
 from .schedules import SPACINGS, Schedule, karras_sigmas, rescale_zero_terminal_snr
@@ -35,7 +36,7 @@ __all__ = [
     "classifier_free_guidance", "guided_model", "rescale_guidance",
     "ancestral_sigmas", "ddim", "ddpm", "ddpm_posterior", "euler", "euler_ancestral", "flow_euler", "flow_heun", "heun",
     "lms",
-    "lms_coefficients",
+    "lms_coefficients", "plms",
     "dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m",
     "SAMPLERS", "SamplingConfig", "make_denoiser", "nfe", "sample",
 ]

@@ -30,6 +30,7 @@ SAMPLERS = {
     "euler_ancestral": samplers.euler_ancestral,
     "heun": samplers.heun,
     "lms": samplers.lms,
+    "plms": samplers.plms,
     "flow_euler": samplers.flow_euler,
     "flow_heun": samplers.flow_heun,
     "dpm_solver_1": dpm_solver.dpm_solver_1,
@@ -82,11 +83,12 @@ class SamplingConfig:
 
 def nfe(sampler: str, steps: int, denoise_to_zero: bool = True) -> int:
     """Network calls `sample` makes: with k calls per step, k(N − 1) + 1 when the last step goes to σ = 0
-    (it is first order, one call: Heun 2N − 1), else k(N − 1) (N listed times, N − 1 steps)."""
+    (it is first order, one call: Heun 2N − 1), else k(N − 1) (N listed times, N − 1 steps); PLMS adds one."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is not supported; choose one of {tuple(SAMPLERS)}")
     k = CALLS_PER_STEP.get(sampler, 1)
-    return k * (steps - 1) + (1 if denoise_to_zero else 0)
+    start = 1 if sampler == "plms" and steps >= 2 else 0  # PLMS's first step asks twice unless it goes to the data
+    return k * (steps - 1) + (1 if denoise_to_zero else 0) + start
 
 
 def make_denoiser(net, sched: Schedule, prediction: str, ts: torch.Tensor | None = None):

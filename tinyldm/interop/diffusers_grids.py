@@ -13,7 +13,8 @@ Notation (schedules.py): t schedule time (VP index 0 … T−1; t = −1 is the 
 diffusers' settings as symbols:
     timestep_spacing     the grid t_0 > … > t_{N−1}: leading, trailing, linspace (Lin et al. 2023, Table 2)
     steps_offset         k: the leading grid moved to t_i + k (the other spacings ignore it)
-    set_alpha_to_one     ᾱ after DDIM's last step: 1 (t = −1, the data) or ᾱ_0 (t = 0)
+    set_alpha_to_one     ᾱ after DDIM's and PNDM's last step: 1 (t = −1, the data) or ᾱ_0 (t = 0)
+    skip_prk_steps       PNDM without its Runge–Kutta start: PLMS (Liu et al. 2022), as Stable Diffusion 1.x ships it
     final_sigmas_type    σ̃ after DPM-Solver's last step: 0 ("zero", the data) or σ̃_0 ("sigma_min", t = 0)
     use_karras_sigmas    σ̃_i on Karras et al. 2022's ρ = 7 grid (Eq. 5); sigma_min, sigma_max its ends (Euler)
     clip_sample(_range)  x̂0 clamped to [−r, r] before each step
@@ -21,8 +22,9 @@ diffusers' settings as symbols:
     prediction_type      epsilon → "eps", v_prediction → "v", sample → "x0"
     eta                  DDIM's η (an argument of diffusers' `step`)
 What diffusers does that tinyldm's own grids (`Schedule.timesteps`) do not:
-    1. DDIM steps t → t − Δ whatever the spacing; that is the next grid time only for leading, and for trailing when
-       N divides T. Otherwise the state is off diffusers' own grid (diffusers issue #12633); not reproduced.
+    1. DDIM and PNDM step t → t − Δ whatever the spacing; that is the next grid time only for leading, and for
+       trailing when N divides T. Otherwise the state is off diffusers' own grid (diffusers issue #12633); not
+       reproduced.
     2. DPM-Solver++ lays N + 1 leading / linspace points and drops the last one (t = 0).
     3. Euler, Euler ancestral, Heun and LMS take fractional linspace times and interpolate σ̃ *linearly* in t there;
        the network is told the fractional time. tinyldm interpolates λ = −log σ̃ instead, so the grid holds the
@@ -31,6 +33,8 @@ What diffusers does that tinyldm's own grids (`Schedule.timesteps`) do not:
     5. Their Karras grid runs between the spacing's first and last σ̃ (trailing: σ̃_999 … σ̃_{T/N−1}); DPM-Solver's
        between σ̃_{T−1} and σ̃_0, and it tells the network the rounded time.
     6. LMS keeps order 4 on the step to σ̃ = 0 (tinyldm's default is a first-order last step).
+    7. PNDM with skip_prk_steps lists t_1 twice: the second call, where the first step lands, only serves to redo
+       that step with the mean of both ε (pseudo improved Euler); `plms` makes it inside its first step.
 """
 
 import math
@@ -63,6 +67,8 @@ DEFAULTS = {
     "HeunDiscreteScheduler": {"timestep_spacing": "linspace", "steps_offset": 0, "use_karras_sigmas": False,
                               "clip_sample": False, "clip_sample_range": 1.0, "beta_start": 0.00085, "beta_end": 0.012},
     "LMSDiscreteScheduler": {"timestep_spacing": "linspace", "steps_offset": 0, "use_karras_sigmas": False, "order": 4},
+    "PNDMScheduler": {"timestep_spacing": "leading", "steps_offset": 0, "set_alpha_to_one": False,
+                      "skip_prk_steps": False},
 }
 COMMON = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02,
           "rescale_betas_zero_snr": False, "prediction_type": "epsilon"}
@@ -153,22 +159,41 @@ def _integer_grid(cfg: dict, steps: int, T: int) -> torch.Tensor:
     return ts + cfg["steps_offset"] if cfg["timestep_spacing"] == "leading" else ts
 
 
-def _ddim(cfg: dict, steps: int, sched: Schedule) -> tuple:
-    """DDIM: the spacing's grid, each step Δ = T // N down; the last one to ᾱ = 1 or ᾱ_0 once below t = 0."""
+def _strided_grid(scheduler: str, cfg: dict, steps: int, sched: Schedule) -> tuple:
+    """DDIM, PNDM: the spacing's grid, each step Δ = T // N down; the last one to ᾱ = 1 or ᾱ_0 once below t = 0."""
     T = sched.num_train_timesteps
     ts = _integer_grid(cfg, steps, T)
     lands = ts - T // steps  # where diffusers' step goes
     if (lands[:-1] != ts[1:]).any():
-        raise ValueError(f"DDIMScheduler with timestep_spacing={cfg['timestep_spacing']!r} at {steps} steps asks the "
+        raise ValueError(f"{scheduler} with timestep_spacing={cfg['timestep_spacing']!r} at {steps} steps asks the "
                          f"network at {ts.long().tolist()} but steps Δ = {T // steps} down, off its own grid "
                          "(diffusers issue #12633); tinyldm does not reproduce that. Use 'leading', or 'trailing' "
                          f"with steps dividing {T}")
+    return ts, lands[-1].item() if lands[-1] >= 0 else (sched.t_min if cfg["set_alpha_to_one"] else 0.0)
+
+
+def _ddim(cfg: dict, steps: int, sched: Schedule) -> tuple:
+    """DDIM on the strided grid; x̂0 clipped only as use_clipped_model_output clips it."""
+    ts, end = _strided_grid("DDIMScheduler", cfg, steps, sched)
     if cfg["clip_sample"] and not cfg["use_clipped_model_output"]:
         raise ValueError("DDIMScheduler with clip_sample=True clips x̂0 but keeps the unclipped ε̂ for the direction "
                          "to x_t; tinyldm's DDIM derives ε̂ from the x̂0 it uses, as diffusers does with "
                          "use_clipped_model_output=True. Pass that, or clip_sample=False")
-    end = lands[-1].item() if lands[-1] >= 0 else (sched.t_min if cfg["set_alpha_to_one"] else 0.0)
     return "ddim", ts, ts, end
+
+
+def _pndm(cfg: dict, steps: int, sched: Schedule) -> tuple:
+    """PNDM with skip_prk_steps (PLMS) on the strided grid; one step is DDIM's (φ with ε alone, no correction)."""
+    if not cfg["skip_prk_steps"]:
+        raise ValueError("PNDMScheduler with skip_prk_steps=False starts with Runge–Kutta steps (4 network calls each, "
+                         "Liu et al. 2022's PNDM proper), which tinyldm does not reproduce; Stable Diffusion 1.x "
+                         "sets skip_prk_steps=True (PLMS): pass that")
+    if cfg["prediction_type"] != "epsilon":
+        raise ValueError(f"PNDMScheduler with prediction_type={cfg['prediction_type']!r} is not reproduced: diffusers "
+                         "combines the raw v of earlier steps and converts the sum to ε with the current step's x_t "
+                         "and ᾱ_t (for 'sample' it raises); tinyldm's PLMS combines ε. Use 'epsilon'")
+    ts, end = _strided_grid("PNDMScheduler", cfg, steps, sched)
+    return ("plms" if steps > 1 else "ddim"), ts, ts, end
 
 
 def _dpm_solver(cfg: dict, steps: int, sched: Schedule) -> tuple:
@@ -236,6 +261,8 @@ def diffusers_grid(scheduler: str, steps: int, sched: Schedule, **config) -> Dif
     if scheduler == "DDIMScheduler":
         sampler, ts, model_times, end = _ddim(cfg, steps, sched)
         eta = cfg["eta"]
+    elif scheduler == "PNDMScheduler":
+        sampler, ts, model_times, end = _pndm(cfg, steps, sched)
     elif scheduler == "DDPMScheduler":
         ts = model_times = _integer_grid(cfg, steps, sched.num_train_timesteps)
         sampler, end = "ddpm", sched.t_min
@@ -264,6 +291,10 @@ def diffusers_grid(scheduler: str, steps: int, sched: Schedule, **config) -> Dif
         if scheduler == "LMSDiscreteScheduler":
             options = {"order": cfg["order"], "first_order_final": False}
     # The last step: to the data, or to a listed end time; a step from t = 0 to t = 0 changes nothing and is left out.
+    if end != sched.t_min and end >= ts[-1] == 0 and len(ts) == 1:
+        raise ValueError(f"{scheduler} at 1 step asks the network at t = 0 and steps to ᾱ_0 (t = 0 again), which "
+                         "changes nothing: diffusers returns the noise. Use more steps, steps_offset=1 or "
+                         "set_alpha_to_one=True")
     if end != sched.t_min and end < ts[-1]:
         ts, model_times = torch.cat([ts, ts.new_tensor([end])]), torch.cat([model_times, ts.new_tensor([end])])
     return DiffusersGrid(scheduler, sched, sampler, ts, model_times, end == sched.t_min, noise_scale,

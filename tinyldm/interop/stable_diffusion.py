@@ -34,8 +34,8 @@ from tinyldm.text.tokenizer import CLIPTokenizer
 PARTS = {"tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"), "text_encoder": ("CLIPTextModel",),
          "unet": ("UNet2DConditionModel",), "vae": ("AutoencoderKL",), "scheduler": None}
 NOT_RUN = ("safety_checker", "feature_extractor", "image_encoder")  # the safety checker, its input, IP-Adapter's
-# Settings only other schedulers take, which diffusers' from_config leaves unused; skip_prk_steps is PNDM's (SD 1.x).
-OTHER_SCHEDULERS_SETTINGS = {key for defaults in grids.DEFAULTS.values() for key in defaults} | {"skip_prk_steps"}
+# Settings only other schedulers take, which diffusers' from_config leaves unused (e.g. PNDM's skip_prk_steps, SD 1.x).
+OTHER_SCHEDULERS_SETTINGS = {key for defaults in grids.DEFAULTS.values() for key in defaults}
 
 
 @dataclass(frozen=True, eq=False)
