@@ -231,17 +231,17 @@ ADAMS_BASHFORTH = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 2
 
 @torch.no_grad()
 def plms(denoiser, x, sched, ts, generator=None, callback=None):
-    """Pseudo linear multistep (PLMS), Liu et al. 2022 ("PNDM"): ε of the last four steps combined as Eq. 12, then
-    moved along by the transfer φ of Eq. 11, which is DDIM's step with that ε (Stable Diffusion 1.x's sampler).
+    """Pseudo linear multistep (PLMS), Liu et al. 2022 ("PNDM"): ε of the last four steps combined as Eqs. 12–13, then
+    moved along by the transfer φ of Eq. 9, which is DDIM's step with that ε (Stable Diffusion 1.x's sampler).
 
     The first step is the pseudo improved Euler step (ε averaged with ε at φ's landing point: one more network call;
     not on a step to the data, σ = 0); orders 2 and 3 follow until four ε are known. The weights are for equal
-    steps in t, the grids PNDM runs on (Eq. 12's δ).
+    steps in t, the grids PNDM runs on (Eq. 13's δ).
     """
     alpha, sigma_tilde = karras_variables(sched, ts, "plms")  # refuses α = 0, where φ divides by α_s
     sigma = alpha * sigma_tilde
-    c_x = (alpha[1:] / alpha[:-1]).tolist()  # sqrt(ᾱ_{t−δ}/ᾱ_t) of Eq. 11
-    # Eq. 11's −(ᾱ_{t−δ} − ᾱ_t)/(sqrt(ᾱ_t)(sqrt((1 − ᾱ_{t−δ})ᾱ_t) + sqrt((1 − ᾱ_t)ᾱ_{t−δ}))), which equals DDIM's
+    c_x = (alpha[1:] / alpha[:-1]).tolist()  # sqrt(ᾱ_{t−δ}/ᾱ_t) of Eq. 9
+    # Eq. 9's −(ᾱ_{t−δ} − ᾱ_t)/(sqrt(ᾱ_t)(sqrt((1 − ᾱ_{t−δ})ᾱ_t) + sqrt((1 − ᾱ_t)ᾱ_{t−δ}))), which equals DDIM's
     # sqrt(1 − ᾱ_{t−δ}) − sqrt(ᾱ_{t−δ}/ᾱ_t) sqrt(1 − ᾱ_t) = σ_{t−δ} − α_{t−δ} σ̃_t (any α, σ; float64 here).
     c_eps = (sigma[1:] - alpha[1:] * sigma_tilde[:-1]).tolist()
     times, alpha, sigma = ts.tolist(), alpha.tolist(), sigma.tolist()
@@ -250,15 +250,15 @@ def plms(denoiser, x, sched, ts, generator=None, callback=None):
         # 1. Predict the noise at x_t and keep the last four.
         x0_hat = denoiser(x, times[i])
         eps_history = [(x - alpha[i] * x0_hat) / sigma[i]] + eps_history[:3]
-        # 2. Combine them (Eq. 12 and its lower orders); the first step instead averages ε_t with the ε at φ's
+        # 2. Combine them (Eq. 13 and its lower orders); the first step instead averages ε_t with the ε at φ's
         #    landing point (pseudo improved Euler).
         if len(eps_history) == 1 and sigma[i + 1] > 0:
-            x_next = c_x[i] * x + c_eps[i] * eps_history[0]  # φ(x_t, ε_t, t, t − δ), Eq. 11
+            x_next = c_x[i] * x + c_eps[i] * eps_history[0]  # φ(x_t, ε_t, t, t − δ), Eq. 9
             eps_next = (x_next - alpha[i + 1] * denoiser(x_next, times[i + 1])) / sigma[i + 1]
             eps_prime = (eps_history[0] + eps_next) / 2
         else:
             eps_prime = sum(b * eps for b, eps in zip(ADAMS_BASHFORTH[len(eps_history) - 1], eps_history))
-        # 3. Transfer: x_{t−δ} = φ(x_t, ε'_t, t, t − δ) (Eq. 11).
+        # 3. Transfer: x_{t−δ} = φ(x_t, ε'_t, t, t − δ) (Eq. 9).
         x = c_x[i] * x + c_eps[i] * eps_prime
         if callback is not None:
             callback(i, times[i], x, x0_hat)
