@@ -16,7 +16,8 @@ from tinyldm.diffusion import SamplingConfig, Schedule, nfe, sample
 from tinyldm.diffusion.analytic import gaussian_flow_map, gaussian_network
 
 MU, S = 0.5, 0.7
-VP_SAMPLERS = ["ddim", "euler", "dpm_solver_1", "heun", "dpm_solver_2", "dpmpp_2m", "lms", "dpm_solver_3", "dpmpp_3m"]
+VP_SAMPLERS = ["ddim", "euler", "dpm_solver_1", "heun", "dpm_solver_2", "dpmpp_2m", "lms", "plms", "dpm_solver_3",
+               "dpmpp_3m"]
 FLOW_SAMPLERS = ["flow_euler", "euler", "flow_heun", "heun", "ddim", "dpmpp_2m", "dpmpp_3m"]  # others need t < 1
 
 
