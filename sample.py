@@ -322,6 +322,11 @@ def rows_of(args: argparse.Namespace, cfg: dict, tokenizer) -> tuple[list[int], 
     return list(k), [f"prompt_{i}" for i in k], args.prompt, args.n_per_prompt or args.n_per_user
 
 
+def prompt_labels(prompts: list[str]) -> list[str]:
+    """Row labels of a grid: each prompt, cut to PROMPT_LABEL characters."""
+    return [p if len(p) <= PROMPT_LABEL else p[:PROMPT_LABEL - 3] + "..." for p in prompts]
+
+
 def run(args: argparse.Namespace) -> int:
     sampling = sampling_config(args)
     device = resolve_device(args.device)
@@ -361,8 +366,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{stop.signal}: stopped: {len(written)} of {total} images written to {out}; run the same command "
                   f"again to write all {total} (it starts afresh)", flush=True)
             return 130
-        labels = names if prompts is None else [p if len(p) <= PROMPT_LABEL else p[:PROMPT_LABEL - 3] + "..."
-                                                 for p in prompts]
+        labels = names if prompts is None else prompt_labels(prompts)
         pictures = save_pictures(out, cfg, labels, images, trajectory, sampling, args, real=prompts is None)
     finally:
         unlock_run(out)
@@ -443,7 +447,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
                           f"the same command again to write all {len(jobs)} (it starts afresh)", flush=True)
                     return 130
         rows = (torch.cat(images) * 2 - 1).reshape(len(prompts), args.n_per_prompt, *images[0].shape[1:])
-        labels = [p if len(p) <= PROMPT_LABEL else p[:PROMPT_LABEL - 3] + "..." for p in prompts]
+        labels = prompt_labels(prompts)
         atomic_save_image(out / "grid.png", user_blocks([thumbnails(r, PROMPT_THUMBNAIL) for r in rows], labels))
     finally:
         unlock_run(out)

@@ -486,7 +486,8 @@ def caption_tokenizer(args: argparse.Namespace, run_dir: Path, train_ds) -> tupl
         tokenizer = CLIPTokenizer.from_folder(run_dir / "tokenizer")
     else:
         vocab, merges = train_bpe(sorted(set(captions)), args.text_merges)
-        longest = max(len(CLIPTokenizer(vocab, merges).encode(text)) for text in set(captions))
+        unpadded = CLIPTokenizer(vocab, merges)  # CLIP's 77 positions, only to count each caption's tokens
+        longest = max(len(unpadded.encode(text)) for text in set(captions))
         tokenizer = CLIPTokenizer(vocab, merges, max_length=longest)
     return tokenizer, captions
 

@@ -35,7 +35,7 @@ from tinyldm.data.captions import CAPTIONS, captions_of, read_captions  # noqa: 
 from tinyldm.diffusion import SamplingConfig  # noqa: E402
 from tinyldm.evaluation.doppler import torso_speed  # noqa: E402
 from tinyldm.generate import generate  # noqa: E402
-from tinyldm.loading import load_ldm, load_run_vae, load_tokenizer  # noqa: E402
+from tinyldm.loading import data_split, load_ldm, load_run_vae, load_tokenizer  # noqa: E402
 from tinyldm.viz import to_uint8  # noqa: E402
 
 
@@ -69,8 +69,7 @@ def split_people(data: Path, out: Path, short: float, fast: float) -> None:
 
 def read_set(root: Path, run: dict, split: str, limit: int, seed: int) -> list[tuple[Path, str]]:
     """Up to `limit` (image path, caption) pairs of `root`'s split, read as the run reads its data."""
-    ds = UserImageFolder(root, split=split, image_size=run["image_size"], channels=run["channels"],
-                         val_fraction=run["split"]["val_fraction"], seed=run["split"]["seed"], aspect="squash")
+    ds = UserImageFolder(root, split=split, **data_split(run))
     paths = sorted({p for p, _, _ in ds.samples})
     rng = np.random.default_rng(seed)
     paths = [paths[i] for i in sorted(rng.choice(len(paths), min(limit, len(paths)), replace=False))]

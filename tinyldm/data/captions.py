@@ -69,8 +69,9 @@ def read_captions(folder) -> dict[str, str]:
 def captions_of(root, paths) -> list[str]:
     """The caption of each image file in `paths` (absolute, under root), in order; a missing one is named."""
     captions, root = read_captions(root), Path(root)
-    missing = [p for p in paths if Path(p).relative_to(root).as_posix() not in captions]
+    names = [Path(p).relative_to(root).as_posix() for p in paths]  # the keys of captions.json
+    missing = [name for name in names if name not in captions]
     if missing:
-        raise DataError(f"{root / CAPTIONS} has no caption for {len(missing)} image(s), e.g. "
-                        f"{Path(missing[0]).relative_to(root).as_posix()}; add them or remove those files")
-    return [captions[Path(p).relative_to(root).as_posix()] for p in paths]
+        raise DataError(f"{root / CAPTIONS} has no caption for {len(missing)} image(s), e.g. {missing[0]}; add them "
+                        "or remove those files")
+    return [captions[name] for name in names]
