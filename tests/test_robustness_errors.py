@@ -27,6 +27,8 @@ from tinyldm.train import (
     check_loss_trend,
 )
 
+EVERY_STEP = [*LDM, "--ckpt-every", "1"]  # test_stage2's small steps, with a checkpoint after every step
+
 VAE = ["--image-size", "32", "--batch-size", "4", "--val-fraction", "0.25"]
 
 
@@ -41,8 +43,7 @@ def ldm_stopped(vae_run, tmp_path_factory):  # noqa: F811
     data = shutil.copytree(read_config(vae_run)["data"]["root"], tmp / "data")
     run = tmp / "ldm"
     assert train_ldm.main(["--vae", str(vae_run), "--data", str(data), "--out", str(run), "--max-steps", "4",
-                           "--stop-after", "2", "--batch-size", "4", "--grad-accum", "2", "--sample-every", "1000",
-                           "--ckpt-every", "1"]) == 0
+                           "--stop-after", "2", *EVERY_STEP]) == 0
     return run
 
 
@@ -107,8 +108,7 @@ def test_a_finite_blow_up_of_the_diffusion_stops_with_its_last_good_checkpoint(v
     monkeypatch.setattr(train_ldm, "diffusion_loss", blowing_up)
     run = tmp_path / "ldm"
     msg = error_after_training(train_ldm.main, ["--vae", str(vae_run), "--out", str(run), "--max-steps", "10",
-                                                "--batch-size", "4", "--grad-accum", "2", "--sample-every", "1000",
-                                                "--ckpt-every", "1"], capsys)
+                                                *EVERY_STEP], capsys)
     assert "training diverged at step 7" in msg and "last good checkpoint is" in msg and "step_00000002" in msg
     assert checkpoint_steps(run) == [2]
 
@@ -195,8 +195,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(vae_run, 
     monkeypatch.setattr(torch, "save", disk_fills_up)
     run = tmp_path / "ldm"
     msg = error_after_training(train_ldm.main, ["--vae", str(vae_run), "--out", str(run), "--max-steps", "5",
-                                                "--batch-size", "4", "--grad-accum", "2", "--sample-every", "1000",
-                                                "--ckpt-every", "1"], capsys)
+                                                *EVERY_STEP], capsys)
     assert "disk full while writing the checkpoint of step 3" in msg and "step_00000002 is intact" in msg
     assert f"free space and continue with --resume {run}" in msg
     monkeypatch.setattr(torch, "save", save)
@@ -221,8 +220,7 @@ def test_out_of_memory_is_one_line_and_the_checkpoint_stays(vae_run, tmp_path, c
     monkeypatch.setattr(train_ldm, "training_step", runs_out)
     run = tmp_path / "ldm"
     msg = error_after_training(train_ldm.main, ["--vae", str(vae_run), "--out", str(run), "--max-steps", "5",
-                                                "--batch-size", "4", "--grad-accum", "2", "--sample-every", "1000",
-                                                "--ckpt-every", "1"], capsys)
+                                                *EVERY_STEP], capsys)
     assert "out of memory" in msg and "lower --batch-size" in msg and "--resume" in msg
     assert load_checkpoint(run)[1]["step"] == 2
     assert resource_message(ValueError("x")) is None and resource_message(RuntimeError("a bug")) is None

@@ -107,13 +107,17 @@ def data_changed(tmp: Path):
                   misleading=("damaged",))
 
 
+def resume_with(run: Path, patch: str):
+    """train_ldm.py --resume RUN in a Python where `patch` (run after `import sys, torch, train_ldm`) replaced
+    something, e.g. torch.save by a function that fails as a full disk does."""
+    code = f"import sys, torch, train_ldm\n{patch}\nsys.exit(train_ldm.main(sys.argv[1:]))"
+    return script("--resume", run, env_code=code)
+
+
 def disk_full(tmp: Path):
     run = ldm_stopped(tmp)
-    code = ("import sys, torch, train_ldm\n"
-            "def full(*a, **k): raise RuntimeError('PytorchStreamWriter failed writing file data/3: file write failed;"
-            " basic_ios::clear: iostream error')\n"
-            "torch.save = full\nsys.exit(train_ldm.main(sys.argv[1:]))")
-    out = script("--resume", run, env_code=code)
+    out = resume_with(run, "def full(*a, **k): raise RuntimeError('PytorchStreamWriter failed writing file data/3: "
+                           "file write failed; basic_ios::clear: iostream error')\ntorch.save = full")
     intact = (run / "checkpoints" / "step_00000001" / "train_state.pt").is_file()
     verdict, line = judged(out, "disk full while writing", "--resume")
     return (verdict if intact else "lost work"), line
@@ -121,11 +125,9 @@ def disk_full(tmp: Path):
 
 def out_of_memory(tmp: Path):
     run = ldm_stopped(tmp)
-    code = ("import sys, train_ldm\n"
-            "def oom(tr): raise RuntimeError(\"DefaultCPUAllocator: can't allocate memory: you tried to allocate "
-            "7340032000 bytes. Error code 12 (Cannot allocate memory)\")\n"
-            "train_ldm.training_step = oom\nsys.exit(train_ldm.main(sys.argv[1:]))")
-    out = script("--resume", run, env_code=code)
+    out = resume_with(run, "def oom(tr): raise RuntimeError(\"DefaultCPUAllocator: can't allocate memory: you tried "
+                           "to allocate 7340032000 bytes. Error code 12 (Cannot allocate memory)\")\n"
+                           "train_ldm.training_step = oom")
     return judged(out, "out of memory", "--batch-size")
 
 

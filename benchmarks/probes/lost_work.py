@@ -82,37 +82,38 @@ def copy_runs(tmp: Path) -> tuple[Path, Path, Path]:
     return copies
 
 
+def refused_untouched(folder: Path, lost: str, argv: tuple, *fragments: str) -> tuple[str, str]:
+    """Run a script that must refuse (saying `fragments`) and leave `folder` byte for byte as it was; else the case
+    is lost work (`lost` says what was lost)."""
+    before = digest(folder)
+    verdict = refused(script(*argv), *fragments)
+    if verdict is None or digest(folder) != before:
+        return "lost work", lost
+    return verdict
+
+
 # ---- 1. a finished run as --out --------------------------------------------------------------------------------------
 
 def train_vae_into_a_finished_run(tmp: Path) -> tuple[str, str]:
     data, vae, _ = copy_runs(tmp)
-    before = digest(vae)
-    verdict = refused(script("train_vae.py", "--data", data, "--out", vae, *VAE), "already holds a run", "--resume",
-                      "--overwrite")
-    if verdict is None or digest(vae) != before:
-        return "lost work", "model.safetensors and config.json replaced"
-    return verdict
+    return refused_untouched(vae, "model.safetensors and config.json replaced",
+                             ("train_vae.py", "--data", data, "--out", vae, *VAE),
+                             "already holds a run", "--resume", "--overwrite")
 
 
 def train_ldm_into_a_finished_run(tmp: Path) -> tuple[str, str]:
     _, vae, ldm = copy_runs(tmp)
-    before = digest(ldm)
-    verdict = refused(script("train_ldm.py", "--vae", vae, "--out", ldm, *LDM), "already holds a run", "--resume",
-                      "--overwrite")
-    if verdict is None or digest(ldm) != before:
-        return "lost work", "the run's weights, config.json and checkpoints replaced"
-    return verdict
+    return refused_untouched(ldm, "the run's weights, config.json and checkpoints replaced",
+                             ("train_ldm.py", "--vae", vae, "--out", ldm, *LDM),
+                             "already holds a run", "--resume", "--overwrite")
 
 
 # ---- 2. sample.py into the training data -----------------------------------------------------------------------------
 
 def sample_into_the_training_data(tmp: Path) -> tuple[str, str]:
     data, _, ldm = copy_runs(tmp)
-    before = digest(data)
-    verdict = refused(script("sample.py", "--run", ldm, *SAMPLE, "--out", data), "inside the data folder")
-    if verdict is None or digest(data) != before:
-        return "lost work", "training images replaced, grid.png written into the data root"
-    return verdict
+    return refused_untouched(data, "training images replaced, grid.png written into the data root",
+                             ("sample.py", "--run", ldm, *SAMPLE, "--out", data), "inside the data folder")
 
 
 # ---- 3. SIGTERM during sample.py -------------------------------------------------------------------------------------
