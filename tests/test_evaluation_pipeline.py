@@ -223,3 +223,26 @@ def test_a_classifier_trained_with_another_augmentation_is_not_reused(real, tmp_
     _, record = classifier_for(folder, train_ds, real["val_ds"], seed=0, max_epochs=1, patience=1)
     assert "trained on other data, augmentation or seed" in capsys.readouterr().out
     assert record["data"]["augment"]["blur"] == 0.0
+
+
+def test_real_floor_is_the_mean_over_draws_and_steadier_than_one():
+    """The floor is the expected FD of a real training subset of the generated set's size: the mean over
+    FLOOR_DRAWS subsets, whose spread over seeds is smaller than that of a single subset (1/√draws in std)."""
+    from types import SimpleNamespace
+
+    from tinyldm.evaluation.metrics import frechet_distance
+    from tinyldm.evaluation.pipeline import real_floor
+
+    g = torch.Generator().manual_seed(0)
+    train_y = torch.arange(3).repeat_interleave(60)  # 3 users × 60 training images
+    ref = SimpleNamespace(classes=["a", "b", "c"], train_y=train_y, train_feats=torch.randn(180, 6, generator=g),
+                          val_feats=torch.randn(45, 6, generator=g))
+    y = torch.arange(3).repeat_interleave(10)  # 10 generated images per user
+    # draws = 1 is one subset: 10 images of each user, drawn as the code documents.
+    g1 = torch.Generator().manual_seed(5)
+    idx = torch.cat([(train_y == k).nonzero().flatten()[torch.randperm(60, generator=g1)[:10]] for k in range(3)])
+    assert real_floor(ref, y, seed=5, draws=1) == pytest.approx(frechet_distance(ref.val_feats, ref.train_feats[idx]))
+    one = torch.tensor([real_floor(ref, y, seed=s, draws=1) for s in range(12)])
+    many = torch.tensor([real_floor(ref, y, seed=s, draws=16) for s in range(12)])
+    assert many.std() < one.std() / 2
+    assert abs(many.mean() - one.mean()) < 2 * one.std()
