@@ -8,7 +8,8 @@
 
 Each optimizer step sees a global batch of batch_size × grad_accum latents z = (μ + σ·ε − shift)·scale (cached
 encodings, fresh ε; the autoencoder's own scaling_factor and shift_factor), noised to x_t = α_t z + σ_t ε' at
-a random t (logit-normal, then shifted, for flow; uniform for VP: --timesteps), with 10% of user ids replaced by the null id (classifier-free guidance); the loss is
+a random t (logit-normal, then shifted, for flow; uniform for VP: --timesteps), with 10% of user ids replaced by
+the null id (classifier-free guidance); the loss is
 ‖model(x_t, t, y) − target‖² (ε, v or x0; min-SNR-γ optional). Writes runs/<name>/: config.json,
 model.safetensors, ema.safetensors, checkpoints/, log.jsonl, loss_curves.png and samples/grid_step_N.png
 (rows = users, EMA weights, DPM-Solver++(2M), fixed seeds).
