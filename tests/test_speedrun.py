@@ -39,7 +39,7 @@ def test_recipe_fills_only_what_the_command_line_left_unset():
 def test_the_cpu_recipes_count_steps_so_a_smaller_set_is_not_trained_for_less(n):
     """The tiny recipes are optimizer steps (the old 6 and 65 epochs of the walking set's 1,116 training images);
     a set of another size gets the same steps, and the start-up words say how many epochs that is."""
-    for script, batch, steps in ((train_vae, 8, 834), (train_ldm, 32, 2210)):
+    for script, batch, steps in ((train_vae, 8, 834), (train_ldm, 16, 4420)):
         args = argparse.Namespace(epochs=None, max_steps=None)
         apply_recipe(args, {k: v for k, v in script.RECIPES["tiny"].items() if k in ("epochs", "max_steps")})
         total, words = training_length(args, n, batch)
