@@ -249,8 +249,9 @@ GRID_SEED = 1234  # progress grids: the same noise at every step, so the rows sh
 # cores with the tiny preset on both built-in families (docs/speedrun.md, benchmarks/time_to_quality.py), the length
 # in optimizer steps so that a smaller data set is not trained for less (4,420 steps of batch 16 = 64 epochs of the
 # walking set: the same images seen as 2,210 of batch 32, twice the updates; eighth round). compact: the seventh
-# round's 2,210 steps of batch 32 (batch 16 not yet measured at 256×256). seed: the seed's own hyper-parameters, in
-# epochs (DDPM ε-prediction; MMDiT is always trained with rectified flow).
+# round's 2,210 steps of batch 32 (batch 16 at 256×256 traded TSTR for top-1 on walking and did nothing for the
+# activities). seed: the seed's own hyper-parameters, in epochs (DDPM ε-prediction; MMDiT is always trained with
+# rectified flow).
 FAST_RECIPE = dict(prediction="flow", flow_shift=3.0, max_steps=4420, batch_size=16, grad_accum=1, lr=4e-3, warmup=100,
                    lr_schedule="cosine", ema_decay=0.999)
 RECIPES = {

@@ -89,7 +89,9 @@ def test_train_ldm_recipe_and_condition_dropout_in_the_readme_are_the_codes():
     assert r["prediction"] == "flow"
     assert (float(shift), int(steps), int(batch)) == (r["flow_shift"], r["max_steps"], r["batch_size"])
     assert (float(lr), int(warmup), decay, float(ema)) == (r["lr"], r["warmup"], r["lr_schedule"], r["ema_decay"])
-    assert all(train_ldm.RECIPES[name] is r for name in ("tiny", "compact", "small"))
+    assert all(train_ldm.RECIPES[name] is r for name in ("tiny", "small"))
+    compact_steps, compact_batch = quoted(r"\*\*compact\*\* the same with " + NUMBER + r" steps of batch (\d+)")
+    assert train_ldm.RECIPES["compact"] == r | {"max_steps": int(compact_steps), "batch_size": int(compact_batch)}
     (dropout,) = quoted(r"condition dropout " + NUMBER)
     _, script = train_ldm.parse_args([])
     assert float(dropout) == script.cond_dropout
