@@ -27,16 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from timing import cpu_name  # noqa: E402
 
 from tinyldm.evaluation.classifier import ClassifierConfig, embed, train_classifier  # noqa: E402
-from tinyldm.evaluation.pipeline import build_reference  # noqa: E402
-
-
-def subset(train_y: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Indices of n random training images of every user (all of them where a user has fewer)."""
-    picks = []
-    for k in train_y.unique().tolist():
-        pool = (train_y == k).nonzero().flatten()
-        picks.append(pool[torch.randperm(len(pool), generator=generator)[:n]])
-    return torch.cat(picks)
+from tinyldm.evaluation.pipeline import random_per_user  # noqa: E402
+from tinyldm.evaluation.runs import run_reference  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -48,9 +40,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     config = json.loads((args.run / "config.json").read_text())
-    split = config["split"]
-    ref = build_reference(config["data"], config["image_size"], config["channels"], split["val_fraction"],
-                          split["seed"], classifier_dir=args.run / "classifier", aspect=split["aspect"])
+    ref, _ = run_reference(args.run, config, args.run / "classifier", seed=0, device="cpu", retrain=False, cache=None)
     clf_config = ClassifierConfig(**ref.record["config"])
     steps = ref.record["results"]["best_step"]
     print(f"{cpu_name()}; {args.run}: ceiling {ref.ceiling:.3f} on {len(ref.val_y)} validation images, "
@@ -59,7 +49,7 @@ def main(argv=None) -> int:
     for n in args.counts:
         accs = []
         for draw in range(args.draws):
-            idx = subset(ref.train_y, n, torch.Generator().manual_seed(draw))
+            idx = random_per_user(ref.train_y, [n] * len(ref.classes), torch.Generator().manual_seed(draw))
             start = time.perf_counter()
             model, _ = train_classifier(ref.train_x[idx], ref.train_y[idx], clf_config, fixed_steps=steps, seed=draw,
                                         desc=f"TRTR at {n} per user")

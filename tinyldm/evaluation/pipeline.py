@@ -138,21 +138,26 @@ def tstr(ref: Reference, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> flo
 FLOOR_DRAWS = 16  # real subsets averaged for the floor: one draw moved a 6-class floor by 2× between seeds
 
 
+def random_per_user(train_y: torch.Tensor, counts: list[int], generator: torch.Generator) -> torch.Tensor:
+    """Indices of counts[k] random training images of user k, for every user k (all of them where k has fewer)."""
+    picks = []
+    for k, n in enumerate(counts):
+        pool = (train_y == k).nonzero().flatten()  # training images of user k
+        picks.append(pool[torch.randperm(len(pool), generator=generator)[:n]])
+    return torch.cat(picks)
+
+
 def real_floor(ref: Reference, y: torch.Tensor, seed: int = 0, draws: int = FLOOR_DRAWS) -> float:
     """Fréchet distance of real *training* images to the validation features, with as many images per user as
     the generated set has: what a generator that reproduced its training data would score at this sample size.
     The mean over `draws` random subsets: a single subset's FD is itself noisy at a few hundred images (the floor
     is an expectation; the features are cached, so a draw costs one FD)."""
     g = torch.Generator().manual_seed(seed)
-    pools = [(ref.train_y == k).nonzero().flatten() for k in range(len(ref.classes))]  # training images of user k
-    counts = [min(int((y == k).sum()), len(pool)) for k, pool in enumerate(pools)]  # as many as generated
-    if sum(counts) < 2:
+    counts = [int((y == k).sum()) for k in range(len(ref.classes))]  # as many per user as generated
+    subsets = [random_per_user(ref.train_y, counts, g) for _ in range(draws)]
+    if len(subsets[0]) < 2:
         return float("nan")
-    floors = []
-    for _ in range(draws):
-        idx = torch.cat([pool[torch.randperm(len(pool), generator=g)[:n]] for pool, n in zip(pools, counts)])
-        floors.append(frechet_distance(ref.val_feats, ref.train_feats[idx]))
-    return sum(floors) / draws
+    return sum(frechet_distance(ref.val_feats, ref.train_feats[idx]) for idx in subsets) / draws
 
 
 def evaluate_images(ref: Reference, x: torch.Tensor, y: torch.Tensor, with_tstr: bool = True, seed: int = 0) -> dict:
