@@ -6,11 +6,13 @@
   2. vae      train the preset's AutoencoderKL with train_vae.py's recipe: tiny f = 2 (64×64×3 → 32×32×4),
               compact f = 8 (256×256×3 → 32×32×4, the users' design)
   3. ldm      train a tiny class-conditional DiT (or --backbone unet) on the frozen latents with train_ldm.py's
-              recipe of the preset (rectified flow, CFG dropout 0.1)
-  4. sample   draw 4 images of every one of the users (sample.py's defaults), the trajectory of 4 users and a
-              real-vs-generated comparison
-  5. eval     the user-ID classifier (trained once, then cached), then ≥ 240 generated images measured (8 per
-              user for 31 users) at 3 sampling seeds: the first seed's numbers and the spread over the three
+              recipe of the preset (rectified flow, CFG dropout 0.1), then choose its guidance scale on the
+              training images (RUN/guidance.json)
+  4. sample   draw 4 images of every one of the users (sample.py's defaults: the run's guidance scale), the
+              trajectory of 4 users and a real-vs-generated comparison
+  5. eval     the user-ID classifier (trained once, in stage 3, then cached), then ≥ 240 generated images
+              measured (8 per user for 31 users) at 3 sampling seeds: the first seed's numbers and the spread
+              over the three
 
 Every stage is the same script a user runs by hand with its defaults: the demo chooses only where things go (and,
 if asked, fewer or more steps). The recipes were found by timing each lever to the evaluation's targets
@@ -27,6 +29,7 @@ evaluation classifier are reused).
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import sample
@@ -35,6 +38,7 @@ import train_vae
 from tinyldm.data import default_data_dir
 from tinyldm.evaluation import evaluate_run
 from tinyldm.evaluation.report import headline_lines
+from tinyldm.generate import DEFAULT_SAMPLING, run_guidance
 
 
 def default_out(preset: str, family: str) -> Path:
@@ -93,7 +97,8 @@ def main(argv=None) -> int:
     stage("sample", sample.main(["--run", str(ldm_dir), "--users", "all", "--n-per-user", "4",
                                  "--out", str(samples_dir), "--trajectory", "--overwrite"]))
 
-    report = evaluate_run(ldm_dir, args.out / "eval")
+    report = evaluate_run(ldm_dir, args.out / "eval",  # at the run's own guidance scale, as sample.py samples
+                          sampling=replace(DEFAULT_SAMPLING, cfg_scale=run_guidance(ldm_dir)[0]))
     stage("eval")
 
     print("\n== demo finished ==")

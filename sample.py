@@ -45,7 +45,7 @@ from PIL import Image
 
 from tinyldm.data import DataError, UserImageFolder
 from tinyldm.diffusion import Schedule
-from tinyldm.generate import DEFAULT_SAMPLING, add_sampling_args, generate, sampling_config
+from tinyldm.generate import DEFAULT_SAMPLING, add_sampling_args, generate, run_guidance, sampling_config
 from tinyldm.interop.diffusers_grids import DEFAULTS as SCHEDULERS
 from tinyldm.interop.stable_diffusion import (
     latent_shape,
@@ -86,7 +86,7 @@ PROMPT_THUMBNAIL, PROMPT_LABEL = 128, 40  # --pipeline's grid.png: thumbnails of
 RUN_ONLY = ("users", "n_per_user", "weights", "trajectory", "trajectory_users", "compare_real", "sampler", "spacing")
 PIPELINE_ONLY = ("negative_prompt", "scheduler", "height", "width")
 RUN_DEFAULTS = {"batch_size": 32, "sampler": DEFAULT_SAMPLING.sampler, "spacing": DEFAULT_SAMPLING.spacing,
-                "steps": DEFAULT_SAMPLING.steps, "cfg_scale": DEFAULT_SAMPLING.cfg_scale}
+                "steps": DEFAULT_SAMPLING.steps}  # and --cfg-scale: the run's own (run_guidance), read in run()
 PIPELINE_DEFAULTS = {"batch_size": 4, "steps": 50, "cfg_scale": 7.5, "n_per_prompt": 1}
 
 # What each numeric option allows (tinyldm.options), checked once at start-up. The sampling options (--steps, --eta,
@@ -157,7 +157,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     sd.add_argument("--height", type=int, help="image height in pixels (default: the UNet's sample_size × the VAE's "
                                                "downsampling, 512 for SD 1.5)")
     sd.add_argument("--width", type=int, help="image width in pixels (default as --height)")
-    add_sampling_args(p)
+    add_sampling_args(p)  # --cfg-scale's default None: the pipeline's (PIPELINE_DEFAULTS) or the run's (run())
     p.set_defaults(**dict.fromkeys(RUN_DEFAULTS))  # each source's own, set by check_source
     args = p.parse_args(argv)
     check_ranges(p, args, OPTION_RANGES)
@@ -328,6 +328,9 @@ def prompt_labels(prompts: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.cfg_scale is None:
+        args.cfg_scale, source = run_guidance(args.run)
+        print(f"guidance w = {args.cfg_scale:g}: {source} (--cfg-scale W to change it)")
     sampling = sampling_config(args)
     device = resolve_device(args.device)
     model, cfg = load_ldm(args.run, device, args.weights)

@@ -32,7 +32,8 @@ from tinyldm.data import DataError, UserImageFolder
 from tinyldm.data.captions import captions_of
 from tinyldm.data.latent_cache import cached_latents, shared_cache_dir
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
-from tinyldm.generate import generate
+from tinyldm.evaluation.sweep import CHOICE_SCALES
+from tinyldm.generate import GUIDANCE_FILE, generate
 from tinyldm.latents import measure_scale, scale_latents
 from tinyldm.layers import written_out_attention
 from tinyldm.loading import (
@@ -200,6 +201,9 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     if tr.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    finished = (tr.step == tr.total_steps or timed_out) and not interrupted
+    if main_rank and finished and wants_guidance_choice(args, len(tr.config["classes"])):
+        choose_run_guidance(tr)  # RUN/guidance.json, before the lock goes: the run is not done without it
     if main_rank:
         unlock_run(tr.run_dir)
         why = stop_reason(tr.length_words, args.max_minutes if timed_out else None)
@@ -234,7 +238,7 @@ def after_step(tr: Training, bar, loss: float, grad_norm: torch.Tensor, seconds:
 # ---- Settings: recipes, options, resuming ------------------------------------------------------------------------
 
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "stop_after", "ckpt_every", "sample_every", "device",
-                       "compile", "data")  # --data: the run's data, moved (checked to be the same images)
+                       "compile", "data", "choose_guidance")  # --data: the run's data, moved (checked: same images)
 # Options that config.json stores once outside "args", and where (read back on --resume).
 STORED_ELSEWHERE = {"backbone": ("backbone",), "vae": ("vae",), "data": ("data",), "prediction": ("prediction",),
                     "cond": ("backbone_config", "cond_type"), "patch_size": ("backbone_config", "patch_size"),
@@ -243,6 +247,7 @@ STORED_ELSEWHERE = {"backbone": ("backbone",), "vae": ("vae",), "data": ("data",
                     "zero_snr": ("schedule", "zero_terminal_snr"), "flow_shift": ("schedule", "shift"),
                     "grid_cfg": ("grid", "sampling", "cfg_scale")}
 PRETRAINED_VAL_FRACTION = 0.1  # a diffusers autoencoder has no split of its own: hold out train_vae.py's default share
+CHOOSE_GUIDANCE = True  # --choose-guidance's default (the tests' short runs turn it off: tests/conftest.py)
 GRID_SEED = 1234  # progress grids: the same noise at every step, so the rows show training, not sampling luck
 
 # The settings each preset trains with unless told otherwise. tiny and small: the fastest to quality measured on 2 CPU
@@ -366,6 +371,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                         "first); without it such an --out is refused")
     g.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N optimizer steps (and at the end)")
     g.add_argument("--sample-every", type=int, default=500, help="write a sample grid every N steps (and at the end)")
+    g.add_argument("--choose-guidance", action=argparse.BooleanOptionalAction, default=CHOOSE_GUIDANCE,
+                   help="after training, choose the guidance scale w on the training images (lowest Fréchet distance "
+                        "in the evaluation classifier's features among w = "
+                        f"{', '.join(f'{w:g}' for w in CHOICE_SCALES)}, up to the first rise) and write it to "
+                        "RUN/guidance.json, the default of sample.py and evaluate.py; about 10–30 s at 64×64, "
+                        "1–2 min at 256×256. Off: they use w = 1.25")
     g.add_argument("--grid-cfg", type=float, default=SamplingConfig.cfg_scale,
                    help="guidance scale of the progress grids (default: sample.py's)")
     g.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after N steps (resume later)")
@@ -642,6 +653,35 @@ def save_grid(run_dir: Path, ema, vae, config: dict, step: int, device) -> Path:
     path = run_dir / "samples" / f"grid_step_{step:06d}.png"
     image_grid(list(x), row_labels=[config["classes"][u] for u in users]).save(path)
     return path
+
+
+def wants_guidance_choice(args: argparse.Namespace, num_classes: int) -> bool:
+    """Choose w after training? Only where there is something to choose: user ids with dropped ids (guidance needs
+    the null id) and at least 2 users (the choice measures with a user-ID classifier)."""
+    return args.choose_guidance and args.cond != "text" and args.cond_dropout > 0 and num_classes >= 2
+
+
+def choose_run_guidance(tr: Training) -> None:
+    """The run's own guidance scale, on its training images (tinyldm/evaluation/sweep.py: choose_guidance), written
+    to RUN/guidance.json. The user-ID classifier it measures with is the evaluation's, trained here once and then
+    reused by evaluate.py (RUN/classifier and the shared cache)."""
+    from tinyldm.evaluation.classifier import cache_root
+    from tinyldm.evaluation.runs import run_reference
+    from tinyldm.evaluation.sweep import choose_guidance, save_guidance
+
+    t0 = time.time()
+    try:
+        ref, _ = run_reference(tr.run_dir, tr.config, tr.run_dir / "classifier", 0, str(tr.device), False,
+                               cache_root())
+    except DataError as e:  # e.g. too few validation images for the classifier: the trained run stands as it is
+        print(f"guidance: not chosen ({e}); sample.py and evaluate.py use w = {SamplingConfig.cfg_scale:g}")
+        return
+    choice = choose_guidance(tr.ema, tr.vae, tr.config, ref, device=tr.device)
+    save_guidance(tr.run_dir, choice)
+    tried = ", ".join(f"{p['cfg_scale']:g} → {p['fd_train']:.1f}" for p in choice["points"])
+    print(f"guidance: w = {choice['cfg_scale']:g}, the lowest Fréchet distance to the training images (w → FD: "
+          f"{tried}; {time.time() - t0:.0f} s); {tr.run_dir / GUIDANCE_FILE} is sample.py's and evaluate.py's "
+          "default from now on (--cfg-scale overrides it)")
 
 
 def save_loss_curves(run_dir: Path, prediction: str) -> None:

@@ -30,3 +30,15 @@ def classifier_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYLDM_CACHE", str(tmp_path_factory.mktemp("tinyldm-cache")))
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_guidance_choice():
+    """train_ldm.py chooses its run's guidance scale after training by sampling a few hundred images at several
+    scales: seconds that the tests' runs of a few steps would spend on every call, choosing among noise. Their
+    default is off; tests/test_guidance_choice.py turns it on (--choose-guidance) and tests it."""
+    import train_ldm
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_ldm, "CHOOSE_GUIDANCE", False)
+        yield

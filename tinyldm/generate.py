@@ -7,12 +7,15 @@ per batch).
 """
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from tinyldm.diffusion import SAMPLERS, SPACINGS, SamplingConfig, Schedule, sample
 from tinyldm.latents import unscale_latents
+from tinyldm.runs import RunError
 from tinyldm.threads import share_cores
 
 # The generator of image (user, index) is seeded with seed·SEED_STRIDE + user·USER_STRIDE + index: two primes
@@ -20,6 +23,7 @@ from tinyldm.threads import share_cores
 SEED_STRIDE = 1_000_003
 USER_STRIDE = 10_007
 DEFAULT_SAMPLING = SamplingConfig()  # DPM-Solver++(2M), 20 steps, trailing, guidance w = 1.25, seed 0
+GUIDANCE_FILE = "guidance.json"  # a run's own guidance scale, chosen on its training images (evaluation/sweep.py)
 
 
 def add_sampling_args(parser: argparse.ArgumentParser, defaults: SamplingConfig = DEFAULT_SAMPLING) -> None:
@@ -31,16 +35,40 @@ def add_sampling_args(parser: argparse.ArgumentParser, defaults: SamplingConfig 
     g.add_argument("--steps", type=int, default=defaults.steps, help="sampling steps (network calls: see the guide)")
     g.add_argument("--spacing", choices=SPACINGS, default=defaults.spacing, help="time grid of the steps")
     g.add_argument("--eta", type=float, default=defaults.eta, help="DDIM's η (0 = deterministic, 1 = DDPM-like)")
-    g.add_argument("--cfg-scale", type=float, default=defaults.cfg_scale,
-                   help="classifier-free guidance w (1 = none, 0 = unconditional)")
+    g.add_argument("--cfg-scale", type=float, default=None,
+                   help="classifier-free guidance w (1 = none, 0 = unconditional); default: the run's own, chosen "
+                        f"after its training (RUN/{GUIDANCE_FILE}), else {defaults.cfg_scale:g}")
     g.add_argument("--cfg-rescale", type=float, default=defaults.cfg_rescale,
                    help="guidance rescale φ ∈ [0, 1] (0.7 tames large w)")
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig:
-    """The options `add_sampling_args` added → a validated SamplingConfig."""
+    """The options `add_sampling_args` added → a validated SamplingConfig (--cfg-scale already resolved: a number)."""
     return SamplingConfig(sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
                           cfg_scale=args.cfg_scale, cfg_rescale=args.cfg_rescale, seed=args.seed)
+
+
+def guidance_choice(run_dir) -> dict | None:
+    """RUN/guidance.json: the guidance scale chosen after the run's training and how (None if there is none)."""
+    path = Path(run_dir) / GUIDANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        choice = json.loads(path.read_text())
+        choice["cfg_scale"] = float(choice["cfg_scale"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RunError(f"{path} is unreadable ({e}); delete it to sample with the default w = "
+                       f"{DEFAULT_SAMPLING.cfg_scale:g}, or pass --cfg-scale") from None
+    return choice
+
+
+def run_guidance(run_dir) -> tuple[float, str]:
+    """The guidance w a run samples with when --cfg-scale is not given → (w, where it comes from): the w chosen at
+    the end of its training (guidance_choice), else SamplingConfig's default."""
+    choice = guidance_choice(run_dir)
+    if choice is None:
+        return DEFAULT_SAMPLING.cfg_scale, "the default"
+    return choice["cfg_scale"], f"chosen on the training images ({Path(run_dir) / GUIDANCE_FILE})"
 
 
 def initial_noise(seed: int, user: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:

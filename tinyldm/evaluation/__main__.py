@@ -3,6 +3,7 @@
     python evaluate.py --real data/microdoppler-v1-tiny --generated runs/demo/samples     # a folder of PNGs
     python evaluate.py --run runs/demo/ldm-dit                                          # sample, then measure
     python evaluate.py --run runs/demo/ldm-dit --sweep                                  # + guidance, samplers × steps
+    python evaluate.py --run runs/demo/ldm-dit --choose-guidance                        # choose its w, then measure
     python evaluate.py --run runs/demo/vae                                              # autoencoder reconstructions
 
 A small ResNet-style classifier is trained on the real training split (spectrogram-safe augmentation),
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from tinyldm.evaluation.runs import evaluate_folders, evaluate_run
 from tinyldm.evaluation.sweep import GUIDANCE_SCALES, SWEEP_SAMPLERS, SWEEP_STEPS
-from tinyldm.generate import add_sampling_args, sampling_config
+from tinyldm.generate import add_sampling_args, run_guidance, sampling_config
 from tinyldm.options import SEED_RANGE, at_least, between, check_ranges, device_name
 from tinyldm.runs import resolve_device, run_cli
 
@@ -98,6 +99,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="repeat the main measurement at this many sampling seeds (--seed, --seed + 1, …) and report "
                         "the spread of top-1, FD / floor and TSTR beside the first seed's numbers")
     g.add_argument("--weights", choices=["ema", "model"], default="ema", help="EMA or raw weights of the run")
+    g.add_argument("--choose-guidance", action="store_true",
+                   help="first choose the run's guidance scale on its training images, as train_ldm.py does after "
+                        "training (for runs trained with --no-choose-guidance or before it existed), write it to "
+                        "RUN/guidance.json, then measure at it")
     g = p.add_argument_group("sweep: quality against cost")
     g.add_argument("--sweep", action="store_true", help="also sweep guidance scales and samplers × steps")
     g.add_argument("--sweep-guidance", default=",".join(f"{w:g}" for w in GUIDANCE_SCALES), help="guidance scales")
@@ -116,17 +121,26 @@ def run(args: argparse.Namespace) -> dict:
     if args.run is not None:
         if args.real is not None or args.generated is not None:
             raise ValueError("give either --run, or --real with --generated, not both")
+        if args.choose_guidance and args.cfg_scale is not None:
+            raise ValueError(f"--choose-guidance chooses w itself; drop --cfg-scale {args.cfg_scale:g}")
+        if args.cfg_scale is None:  # the run's own w (replaced by the new choice with --choose-guidance)
+            args.cfg_scale, source = run_guidance(args.run)
+            if not args.choose_guidance and source != "the default":
+                print(f"guidance w = {args.cfg_scale:g}: {source} (--cfg-scale W to change it)")
         return evaluate_run(args.run, args.out, data=args.data, sampling=sampling_config(args),
                             n_per_user=args.n_per_user, seeds=args.seeds, with_tstr=not args.no_tstr, sweep=args.sweep,
                             guidance_scales=parse_list(args.sweep_guidance, float, "--sweep-guidance"),
                             samplers=parse_list(args.sweep_samplers, str, "--sweep-samplers"),
                             steps_list=parse_list(args.sweep_steps, int, "--sweep-steps"),
                             sweep_n_per_user=args.sweep_n_per_user, classifier_dir=args.classifier, device=device,
-                            weights=args.weights, retrain=args.retrain_classifier, use_cache=not args.no_cache)
+                            weights=args.weights, retrain=args.retrain_classifier, use_cache=not args.no_cache,
+                            choose=args.choose_guidance)
     if args.real is None or args.generated is None:
         raise ValueError("give --run RUN_DIR, or both --real DIR and --generated DIR")
     if args.data is not None:
         raise ValueError("--data is for --run (the run's data, moved); with --generated give the real data as --real")
+    if args.choose_guidance:
+        raise ValueError("--choose-guidance samples new images, so it needs --run RUN_DIR, not a --generated folder")
     if args.sweep:
         raise ValueError("--sweep samples new images, so it needs --run RUN_DIR, not a --generated folder")
     if args.out is None:

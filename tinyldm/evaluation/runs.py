@@ -37,12 +37,14 @@ from tinyldm.evaluation.sweep import (
     SWEEP_SAMPLERS,
     SWEEP_STEPS,
     best_guidance,
+    choose_guidance,
     guidance_sweep,
     sample_users,
     sampler_sweep,
+    save_guidance,
     settings_record,
 )
-from tinyldm.generate import DEFAULT_SAMPLING
+from tinyldm.generate import DEFAULT_SAMPLING, guidance_choice
 from tinyldm.runs import RunError, check_writable, read_config
 from tinyldm.viz import to_uint8
 
@@ -144,12 +146,13 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig =
                  n_per_user: int | None = None, seeds: int = 3, with_tstr: bool = True, sweep: bool = False,
                  guidance_scales=GUIDANCE_SCALES, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
                  sweep_n_per_user: int = 4, classifier_dir=None, device="cpu", weights: str = "ema",
-                 retrain: bool = False, quiet: bool = False, use_cache: bool = True) -> dict:
+                 retrain: bool = False, quiet: bool = False, use_cache: bool = True, choose: bool = False) -> dict:
     """Evaluate a train_ldm.py run (sample n_per_user images of every user with `sampling`, then measure;
     optionally sweep guidance and samplers × steps) or a train_vae.py run (reconstructions); data: the run's data
     where it is now, if it moved (checked to hold the same users). sampling.seed also
     seeds the classifiers and KID's subsets. n_per_user None: images_per_user (≥ 240 images in all). seeds > 1
-    repeats the measurement at the next sampling seeds and reports the spread (other_seeds).
+    repeats the measurement at the next sampling seeds and reports the spread (other_seeds). choose: first choose
+    the run's guidance scale on its training images (choose_guidance; RUN/guidance.json) and measure at it.
     Writes to out_dir (default RUN/eval), keeps the classifier in classifier_dir (default RUN/classifier, and the
     shared cache: see above), prints the headline lines, returns the report."""
     seed = sampling.seed
@@ -180,6 +183,12 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig =
     if n_per_user < 1 or seeds < 1:
         raise ValueError(f"n_per_user {n_per_user}, seeds {seeds}: at least 1 image per user and 1 seed")
     model, _ = load_ldm(run_dir, device, weights)
+    if choose:
+        save_guidance(run_dir, choose_guidance(model, vae, cfg, ref, sampling=sampling, device=device))
+        sampling = replace(sampling, cfg_scale=guidance_choice(run_dir)["cfg_scale"])
+    choice = guidance_choice(run_dir)
+    if choice is not None and choice["cfg_scale"] == sampling.cfg_scale:
+        report["guidance_choice"] = choice  # how this w was chosen
     x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampling, device, progress=not quiet)
     write_pngs(out_dir / "generated", x, y, ref.classes, ref.channels)
     report["settings"] = {**settings_record(sampling),

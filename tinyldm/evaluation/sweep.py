@@ -1,4 +1,5 @@
-"""Quality against cost: condition accuracy and Fréchet distance over guidance scales, and over samplers × steps.
+"""Quality against cost: condition accuracy and Fréchet distance over guidance scales, and over samplers × steps;
+and the choice of a run's guidance scale on its training images (choose_guidance).
 
 Every point samples the same users and the same initial noise (generate's per-image seeds), so points differ
 only by the setting swept. NFE counts network evaluations (`tinyldm.diffusion.nfe`); with guidance each one
@@ -15,12 +16,17 @@ from tqdm import tqdm
 from tinyldm.diffusion import SamplingConfig, nfe
 from tinyldm.evaluation.classifier import embed
 from tinyldm.evaluation.metrics import condition_accuracy, frechet_distance, kid, precision_recall
-from tinyldm.evaluation.pipeline import Reference, quantize
-from tinyldm.generate import DEFAULT_SAMPLING, generate
+from tinyldm.evaluation.pipeline import Reference, images_per_user, quantize
+from tinyldm.generate import DEFAULT_SAMPLING, GUIDANCE_FILE, generate
+from tinyldm.runs import atomic_write_json
 
 GUIDANCE_SCALES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 SWEEP_SAMPLERS = ("ddim", "euler", "heun", "dpmpp_2m")
 SWEEP_STEPS = (10, 20, 50)
+# The guidance choice: scales tried in this order (the first is SamplingConfig's default w), and its sampling seed,
+# one the evaluation (seeds 0, 1, 2, …) does not draw, so the images that choose w are not the ones that measure it.
+CHOICE_SCALES = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+CHOICE_SEED = 1000
 
 
 def sample_users(model, vae, run_config: dict, n_per_user: int, sampling: SamplingConfig, device="cpu",
@@ -80,3 +86,48 @@ def best_guidance(points: list[dict]) -> dict:
     finite = [p for p in points if math.isfinite(p["fd"])]
     return {"by_accuracy": max(points, key=lambda p: (p["top1"], -p["fd"]))["cfg_scale"],
             "by_fd": min(finite, key=lambda p: p["fd"])["cfg_scale"] if finite else None}
+
+
+# ---- Choosing a run's guidance scale ---------------------------------------------------------------------------
+# The best w depends on the data: on the walking simulator FD is lowest at w = 1.25 and rises fast above it, on the
+# activities it falls until w = 2 (docs/speedrun.md, ninth round). So a run chooses its own, on its training images:
+# the evaluation's real validation images play no part, and its sampling seeds are not the choice's.
+
+def first_minimum(scales, score) -> tuple[float, list[tuple[float, float]]]:
+    """Walk up `scales` (ascending), scoring each with score(w) (lower is better), and stop at the first that
+    scores no better than the one before → (the best scale seen, [(scale, score), …] as measured). FD against w
+    falls, then rises (Ho & Salimans 2022, fig. 4; both built-in families), so the first rise ends the search."""
+    points = []
+    for w in scales:
+        points.append((w, score(w)))
+        if len(points) > 1 and points[-1][1] >= points[-2][1]:  # a tie goes to the smaller w
+            break
+    best = min(points, key=lambda p: p[1])
+    return best[0], points
+
+
+def choose_guidance(model, vae, run_config: dict, ref: Reference, scales=CHOICE_SCALES, n_per_user: int | None = None,
+                    sampling: SamplingConfig = DEFAULT_SAMPLING, device="cpu") -> dict:
+    """The guidance scale w whose samples are closest to the real *training* images: Fréchet distance in the
+    evaluation classifier's features, images_per_user(U) images per user at every w tried (first_minimum), the
+    other settings as in `sampling`, noise from CHOICE_SEED → {"cfg_scale": w, "points": [...], ...}."""
+    n = images_per_user(len(ref.classes), n_per_user)
+    points = []
+
+    def fd_to_training_images(w: float) -> float:
+        x, y, seconds = sample_users(model, vae, run_config, n, replace(sampling, cfg_scale=w, seed=CHOICE_SEED),
+                                     device)
+        feats, logits = embed(ref.model, x)
+        points.append({"cfg_scale": w, "fd_train": frechet_distance(ref.train_feats, feats),
+                       "top1": condition_accuracy(logits, y, len(ref.classes))["top1"], "seconds": seconds})
+        return points[-1]["fd_train"]
+
+    best, _ = first_minimum(tqdm(scales, desc="choosing guidance", unit="scale", leave=False), fd_to_training_images)
+    return {"cfg_scale": best, "chosen_by": "lowest Fréchet distance to the training images (classifier features)",
+            "n_per_user": n, "seed": CHOICE_SEED, "sampler": sampling.sampler, "steps": sampling.steps,
+            "points": points}
+
+
+def save_guidance(run_dir, choice: dict) -> None:
+    """RUN/guidance.json: the chosen w, which sample.py and evaluate.py use when --cfg-scale is not given."""
+    atomic_write_json(run_dir / GUIDANCE_FILE, choice)
