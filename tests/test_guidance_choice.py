@@ -60,6 +60,7 @@ def test_a_run_chooses_its_guidance_and_the_scripts_sample_with_it(vae_run, tmp_
                          "--no-tstr", "--steps", "2"]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["settings"]["cfg_scale"] == choice["cfg_scale"] and report["guidance_choice"] == choice
+    assert f"Guidance w = {choice['cfg_scale']:g} is the run's own" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def test_without_a_choice_the_default_and_a_damaged_file_is_one_line(tmp_path):

@@ -23,6 +23,10 @@ from tinyldm.threads import share_cores
 SEED_STRIDE = 1_000_003
 USER_STRIDE = 10_007
 DEFAULT_SAMPLING = SamplingConfig()  # DPM-Solver++(2M), 20 steps, trailing, guidance w = 1.25, seed 0
+# Latents per decoder pass. At 256×256 a pass over 64 images holds GBs of activations and cost 173 ms an image
+# against 125 ms in passes of 16 (the compact decoder, 2 CPU cores: docs/benchmarks.md); each image is decoded
+# on its own either way, so the pictures do not depend on it.
+DECODE_BATCH = 16
 GUIDANCE_FILE = "guidance.json"  # a run's own guidance scale, chosen on its training images (evaluation/sweep.py)
 
 
@@ -79,8 +83,10 @@ def initial_noise(seed: int, user: int, index: int, shape: tuple[int, ...]) -> t
 
 @torch.no_grad()
 def decode_latents(vae, z0: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0) -> torch.Tensor:
-    """Diffusion latents (B, c, h, w) → images (B, C, H, W) in [−1, 1]: undo the scale and shift, decode."""
-    return vae.decode_latent(unscale_latents(z0, scaling_factor, shift_factor)).clamp(-1, 1)
+    """Diffusion latents (B, c, h, w) → images (B, C, H, W) in [−1, 1]: undo the scale and shift, decode, at most
+    DECODE_BATCH latents per decoder pass."""
+    z = unscale_latents(z0, scaling_factor, shift_factor)
+    return torch.cat([vae.decode_latent(part) for part in z.split(DECODE_BATCH)]).clamp(-1, 1)
 
 
 def row_conditions(run_config: dict, users: list[int], prompts: list[str] | None, tokenizer

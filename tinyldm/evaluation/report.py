@@ -152,6 +152,12 @@ def _markdown(report: dict) -> str:
                 f"| near-copies of training images | **{pct(g['memorisation']['near_copies'])}** | fresh real images "
                 f"{pct(g['memorisation']['near_copies_real'])}; copying 100 % |", ""]
         out += _near_copies_markdown(g["memorisation"], "near_copies.png" in report["files"])
+        if report.get("guidance_choice"):
+            ch = report["guidance_choice"]
+            tried = ", ".join(f"{p['cfg_scale']:g} → {num(p['fd_train'])}" for p in ch["points"])
+            out += [f"Guidance w = {ch['cfg_scale']:g} is the run's own, chosen after its training: the "
+                    f"{ch['chosen_by']}, {ch['n_per_user']} images per user, sampling seed {ch['seed']}; w → FD: "
+                    f"{tried}.", ""]
         if report.get("seeds") and len(report["seeds"]["seeds"]) > 1:
             out += _seeds_markdown(report["seeds"])
         out += ["### Per user", "", "| user | top-1 | most often taken for | Fréchet distance |", "|---|---|---|---|"]
