@@ -37,3 +37,19 @@ def test_the_scripts_go_through_the_one_transform(script, names):
                 for a in n.names}
     called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert names <= imported & called
+
+
+def test_decoding_in_passes_is_decoding_each_latent_alone():
+    # generate.decode_latents decodes at most DECODE_BATCH latents per pass: the images, in order, are those of
+    # one latent at a time (the decoder treats each image on its own; GroupNorm is per image).
+    from tinyldm.generate import DECODE_BATCH, decode_latents
+    from tinyldm.loading import autoencoder_config, build_autoencoder
+
+    torch.manual_seed(0)
+    vae = build_autoencoder("kl", autoencoder_config("kl", "tiny")).eval()
+    z0 = torch.randn(DECODE_BATCH + 3, 4, 8, 8)
+    with torch.no_grad():
+        x = decode_latents(vae, z0, 0.5, 0.1)
+        alone = torch.cat([vae.decode_latent(unscale_latents(z[None], 0.5, 0.1)) for z in z0]).clamp(-1, 1)
+    assert x.shape == (DECODE_BATCH + 3, 3, 16, 16)
+    assert torch.allclose(x, alone, atol=1e-5)
