@@ -12,7 +12,8 @@ a random t (logit-normal, then shifted, for flow; uniform for VP: --timesteps), 
 the null id (classifier-free guidance); the loss is
 ‖model(x_t, t, y) − target‖² (ε, v or x0; min-SNR-γ optional). Writes runs/<name>/: config.json,
 model.safetensors, ema.safetensors, checkpoints/, log.jsonl, loss_curves.png and samples/grid_step_N.png
-(rows = users, EMA weights, DPM-Solver++(2M), fixed seeds).
+(rows = users, EMA weights, DPM-Solver++(2M), fixed seeds). After the last step it chooses the run's guidance
+scale on its training images and writes guidance.json (--choose-guidance, on by default: docs/evaluation.md).
 """
 
 import argparse
