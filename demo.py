@@ -29,7 +29,6 @@ evaluation classifier are reused).
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import sample
@@ -38,7 +37,6 @@ import train_vae
 from tinyldm.data import default_data_dir
 from tinyldm.evaluation import evaluate_run
 from tinyldm.evaluation.report import headline_lines
-from tinyldm.generate import DEFAULT_SAMPLING, run_guidance
 
 
 def default_out(preset: str, family: str) -> Path:
@@ -97,8 +95,7 @@ def main(argv=None) -> int:
     stage("sample", sample.main(["--run", str(ldm_dir), "--users", "all", "--n-per-user", "4",
                                  "--out", str(samples_dir), "--trajectory", "--overwrite"]))
 
-    report = evaluate_run(ldm_dir, args.out / "eval",  # at the run's own guidance scale, as sample.py samples
-                          sampling=replace(DEFAULT_SAMPLING, cfg_scale=run_guidance(ldm_dir)[0]))
+    report = evaluate_run(ldm_dir, args.out / "eval")  # as sample.py samples: the run's own guidance scale
     stage("eval")
 
     print("\n== demo finished ==")

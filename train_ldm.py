@@ -33,7 +33,9 @@ from tinyldm.data import DataError, UserImageFolder
 from tinyldm.data.captions import captions_of
 from tinyldm.data.latent_cache import cached_latents, shared_cache_dir
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
-from tinyldm.evaluation.sweep import CHOICE_SCALES
+from tinyldm.evaluation.classifier import cache_root
+from tinyldm.evaluation.runs import run_reference
+from tinyldm.evaluation.sweep import CHOICE_SCALES, choose_guidance, save_guidance
 from tinyldm.generate import GUIDANCE_FILE, generate
 from tinyldm.latents import measure_scale, scale_latents
 from tinyldm.layers import written_out_attention
@@ -202,8 +204,8 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
     if tr.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
-    finished = (tr.step == tr.total_steps or timed_out) and not interrupted
-    if main_rank and finished and wants_guidance_choice(args, len(tr.config["classes"])):
+    completed = (tr.step == tr.total_steps or timed_out) and not interrupted
+    if main_rank and completed and wants_guidance_choice(args, len(tr.config["classes"])):
         choose_run_guidance(tr)  # RUN/guidance.json, before the lock goes: the run is not done without it
     if main_rank:
         unlock_run(tr.run_dir)
@@ -376,8 +378,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, argparse.Namespace]:
                    help="after training, choose the guidance scale w on the training images (lowest Fréchet distance "
                         "in the evaluation classifier's features among w = "
                         f"{', '.join(f'{w:g}' for w in CHOICE_SCALES)}, up to the first rise) and write it to "
-                        "RUN/guidance.json, the default of sample.py and evaluate.py; about 10–30 s at 64×64, "
-                        "1–2 min at 256×256. Off: they use w = 1.25")
+                        "RUN/guidance.json, the default of sample.py and evaluate.py; on 2 CPU cores about 40–60 s at "
+                        "64×64 and 1.5–5 min at 256×256. Off: they use w = 1.25")
     g.add_argument("--grid-cfg", type=float, default=SamplingConfig.cfg_scale,
                    help="guidance scale of the progress grids (default: sample.py's)")
     g.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after N steps (resume later)")
@@ -666,10 +668,6 @@ def choose_run_guidance(tr: Training) -> None:
     """The run's own guidance scale, on its training images (tinyldm/evaluation/sweep.py: choose_guidance), written
     to RUN/guidance.json. The user-ID classifier it measures with is the evaluation's, trained here once and then
     reused by evaluate.py (RUN/classifier and the shared cache)."""
-    from tinyldm.evaluation.classifier import cache_root
-    from tinyldm.evaluation.runs import run_reference
-    from tinyldm.evaluation.sweep import choose_guidance, save_guidance
-
     t0 = time.time()
     try:
         ref, _ = run_reference(tr.run_dir, tr.config, tr.run_dir / "classifier", 0, str(tr.device), False,

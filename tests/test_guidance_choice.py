@@ -10,7 +10,6 @@ import sample
 import train_ldm
 from tests.test_stage2 import LDM, vae_run  # noqa: F401 (a fixture)
 from tinyldm.data import DataError
-from tinyldm.evaluation import runs as evaluation_runs
 from tinyldm.evaluation.__main__ import main as evaluate_cli
 from tinyldm.evaluation.sweep import CHOICE_SCALES, first_minimum
 from tinyldm.generate import DEFAULT_SAMPLING, run_guidance
@@ -83,7 +82,7 @@ def test_a_choice_that_cannot_measure_leaves_the_trained_run_as_it_is(vae_run, t
     def too_few(*args, **kwargs):
         raise DataError("the evaluation needs at least 4 real validation images, got 3")
 
-    monkeypatch.setattr(evaluation_runs, "run_reference", too_few)
+    monkeypatch.setattr(train_ldm, "run_reference", too_few)
     run = tmp_path / "ldm"
     assert train_ldm.main(["--vae", str(vae_run), "--out", str(run), "--max-steps", "2", "--choose-guidance",
                            *LDM]) == 0

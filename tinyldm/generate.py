@@ -23,9 +23,9 @@ from tinyldm.threads import share_cores
 SEED_STRIDE = 1_000_003
 USER_STRIDE = 10_007
 DEFAULT_SAMPLING = SamplingConfig()  # DPM-Solver++(2M), 20 steps, trailing, guidance w = 1.25, seed 0
-# Latents per decoder pass. At 256×256 a pass over 64 images holds GBs of activations and cost 173 ms an image
-# against 125 ms in passes of 16 (the compact decoder, 2 CPU cores: docs/benchmarks.md); each image is decoded
-# on its own either way, so the pictures do not depend on it.
+# Latents per decoder pass. At 256×256 a pass over 64 images holds GBs of activations and cost 171–267 ms an image
+# against 130–132 ms in passes of 16 (the compact decoder, 2 CPU cores: benchmarks/bench_codec_batch.py); each
+# image is decoded on its own either way, so the pictures do not depend on it (bit-identical, measured).
 DECODE_BATCH = 16
 GUIDANCE_FILE = "guidance.json"  # a run's own guidance scale, chosen on its training images (evaluation/sweep.py)
 

@@ -126,6 +126,42 @@ def _near_copies_markdown(m: dict, with_picture: bool) -> list[str]:
     return out
 
 
+def _generated_markdown(report: dict) -> list[str]:
+    """The generated images' section: the metrics table, near-copies, how w was chosen, the seeds, per user."""
+    g, c = report["generated"], report["classifier"]
+    s = report.get("settings")
+    how = (f" — {s['sampler']}, {s['steps']} steps (NFE {s['nfe']}), guidance {s['cfg_scale']:g}, seed "
+           f"{s['seed']}, {s['sample_seconds']:.0f} s to sample") if s else ""
+    acc = g["condition_accuracy"]
+    out = [f"## Generated images ({g['n']}{how})", "", "| metric | value | read against |", "|---|---|---|",
+           f"| condition accuracy, top-1 | **{pct(acc['top1'])}** | ceiling {pct(c['val_acc'])}; chance "
+           f"{pct(1 / len(report['classes']))} |",
+           f"| condition accuracy, top-5 | {pct(acc['top5'])} | ceiling {pct(c['val_top5'])} |",
+           f"| Fréchet distance | **{num(g['fd'])}** | real floor {num(g['fd_real_floor'])} at the same count |",
+           f"| KID | {num(g['kid'])} ± {num(g['kid_std'], 2)} | 0 |",
+           f"| precision / recall | {num(g['precision'], 3)} / {num(g['recall'], 3)} | 1 / 1 |",
+           f"| TSTR | **{pct(g['tstr'])}** | TRTR {pct(g['trtr'])} |",
+           f"| near-copies of training images | **{pct(g['memorisation']['near_copies'])}** | fresh real images "
+           f"{pct(g['memorisation']['near_copies_real'])}; copying 100 % |", ""]
+    out += _near_copies_markdown(g["memorisation"], "near_copies.png" in report["files"])
+    if report.get("guidance_choice"):
+        ch = report["guidance_choice"]
+        tried = ", ".join(f"{p['cfg_scale']:g} → {num(p['fd_train'])}" for p in ch["points"])
+        out += [f"Guidance w = {ch['cfg_scale']:g} is the run's own, chosen after its training: the "
+                f"{ch['chosen_by']}, {ch['n_per_user']} images per user, sampling seed {ch['seed']}; w → FD: "
+                f"{tried}.", ""]
+    if report.get("seeds") and len(report["seeds"]["seeds"]) > 1:
+        out += _seeds_markdown(report["seeds"])
+    out += ["### Per user", "", "| user | top-1 | most often taken for | Fréchet distance |", "|---|---|---|---|"]
+    for k, name in enumerate(report["classes"]):
+        row = acc["confusion"][k]
+        others = [(n, j) for j, n in enumerate(row) if j != k and n > 0]
+        taken = f"{report['classes'][max(others)[1]]} ({max(others)[0]}×)" if others else "–"
+        out.append(f"| {name} | {pct(acc['per_user'][k])} | {taken} | {num(g['per_user_fd'][k])} |")
+    out += ["", "![confusion matrix](confusion.png)", "![per-user accuracy](per_user_accuracy.png)", ""]
+    return out
+
+
 def _markdown(report: dict) -> str:
     r, c = report["real"], report["classifier"]
     out = [f"# Evaluation: {report['source']}", "",
@@ -135,38 +171,8 @@ def _markdown(report: dict) -> str:
            f"Classifier `{c['folder']}`: real-validation accuracy (ceiling) **{pct(c['val_acc'])}**, top-5 "
            f"{pct(c['val_top5'])}; best epoch {c['best_epoch']} ({c['best_step']} steps), "
            f"{c['train_seconds']:.0f} s to train, {c['feature_dim']}-dimensional features.", ""]
-    g = report.get("generated")
-    if g is not None:
-        s = report.get("settings")
-        how = (f" — {s['sampler']}, {s['steps']} steps (NFE {s['nfe']}), guidance {s['cfg_scale']:g}, seed "
-               f"{s['seed']}, {s['sample_seconds']:.0f} s to sample") if s else ""
-        acc = g["condition_accuracy"]
-        out += [f"## Generated images ({g['n']}{how})", "", "| metric | value | read against |", "|---|---|---|",
-                f"| condition accuracy, top-1 | **{pct(acc['top1'])}** | ceiling {pct(c['val_acc'])}; chance "
-                f"{pct(1 / len(report['classes']))} |",
-                f"| condition accuracy, top-5 | {pct(acc['top5'])} | ceiling {pct(c['val_top5'])} |",
-                f"| Fréchet distance | **{num(g['fd'])}** | real floor {num(g['fd_real_floor'])} at the same count |",
-                f"| KID | {num(g['kid'])} ± {num(g['kid_std'], 2)} | 0 |",
-                f"| precision / recall | {num(g['precision'], 3)} / {num(g['recall'], 3)} | 1 / 1 |",
-                f"| TSTR | **{pct(g['tstr'])}** | TRTR {pct(g['trtr'])} |",
-                f"| near-copies of training images | **{pct(g['memorisation']['near_copies'])}** | fresh real images "
-                f"{pct(g['memorisation']['near_copies_real'])}; copying 100 % |", ""]
-        out += _near_copies_markdown(g["memorisation"], "near_copies.png" in report["files"])
-        if report.get("guidance_choice"):
-            ch = report["guidance_choice"]
-            tried = ", ".join(f"{p['cfg_scale']:g} → {num(p['fd_train'])}" for p in ch["points"])
-            out += [f"Guidance w = {ch['cfg_scale']:g} is the run's own, chosen after its training: the "
-                    f"{ch['chosen_by']}, {ch['n_per_user']} images per user, sampling seed {ch['seed']}; w → FD: "
-                    f"{tried}.", ""]
-        if report.get("seeds") and len(report["seeds"]["seeds"]) > 1:
-            out += _seeds_markdown(report["seeds"])
-        out += ["### Per user", "", "| user | top-1 | most often taken for | Fréchet distance |", "|---|---|---|---|"]
-        for k, name in enumerate(report["classes"]):
-            row = acc["confusion"][k]
-            others = [(n, j) for j, n in enumerate(row) if j != k and n > 0]
-            taken = f"{report['classes'][max(others)[1]]} ({max(others)[0]}×)" if others else "–"
-            out.append(f"| {name} | {pct(acc['per_user'][k])} | {taken} | {num(g['per_user_fd'][k])} |")
-        out += ["", "![confusion matrix](confusion.png)", "![per-user accuracy](per_user_accuracy.png)", ""]
+    if report.get("generated") is not None:
+        out += _generated_markdown(report)
     a = report.get("autoencoder")
     if a is not None:
         out += [f"## Autoencoder reconstructions ({a['n']} real validation images)", "",

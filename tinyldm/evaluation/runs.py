@@ -44,7 +44,7 @@ from tinyldm.evaluation.sweep import (
     save_guidance,
     settings_record,
 )
-from tinyldm.generate import DEFAULT_SAMPLING, guidance_choice
+from tinyldm.generate import DEFAULT_SAMPLING, guidance_choice, run_guidance
 from tinyldm.runs import RunError, check_writable, read_config
 from tinyldm.viz import to_uint8
 
@@ -142,32 +142,53 @@ def run_reference(run_dir: Path, cfg: dict, classifier_dir: Path, seed: int, dev
     return ref, split
 
 
-def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig = DEFAULT_SAMPLING,
-                 n_per_user: int | None = None, seeds: int = 3, with_tstr: bool = True, sweep: bool = False,
-                 guidance_scales=GUIDANCE_SCALES, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
-                 sweep_n_per_user: int = 4, classifier_dir=None, device="cpu", weights: str = "ema",
-                 retrain: bool = False, quiet: bool = False, use_cache: bool = True, choose: bool = False) -> dict:
-    """Evaluate a train_ldm.py run (sample n_per_user images of every user with `sampling`, then measure;
-    optionally sweep guidance and samplers × steps) or a train_vae.py run (reconstructions); data: the run's data
-    where it is now, if it moved (checked to hold the same users). sampling.seed also
-    seeds the classifiers and KID's subsets. n_per_user None: images_per_user (≥ 240 images in all). seeds > 1
-    repeats the measurement at the next sampling seeds and reports the spread (other_seeds). choose: first choose
-    the run's guidance scale on its training images (choose_guidance; RUN/guidance.json) and measure at it.
-    Writes to out_dir (default RUN/eval), keeps the classifier in classifier_dir (default RUN/classifier, and the
-    shared cache: see above), prints the headline lines, returns the report."""
-    seed = sampling.seed
-    from tinyldm.loading import load_autoencoder, load_ldm, load_run_vae  # the models are only needed for runs
-
-    run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
-    cache = cache_root() if use_cache and classifier_dir is None else None
-    classifier_dir = Path(classifier_dir) if classifier_dir is not None else run_dir / "classifier"
+def evaluable_config(run_dir: Path) -> dict:
+    """The config.json of a run this evaluation can measure: a train_ldm.py run on user ids, or a train_vae.py run."""
     cfg = read_config(run_dir)
     if cfg.get("kind") not in ("ldm", "autoencoder"):
         raise RunError(f"{run_dir} is a {cfg.get('kind')!r} run; pass a train_ldm.py or train_vae.py run folder")
     if cfg.get("backbone_config", {}).get("cond_type") == "text":
         raise RunError(f"{run_dir} is conditioned on captions, not user ids, and this evaluation asks for users; "
                        "measure whether its images follow their captions with benchmarks/caption_following.py")
+    return cfg
+
+
+def run_sampling(run_dir: Path, sampling: SamplingConfig | None, choose: bool, model, vae, cfg: dict,
+                 ref: Reference, device) -> tuple[SamplingConfig, dict | None]:
+    """The settings a run is measured at → (sampling, how its guidance scale was chosen, or None). sampling None:
+    sample.py's defaults with the run's own w (run_guidance). choose: choose w now (choose_guidance), write it to
+    RUN/guidance.json and measure at it; else the saved choice is reported where it is the w measured."""
+    if sampling is None:
+        sampling = replace(DEFAULT_SAMPLING, cfg_scale=run_guidance(run_dir)[0])
+    if choose:
+        choice = choose_guidance(model, vae, cfg, ref, sampling=sampling, device=device)
+        save_guidance(run_dir, choice)
+        return replace(sampling, cfg_scale=choice["cfg_scale"]), choice
+    choice = guidance_choice(run_dir)
+    return sampling, choice if choice is not None and choice["cfg_scale"] == sampling.cfg_scale else None
+
+
+def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig | None = None,
+                 n_per_user: int | None = None, seeds: int = 3, with_tstr: bool = True, sweep: bool = False,
+                 guidance_scales=GUIDANCE_SCALES, samplers=SWEEP_SAMPLERS, steps_list=SWEEP_STEPS,
+                 sweep_n_per_user: int = 4, classifier_dir=None, device="cpu", weights: str = "ema",
+                 retrain: bool = False, quiet: bool = False, use_cache: bool = True, choose: bool = False) -> dict:
+    """Evaluate a train_ldm.py run (sample n_per_user images of every user with `sampling`, then measure;
+    optionally sweep guidance and samplers × steps) or a train_vae.py run (reconstructions); data: the run's data
+    where it is now, if it moved (checked to hold the same users). sampling None: as sample.py samples (the run's
+    own guidance scale); sampling.seed also seeds the classifiers and KID's subsets. n_per_user None:
+    images_per_user (≥ 240 images in all). seeds > 1 repeats the measurement at the next sampling seeds and reports
+    the spread (other_seeds). choose: first choose the run's guidance scale on its training images (run_sampling).
+    Writes to out_dir (default RUN/eval), keeps the classifier in classifier_dir (default RUN/classifier, and the
+    shared cache: see above), prints the headline lines, returns the report."""
+    seed = (sampling or DEFAULT_SAMPLING).seed
+    from tinyldm.loading import load_autoencoder, load_ldm, load_run_vae  # the models are only needed for runs
+
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    cache = cache_root() if use_cache and classifier_dir is None else None
+    classifier_dir = Path(classifier_dir) if classifier_dir is not None else run_dir / "classifier"
+    cfg = evaluable_config(run_dir)
     check_writable(out_dir)
 
     # 1. The real reference, on the split the run read its data with: its validation images were never trained on.
@@ -183,11 +204,8 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig =
     if n_per_user < 1 or seeds < 1:
         raise ValueError(f"n_per_user {n_per_user}, seeds {seeds}: at least 1 image per user and 1 seed")
     model, _ = load_ldm(run_dir, device, weights)
-    if choose:
-        save_guidance(run_dir, choose_guidance(model, vae, cfg, ref, sampling=sampling, device=device))
-        sampling = replace(sampling, cfg_scale=guidance_choice(run_dir)["cfg_scale"])
-    choice = guidance_choice(run_dir)
-    if choice is not None and choice["cfg_scale"] == sampling.cfg_scale:
+    sampling, choice = run_sampling(run_dir, sampling, choose, model, vae, cfg, ref, device)
+    if choice is not None:
         report["guidance_choice"] = choice  # how this w was chosen
     x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampling, device, progress=not quiet)
     write_pngs(out_dir / "generated", x, y, ref.classes, ref.channels)
