@@ -362,7 +362,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 images, trajectory = generate(model, vae, cfg, users, n, sampling, prompts=prompts,
                                               tokenizer=tokenizer, batch_size=args.batch_size, device=device,
-                                              progress=True, trajectory=args.trajectory, on_batch=write_batch)
+                                              progress=True, on_batch=write_batch,
+                                              trajectory_users=args.trajectory_users if args.trajectory else 0)
             except Stopped:
                 pass
         if stop.requested:
@@ -390,7 +391,8 @@ def save_pictures(out: Path, cfg: dict, names: list[str], images: torch.Tensor, 
     if trajectory is not None:
         ts = Schedule.from_config(cfg["schedule"]).timesteps(sampling.steps, sampling.spacing)  # (N,)
         atomic_save_image(out / "trajectory.png",
-                          trajectory_picture(trajectory, names, ts.tolist(), users=args.trajectory_users))
+                          trajectory_picture(trajectory, names[:len(trajectory[0])], ts.tolist(),
+                                             users=args.trajectory_users))
         pictures.append("trajectory.png")
 
     # Real beside generated, for the first users.
