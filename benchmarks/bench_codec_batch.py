@@ -2,9 +2,11 @@
 
     python benchmarks/bench_codec_batch.py                    # the compact autoencoder, 256×256
     python benchmarks/bench_codec_batch.py --preset tiny      # the tiny one, 64×64
+    python benchmarks/bench_codec_batch.py --passes 16 --precision fp32,auto   # float32 against inference_autocast
 
 At 256×256 a pass over 64 images holds GBs of activations; `tinyldm.generate.DECODE_BATCH` (16) is what this
-measured (docs/speedrun.md, ninth round). Random weights and inputs: the time does not depend on them.
+measured (docs/speedrun.md, ninth round). `--precision auto` is `tinyldm.runs.inference_autocast`: bf16 on a CPU with
+bf16 hardware (the tenth round), float32 elsewhere. Random weights and inputs: the time does not depend on them.
 """
 
 import argparse
@@ -15,6 +17,7 @@ from timing import cpu_name, median_seconds
 
 from tinyldm.loading import autoencoder_config, build_autoencoder
 from tinyldm.malloc import keep_freed_memory
+from tinyldm.runs import cpu_bf16_hardware, inference_autocast
 
 
 def in_passes(fn, x: torch.Tensor, per_pass: int) -> None:
@@ -27,6 +30,8 @@ def main():
     p.add_argument("--preset", default="compact", choices=["tiny", "compact"])
     p.add_argument("--images", type=int, default=64, help="images timed per call")
     p.add_argument("--passes", default="64,16", help="images per pass, comma-separated")
+    p.add_argument("--precision", default="fp32",
+                   help="comma-separated: fp32, and/or auto (bf16 where the CPU has bf16 hardware: inference_autocast)")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     keep_freed_memory()  # as the scripts do (tinyldm.runs.run_cli)
@@ -38,12 +43,16 @@ def main():
     z = torch.randn(args.images, cfg["latent_channels"], size // f, size // f)
     print(f"{cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} threads; {args.preset} autoencoder, "
           f"{size}×{size}, {args.images} images a call, median of {args.repeats}")
-    with torch.inference_mode():
-        for per_pass in (int(n) for n in args.passes.split(",")):
-            enc = median_seconds(partial(in_passes, vae.latent_moments, x, per_pass), args.repeats)
-            dec = median_seconds(partial(in_passes, vae.decode_latent, z, per_pass), args.repeats)
-            print(f"{per_pass:4d} images a pass: encode {enc / args.images * 1e3:6.1f} ms, decode "
-                  f"{dec / args.images * 1e3:6.1f} ms an image")
+    for precision in args.precision.split(","):
+        if precision not in ("fp32", "auto"):
+            raise SystemExit(f"--precision {precision!r}: choose fp32 or auto")
+        autocast = inference_autocast("cpu") if precision == "auto" else torch.autocast("cpu", enabled=False)
+        with torch.inference_mode(), autocast:
+            for per_pass in (int(n) for n in args.passes.split(",")):
+                enc = median_seconds(partial(in_passes, vae.latent_moments, x, per_pass), args.repeats)
+                dec = median_seconds(partial(in_passes, vae.decode_latent, z, per_pass), args.repeats)
+                print(f"{precision:>4} ({cpu_bf16_hardware() or 'no bf16 hardware'}), {per_pass:2d} images a pass: "
+                      f"encode {enc / args.images * 1e3:6.1f} ms, decode {dec / args.images * 1e3:6.1f} ms an image")
 
 
 if __name__ == "__main__":

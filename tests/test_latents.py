@@ -44,12 +44,26 @@ def test_decoding_in_passes_is_decoding_each_latent_alone():
     # one latent at a time (the decoder treats each image on its own; GroupNorm is per image).
     from tinyldm.generate import DECODE_BATCH, decode_latents
     from tinyldm.loading import autoencoder_config, build_autoencoder
+    from tinyldm.runs import inference_autocast
 
     torch.manual_seed(0)
     vae = build_autoencoder("kl", autoencoder_config("kl", "tiny")).eval()
     z0 = torch.randn(DECODE_BATCH + 3, 4, 8, 8)
     with torch.no_grad():
         x = decode_latents(vae, z0, 0.5, 0.1)
-        alone = torch.cat([vae.decode_latent(unscale_latents(z[None], 0.5, 0.1)) for z in z0]).clamp(-1, 1)
-    assert x.shape == (DECODE_BATCH + 3, 3, 16, 16)
-    assert torch.allclose(x, alone, atol=1e-5)
+        with inference_autocast("cpu"):  # the precision decode_latents runs in on this CPU
+            alone = torch.cat([vae.decode_latent(unscale_latents(z[None], 0.5, 0.1)) for z in z0])
+        in_float32 = torch.cat([vae.decode_latent(unscale_latents(z[None], 0.5, 0.1)) for z in z0])
+    assert x.shape == (DECODE_BATCH + 3, 3, 16, 16) and x.dtype == torch.float32
+    assert torch.allclose(x, alone.float().clamp(-1, 1), atol=1e-5)
+    # bf16 (where the CPU has it) keeps ~3 significant digits: the images stay within a few uint8 levels of float32's.
+    assert (x - in_float32.clamp(-1, 1)).abs().max() < 4 / 127.5
+
+
+def test_inference_runs_in_bf16_exactly_where_training_would():
+    from tinyldm.runs import autocast_dtype, inference_autocast
+
+    conv = torch.nn.Conv2d(3, 3, 3)
+    with torch.no_grad(), inference_autocast("cpu"):
+        out = conv(torch.randn(1, 3, 8, 8))
+    assert out.dtype == (autocast_dtype(torch.device("cpu"), "auto") or torch.float32)

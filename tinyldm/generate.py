@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from tinyldm.diffusion import SAMPLERS, SPACINGS, SamplingConfig, Schedule, sample
 from tinyldm.latents import unscale_latents
-from tinyldm.runs import RunError
+from tinyldm.runs import RunError, inference_autocast
 from tinyldm.threads import share_cores
 
 # The generator of image (user, index) is seeded with seed·SEED_STRIDE + user·USER_STRIDE + index: two primes
@@ -83,10 +83,12 @@ def initial_noise(seed: int, user: int, index: int, shape: tuple[int, ...]) -> t
 
 @torch.no_grad()
 def decode_latents(vae, z0: torch.Tensor, scaling_factor: float, shift_factor: float = 0.0) -> torch.Tensor:
-    """Diffusion latents (B, c, h, w) → images (B, C, H, W) in [−1, 1]: undo the scale and shift, decode, at most
-    DECODE_BATCH latents per decoder pass."""
+    """Diffusion latents (B, c, h, w) → images (B, C, H, W) in [−1, 1] (float32): undo the scale and shift, decode, at
+    most DECODE_BATCH latents per decoder pass, in bf16 where the hardware has it."""
     z = unscale_latents(z0, scaling_factor, shift_factor)
-    return torch.cat([vae.decode_latent(part) for part in z.split(DECODE_BATCH)]).clamp(-1, 1)
+    with inference_autocast(z.device):
+        x = torch.cat([vae.decode_latent(part).float() for part in z.split(DECODE_BATCH)])
+    return x.clamp(-1, 1)
 
 
 def row_conditions(run_config: dict, users: list[int], prompts: list[str] | None, tokenizer

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from tinyldm.data.datasets import UserImageFolder
-from tinyldm.runs import atomic_save_weights
+from tinyldm.runs import atomic_save_weights, autocast_dtype, inference_autocast
 
 
 def shared_cache_dir() -> Path:
@@ -29,9 +29,12 @@ def shared_cache_dir() -> Path:
     return Path(os.environ.get("TINYLDM_CACHE") or Path.home() / ".cache" / "tinyldm") / "latents"
 
 
-def cache_key(weights_sha256: str, model: dict, dataset: UserImageFolder, split: dict) -> str:
-    """sha256 over everything the latents depend on (weights, model config, data files, split settings)."""
+def cache_key(weights_sha256: str, model: dict, dataset: UserImageFolder, split: dict, device="cpu") -> str:
+    """sha256 over everything the latents depend on (weights, model config, data files, split settings, and bf16
+    where `device` encodes in it: inference_autocast)."""
     h = hashlib.sha256()
+    if autocast_dtype(torch.device(device), "auto") is not None:  # float32 adds nothing: older caches keep their key
+        h.update(b"bf16 autocast\n")
     h.update(weights_sha256.encode())
     h.update(json.dumps(model, sort_keys=True).encode())
     for path, user, _ in dataset.samples:  # a line per window: square files hash as before, windowed ones differ
@@ -50,7 +53,8 @@ def encode_split(vae, dataset: UserImageFolder, device, batch_size: int = 64, de
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch", leave=False):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         x = torch.stack([it[0] for it in items]).to(device)  # (B, C, H, W)
-        mean, std = vae.latent_moments(x)  # (B, c, h, w) each; VQ: pre-quantisation, σ = 0
+        with inference_autocast(device):  # bf16 where the hardware has it (tinyldm/runs.py)
+            mean, std = vae.latent_moments(x)  # (B, c, h, w) each; VQ: pre-quantisation, σ = 0
         means.append(mean.float().cpu())
         stds.append(std.float().cpu())
         ys.append(torch.tensor([it[1] for it in items], dtype=torch.long))
@@ -61,7 +65,7 @@ def cached_latents(vae, cache_dir: Path, weights_sha256: str, model: dict, datas
                    device) -> tuple[dict[str, torch.Tensor], Path, bool]:
     """Latents of `dataset`, from cache_dir when a valid cache is there → (tensors, cache path, built_now).
     `model` describes the autoencoder ({"model_type": …, "model": its config}) for the key."""
-    path = Path(cache_dir) / f"{cache_key(weights_sha256, model, dataset, split)}.safetensors"
+    path = Path(cache_dir) / f"{cache_key(weights_sha256, model, dataset, split, device)}.safetensors"
     if path.is_file():
         return load_file(str(path)), path, False
     latents = encode_split(vae, dataset, device)

@@ -27,6 +27,8 @@ from tinyldm.evaluation.classifier import (
 from tinyldm.evaluation.image_metrics import psnr, ssim
 from tinyldm.evaluation.memorisation import memorisation
 from tinyldm.evaluation.metrics import PR_K, all_metrics, condition_accuracy, frechet_distance, need
+from tinyldm.generate import DECODE_BATCH
+from tinyldm.runs import inference_autocast
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
@@ -218,14 +220,16 @@ def seed_spread(per_seed: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def reconstruction_metrics(vae, ref: Reference, batch_size: int = 64) -> dict:
+def reconstruction_metrics(vae, ref: Reference, batch_size: int = DECODE_BATCH) -> dict:
     """An autoencoder on the real validation split: PSNR, SSIM, Fréchet distance and classifier accuracy of the
-    reconstructions (KL: decode the posterior mode; VQ: decode the quantised latents)."""
+    reconstructions (KL: decode the posterior mode; VQ: decode the quantised latents), as sampling decodes: in passes
+    of DECODE_BATCH, in bf16 where the hardware has it."""
     recons = []
     for start in range(0, len(ref.val_x), batch_size):
         x = ref.val_x[start:start + batch_size].to(ref.device)  # (B, C, H, W)
-        mean, _ = vae.latent_moments(x)  # (B, c, h, w)
-        recons.append(vae.decode_latent(mean).clamp(-1, 1).cpu())
+        with inference_autocast(ref.device):
+            mean, _ = vae.latent_moments(x)  # (B, c, h, w)
+            recons.append(vae.decode_latent(mean).float().clamp(-1, 1).cpu())
     x_hat = quantize(torch.cat(recons))  # (N_v, C, H, W), as it would be saved
     feats, logits = embed(ref.model, x_hat)
     acc = condition_accuracy(logits, ref.val_y, len(ref.classes))
