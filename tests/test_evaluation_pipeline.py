@@ -150,7 +150,11 @@ def test_run_with_sweep_writes_every_report_and_plot(ldm_run, capsys):
         assert line in printed, line
     # The second seed is a second measurement: its own noise, so its own numbers; the first is the report's.
     first, second = report["seeds"]["per_seed"]
-    assert report["seeds"]["seeds"] == [0, 1] and first == headline(report["generated"])
+    without_tstr = {**report["generated"], "tstr": None}
+    assert report["seeds"]["seeds"] == [0, 1] and first == headline(without_tstr)
+    # TSTR is one classifier on both seeds' images: 3 users × 2 images × 2 seeds.
+    assert report["generated"]["tstr_images"] == 12 and first["tstr"] is None and second["tstr"] is None
+    assert "(12 images: 2 seeds' together)" in printed
     assert second["fd"] != first["fd"] and report["seeds"]["spread"]["fd"]["values"] == [first["fd"], second["fd"]]
     assert report["seeds"]["spread"]["near_copies"]["values"] == [first["near_copies"], second["near_copies"]]
     assert "at 2 seeds" in (out / "report.md").read_text()

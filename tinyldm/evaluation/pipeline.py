@@ -178,12 +178,19 @@ def evaluate_images(ref: Reference, x: torch.Tensor, y: torch.Tensor, with_tstr:
     out["fd_real_floor"] = real_floor(ref, y, seed)
     out["memorisation"] = memorisation(x, ref.train_x, ref.val_x, feats, ref.train_feats, ref.val_feats)
     out["trtr"] = ref.ceiling
-    out["tstr"] = tstr(ref, x, y, seed) if with_tstr else None
-    if with_tstr and out["tstr"] is None:
+    out.update(measure_tstr(ref, x, y, seed) if with_tstr else {"tstr": None, "tstr_images": 0})
+    return out
+
+
+def measure_tstr(ref: Reference, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict:
+    """{"tstr": tstr()'s accuracy, "tstr_images": how many images it trained on}; None, after a notice line, when a
+    user has no generated images."""
+    accuracy = tstr(ref, x, y, seed)
+    if accuracy is None:
         missing = sorted(set(ref.classes) - {ref.classes[k] for k in y.tolist()})
         print(f"notice: TSTR skipped: no generated images of {len(missing)} users (e.g. {missing[0]}); a classifier "
               f"trained without them cannot be tested on all real users")
-    return out
+    return {"tstr": accuracy, "tstr_images": len(y) if accuracy is not None else 0}
 
 
 MIN_GENERATED = 240  # images the main measurement draws at least, split evenly over the users
