@@ -141,8 +141,10 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
         y = cond_rows[[row_of[u] for u, _ in batch]].to(device)  # (B,) user ids or (B, L) caption ids
         steps_x0 = []
         callback = (lambda i, t, x, x0_hat, acc=steps_x0: acc.append(x0_hat)) if traced else None
-        z = sample(model, noise, sched, sampling, prediction=prediction, cond=y, null_cond=null_cond.to(device),
-                   generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
+        with inference_autocast(device):  # the network in bf16 where the hardware has it, as it trained; the
+            # sampler's own arithmetic stays float32 (a bf16 output meets float32 x)
+            z = sample(model, noise, sched, sampling, prediction=prediction, cond=y, null_cond=null_cond.to(device),
+                       generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
         images.append(decode_latents(vae, z, scale, shift).cpu())
         if on_batch is not None:
             on_batch(batch, images[-1])

@@ -39,7 +39,8 @@ def guided_model(model, cond, null_cond, cfg_scale: float, cfg_rescale: float = 
     both_cond = torch.cat([cond, null_cond]) if torch.is_tensor(cond) else list(cond) + list(null_cond)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = model(torch.cat([x, x]), torch.cat([t, t]), both_cond)  # (2B, ...) one forward
+        out = model(torch.cat([x, x]), torch.cat([t, t]), both_cond).float()  # (2B, ...) one forward; float32 even
+        # where the network runs in bf16 (tinyldm.generate), so that the guidance arithmetic is float32
         pred_cond, pred_uncond = out.chunk(2)  # (B, ...) each
         return rescale_guidance(classifier_free_guidance(pred_cond, pred_uncond, cfg_scale), pred_cond, cfg_rescale)
 
