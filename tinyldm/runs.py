@@ -145,9 +145,13 @@ def inference_autocast(device) -> torch.autocast:
     of 24.9 and decodes in 44 ms instead of 75, with pixels 57 dB from float32's (benchmarks/bench_codec_batch.py
     --precision), and the compact run's DiT samples 1.6× faster, its images 53 dB (median) from float32's; the
     reconstruction itself is 18 dB from the real image."""
-    device = torch.device(device)
-    amp = autocast_dtype(device, "auto")
-    return torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None)
+    amp = inference_dtype(device)
+    return torch.autocast(torch.device(device).type, dtype=amp or torch.bfloat16, enabled=amp is not None)
+
+
+def inference_dtype(device) -> torch.dtype | None:
+    """The dtype inference_autocast computes in on `device`: bf16, or None for float32 throughout."""
+    return autocast_dtype(torch.device(device), "auto")
 
 
 def precision_words(device: torch.device, amp: torch.dtype | None) -> str:

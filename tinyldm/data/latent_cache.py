@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from tinyldm.data.datasets import UserImageFolder
-from tinyldm.runs import atomic_save_weights, autocast_dtype, inference_autocast
+from tinyldm.runs import atomic_save_weights, inference_autocast, inference_dtype
 
 
 def shared_cache_dir() -> Path:
@@ -33,7 +33,7 @@ def cache_key(weights_sha256: str, model: dict, dataset: UserImageFolder, split:
     """sha256 over everything the latents depend on (weights, model config, data files, split settings, and bf16
     where `device` encodes in it: inference_autocast)."""
     h = hashlib.sha256()
-    if autocast_dtype(torch.device(device), "auto") is not None:  # float32 adds nothing: older caches keep their key
+    if inference_dtype(device) is not None:  # float32 adds nothing: older caches keep their key
         h.update(b"bf16 autocast\n")
     h.update(weights_sha256.encode())
     h.update(json.dumps(model, sort_keys=True).encode())

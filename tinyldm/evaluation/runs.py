@@ -110,19 +110,31 @@ def write_pngs(folder: Path, x, y, classes: list[str], channels: int) -> None:
         Image.fromarray(img if channels == 3 else img[..., 0]).save(folder / classes[k] / f"{i:03d}.png")
 
 
-def other_seeds(model, vae, cfg: dict, ref: Reference, first: dict, n_per_user: int, sampling: SamplingConfig,
-                seeds: int, device) -> tuple[dict, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """The headline numbers at sampling seeds seed … seed + seeds − 1 (`first`: seed's, already measured), each with
-    new noise and a new draw of the real floor, and their spread → (that record, the (images, users) of the seeds
-    after the first, for TSTR)."""
-    per_seed, images = [headline(first)], []
+def other_seeds(model, vae, cfg: dict, ref: Reference, first: dict, first_images: tuple[torch.Tensor, torch.Tensor],
+                n_per_user: int, sampling: SamplingConfig, seeds: int, with_tstr: bool, device) -> tuple[dict, dict]:
+    """The headline numbers at sampling seeds seed … seed + seeds − 1 (`first`: seed's, already measured, of
+    `first_images` (x, y)), each with new noise and a new draw of the real floor, and their spread → (that record,
+    TSTR: measure_tstr's entry, trained once on the images of all seeds together; {} without with_tstr).
+
+    TSTR pools the seeds (n_per_user × seeds per user): one seed's few images per user cap a classifier by their
+    count, not by what they show (docs/evaluation.md, "TSTR")."""
+    per_seed, images = [headline(first)], [first_images]
     for s in range(sampling.seed + 1, sampling.seed + seeds):
         x, y, _ = sample_users(model, vae, cfg, n_per_user, replace(sampling, seed=s), device)
         images.append((x, y))
         per_seed.append(headline(evaluate_images(ref, x, y, with_tstr=False, seed=s)))
     record = {"seeds": list(range(sampling.seed, sampling.seed + seeds)), "per_seed": per_seed,
               "spread": seed_spread(per_seed)}
-    return record, images
+    pooled = torch.cat([x for x, _ in images]), torch.cat([y for _, y in images])
+    return record, measure_tstr(ref, *pooled, sampling.seed) if with_tstr else {}
+
+
+def sweeps(model, vae, cfg: dict, ref: Reference, sampling: SamplingConfig, guidance_scales, samplers, steps_list,
+           n_per_user: int, device) -> dict:
+    """Quality against cost: guidance scales, and samplers × steps, each at n_per_user images of every user."""
+    g = guidance_sweep(model, vae, cfg, ref, guidance_scales, n_per_user, sampling, device)
+    s = sampler_sweep(model, vae, cfg, ref, samplers, steps_list, n_per_user, sampling, device)
+    return {"n_per_user": n_per_user, "guidance": g, "samplers": s, "best_guidance": best_guidance(g) if g else None}
 
 
 def run_reference(run_dir: Path, cfg: dict, classifier_dir: Path, seed: int, device, retrain: bool, cache,
@@ -219,21 +231,14 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig |
                           "generated": str(out_dir / "generated")}
     report["generated"] = evaluate_images(ref, x, y, with_tstr=False, seed=seed)
 
-    # 3. The same measurement with other noise: how much of a number is the draw.
-    report["seeds"], more = other_seeds(model, vae, cfg, ref, report["generated"], n_per_user, sampling, seeds,
-                                        device)
+    # 3. The same measurement with other noise: how much of a number is the draw; TSTR on all seeds' images.
+    report["seeds"], pooled_tstr = other_seeds(model, vae, cfg, ref, report["generated"], (x, y), n_per_user,
+                                               sampling, seeds, with_tstr, device)
+    report["generated"].update(pooled_tstr)
 
-    # 4. TSTR once, on the images of all seeds together (n_per_user × seeds per user): one seed's few images per user
-    #    cap a classifier by their count, not by what they show (docs/evaluation.md, "TSTR").
-    if with_tstr:
-        pooled_x, pooled_y = torch.cat([x] + [m[0] for m in more]), torch.cat([y] + [m[1] for m in more])
-        report["generated"].update(measure_tstr(ref, pooled_x, pooled_y, seed))
-
-    # 5. Quality against cost.
+    # 4. Quality against cost.
     if sweep:
-        g = guidance_sweep(model, vae, cfg, ref, guidance_scales, sweep_n_per_user, sampling, device)
-        s = sampler_sweep(model, vae, cfg, ref, samplers, steps_list, sweep_n_per_user, sampling, device)
-        report["sweep"] = {"n_per_user": sweep_n_per_user, "guidance": g, "samplers": s,
-                           "best_guidance": best_guidance(g) if g else None}
+        report["sweep"] = sweeps(model, vae, cfg, ref, sampling, guidance_scales, samplers, steps_list,
+                                 sweep_n_per_user, device)
     return _finish(report, out_dir, quiet, _pairs_picture(ref, x, report["generated"]))
 
