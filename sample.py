@@ -45,7 +45,7 @@ from PIL import Image
 
 from tinyldm.data import DataError, UserImageFolder
 from tinyldm.diffusion import Schedule
-from tinyldm.generate import DEFAULT_SAMPLING, add_sampling_args, generate, run_guidance, sampling_config
+from tinyldm.generate import DEFAULT_SAMPLING, add_sampling_args, fill_run_guidance, generate, sampling_config
 from tinyldm.interop.diffusers_grids import DEFAULTS as SCHEDULERS
 from tinyldm.interop.stable_diffusion import (
     latent_shape,
@@ -54,7 +54,7 @@ from tinyldm.interop.stable_diffusion import (
     text_to_image,
     with_scheduler,
 )
-from tinyldm.loading import data_split, load_ldm, load_run_vae, load_tokenizer
+from tinyldm.loading import data_split, load_guide, load_ldm, load_run_vae, load_tokenizer
 from tinyldm.options import SEED_RANGE, at_least, check_ranges, device_name
 from tinyldm.runs import (
     RunError,
@@ -83,10 +83,11 @@ PROMPT_THUMBNAIL, PROMPT_LABEL = 128, 40  # --pipeline's grid.png: thumbnails of
 # parser's default counts as given). The defaults that differ: tinyldm's SamplingConfig for a run; diffusers'
 # StableDiffusionPipeline.__call__ for a pipeline, in batches of 4 (SD's 512 px images, two UNet passes each).
 # --prompt and --n-per-prompt go with both: a pipeline, and a run trained with --cond text.
-RUN_ONLY = ("users", "n_per_user", "weights", "trajectory", "trajectory_users", "compare_real", "sampler", "spacing")
+RUN_ONLY = ("users", "n_per_user", "weights", "trajectory", "trajectory_users", "compare_real", "sampler", "spacing",
+            "ag_scale")
 PIPELINE_ONLY = ("negative_prompt", "scheduler", "height", "width")
 RUN_DEFAULTS = {"batch_size": 32, "sampler": DEFAULT_SAMPLING.sampler, "spacing": DEFAULT_SAMPLING.spacing,
-                "steps": DEFAULT_SAMPLING.steps}  # and --cfg-scale: the run's own (run_guidance), read in run()
+                "steps": DEFAULT_SAMPLING.steps}  # and --cfg-scale, --ag-scale: the run's own (run_guidance), in run()
 PIPELINE_DEFAULTS = {"batch_size": 4, "steps": 50, "cfg_scale": 7.5, "n_per_prompt": 1}
 
 # What each numeric option allows (tinyldm.options), checked once at start-up. The sampling options (--steps, --eta,
@@ -328,12 +329,13 @@ def prompt_labels(prompts: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.cfg_scale is None:
-        args.cfg_scale, source = run_guidance(args.run)
-        print(f"guidance w = {args.cfg_scale:g}: {source} (--cfg-scale W to change it)")
+    note = fill_run_guidance(args)  # --cfg-scale / --ag-scale not given: the run's own
+    if note:
+        print(note)
     sampling = sampling_config(args)
     device = resolve_device(args.device)
     model, cfg = load_ldm(args.run, device, args.weights)
+    guide = load_guide(args.run, device) if sampling.ag_scale != 1.0 else None
     vae, tokenizer = load_run_vae(cfg, device), load_tokenizer(args.run, cfg)
     users, names, prompts, n = rows_of(args, cfg, tokenizer)
     out = args.out or Path(args.run) / "samples" / f"{sampling.sampler}_{sampling.steps}"
@@ -362,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 images, trajectory = generate(model, vae, cfg, users, n, sampling, prompts=prompts,
                                               tokenizer=tokenizer, batch_size=args.batch_size, device=device,
-                                              progress=True, on_batch=write_batch,
+                                              progress=True, on_batch=write_batch, guide=guide,
                                               trajectory_users=args.trajectory_users if args.trajectory else 0)
             except Stopped:
                 pass

@@ -11,9 +11,11 @@ encodings, fresh ε; the autoencoder's own scaling_factor and shift_factor), noi
 a random t (logit-normal, then shifted, for flow; uniform for VP: --timesteps), with 10% of user ids replaced by
 the null id (classifier-free guidance); the loss is
 ‖model(x_t, t, y) − target‖² (ε, v or x0; min-SNR-γ optional). Writes runs/<name>/: config.json,
-model.safetensors, ema.safetensors, checkpoints/, log.jsonl, loss_curves.png and samples/grid_step_N.png
-(rows = users, EMA weights, DPM-Solver++(2M), fixed seeds). After the last step it chooses the run's guidance
-scale on its training images and writes guidance.json (--choose-guidance, on by default: docs/evaluation.md).
+model.safetensors, ema.safetensors, guide.safetensors (the EMA weights at a quarter of the steps: autoguidance's
+guide), checkpoints/, log.jsonl, loss_curves.png and samples/grid_step_N.png (rows = users, EMA weights,
+DPM-Solver++(2M), fixed seeds). After the last step it chooses the run's guidance scales on its training images,
+classifier-free w and then autoguidance w_a, and writes guidance.json (--choose-guidance, on by default:
+docs/evaluation.md).
 """
 
 import argparse
@@ -34,15 +36,19 @@ from tinyldm.data.captions import captions_of
 from tinyldm.data.latent_cache import cached_latents, shared_cache_dir
 from tinyldm.diffusion import SamplingConfig, Schedule, diffusion_loss, sample_timesteps
 from tinyldm.evaluation.classifier import cache_root
+from tinyldm.evaluation.report import choice_words
 from tinyldm.evaluation.runs import run_reference
 from tinyldm.evaluation.sweep import CHOICE_SCALES, choose_guidance, save_guidance
 from tinyldm.generate import GUIDANCE_FILE, generate
 from tinyldm.latents import measure_scale, scale_latents
 from tinyldm.layers import written_out_attention
 from tinyldm.loading import (
+    GUIDE_FILE,
     autoencoder_split,
     backbone_config,
     build_backbone,
+    has_guide,
+    load_guide,
     load_tokenizer,
     load_vae,
     read_run,
@@ -55,6 +61,7 @@ from tinyldm.runs import (
     RunError,
     StopRequest,
     append_log,
+    atomic_save_weights,
     autocast_dtype,
     precision_words,
     read_log,
@@ -218,8 +225,9 @@ def train(args: argparse.Namespace, defaults: argparse.Namespace) -> int:
 
 def after_step(tr: Training, bar, loss: float, grad_norm: torch.Tensor, seconds: float, finished: bool,
                stopping: bool, timed_out: bool) -> None:
-    """Rank 0 after each step: a line of log.jsonl; every --sample-every steps a grid and the loss curves; every
-    --ckpt-every steps (and at the end, or when stopping) a checkpoint."""
+    """Rank 0 after each step: a line of log.jsonl; at guide_step the guide (the EMA weights then); every
+    --sample-every steps a grid and the loss curves; every --ckpt-every steps (and at the end, or when stopping) a
+    checkpoint."""
     args, step = tr.args, tr.step
     global_batch = args.batch_size * args.grad_accum
     record = {"step": step, "epoch": (step - 1) // (len(tr.latents["y"]) // global_batch), "loss": loss,
@@ -228,6 +236,8 @@ def after_step(tr: Training, bar, loss: float, grad_norm: torch.Tensor, seconds:
     if finished:  # the last record says why the run stopped
         record["stopped"] = stop_reason(tr.length_words, args.max_minutes if timed_out else None)
     log_step(tr.run_dir, bar, record, args.max_minutes)
+    if step == guide_step(tr.total_steps):  # autoguidance's guide: these EMA weights, for sampling after training
+        atomic_save_weights(tr.run_dir / GUIDE_FILE, tr.ema.state_dict(), {"step": step})
     if step % args.sample_every == 0 or finished:
         path = save_grid(tr.run_dir, tr.ema, tr.vae, tr.config, step, tr.device)
         save_loss_curves(tr.run_dir, args.prediction)
@@ -269,6 +279,10 @@ RECIPES = {
     "seed": dict(prediction="eps", flow_shift=1.0, epochs=200, batch_size=8, grad_accum=4, lr=1e-4, warmup=0,
                  lr_schedule="constant", ema_decay=0.9999),
 }
+# Autoguidance's guide (Karras et al. 2024): the run's own EMA weights at this share of its steps, saved as
+# RUN/guide.safetensors and asked beside the trained model when sampling with --ag-scale. A quarter guided better
+# than an eighth at both sizes, walking (docs/speedrun.md, eleventh round).
+GUIDE_AT = 0.25
 # The backbone size each preset trains (a name in the model file's PRESETS): compact's latents have tiny's shape.
 BACKBONE_SIZE = {"tiny": "tiny", "compact": "tiny", "small": "small", "seed": "seed"}
 
@@ -658,6 +672,11 @@ def save_grid(run_dir: Path, ema, vae, config: dict, step: int, device) -> Path:
     return path
 
 
+def guide_step(total_steps: int) -> int:
+    """The step whose EMA weights become autoguidance's guide (RUN/guide.safetensors): GUIDE_AT of the run."""
+    return max(1, round(GUIDE_AT * total_steps))
+
+
 def wants_guidance_choice(args: argparse.Namespace, num_classes: int) -> bool:
     """Choose w after training? Only where there is something to choose: user ids with dropped ids (guidance needs
     the null id) and at least 2 users (the choice measures with a user-ID classifier)."""
@@ -675,12 +694,13 @@ def choose_run_guidance(tr: Training) -> None:
     except DataError as e:  # e.g. too few validation images for the classifier: the trained run stands as it is
         print(f"guidance: not chosen ({e}); sample.py and evaluate.py use w = {SamplingConfig.cfg_scale:g}")
         return
-    choice = choose_guidance(tr.ema, tr.vae, tr.config, ref, device=tr.device)
+    guide = load_guide(tr.run_dir, tr.device) if has_guide(tr.run_dir) else None
+    choice = choose_guidance(tr.ema, tr.vae, tr.config, ref, device=tr.device, guide=guide)
     save_guidance(tr.run_dir, choice)
-    tried = ", ".join(f"{p['cfg_scale']:g} → {p['fd_train']:.1f}" for p in choice["points"])
-    print(f"guidance: w = {choice['cfg_scale']:g}, the lowest Fréchet distance to the training images (w → FD: "
-          f"{tried}; {time.time() - t0:.0f} s); {tr.run_dir / GUIDANCE_FILE} is sample.py's and evaluate.py's "
-          "default from now on (--cfg-scale overrides it)")
+    print(f"guidance: w = {choice['cfg_scale']:g}, autoguidance w_a = {choice['ag_scale']:g}, the lowest Fréchet "
+          f"distance to the training images (w → FD: {choice_words(choice)}; {time.time() - t0:.0f} s); "
+          f"{tr.run_dir / GUIDANCE_FILE} is sample.py's and evaluate.py's default from now on (--cfg-scale and "
+          "--ag-scale override it)")
 
 
 def save_loss_curves(run_dir: Path, prediction: str) -> None:

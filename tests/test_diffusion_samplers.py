@@ -197,6 +197,46 @@ def test_classifier_free_guidance_identities_and_one_batched_forward():
     torch.testing.assert_close(std, pred_c.flatten(1).std(dim=1))
 
 
+def test_autoguidance_is_the_guidance_formula_with_the_guide_as_the_weaker_prediction():
+    cond, null = torch.tensor([[1.0], [2.0]]), torch.zeros(1, 1)
+    calls = []
+
+    def model(x, t, c):  # the trained network: its output depends on the condition in every channel
+        calls.append(("model", x.shape[0]))
+        return x * 0.5 + c.view(-1, 1, 1, 1) * torch.arange(1.0, 4.0).view(1, 3, 1, 1)
+
+    def guide(x, t, c):  # a worse version of it: the same slope in x (DDIM is then linear in the outputs)
+        calls.append(("guide", x.shape[0]))
+        return x * 0.5 + c.view(-1, 1, 1, 1) * 0.3 - 0.2
+
+    sched = Schedule.vp("linear")
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    ts = [500.0, 400.0]
+    run = lambda w, w_a, g=guide: sample(model, x, sched, SamplingConfig("ddim", cfg_scale=w, ag_scale=w_a),  # noqa
+                                         timesteps=ts, cond=cond, null_cond=null, guide=g, denoise_to_zero=False)
+    alone = lambda net: sample(lambda x, t: net(x, t, cond), x, sched, unguided("ddim"), timesteps=ts,  # noqa
+                               denoise_to_zero=False)
+    conditional, guide_only = alone(model), alone(guide)
+    unconditional = sample(lambda x, t: model(x, t, null.expand(2, 1)), x, sched, unguided("ddim"), timesteps=ts,
+                           denoise_to_zero=False)
+    # Karras et al. 2024, Eq. 1 with the guide as D_0: w_a D_1 + (1 − w_a) D_0, one forward of each.
+    calls.clear()
+    torch.testing.assert_close(run(1.0, 2.0), 2 * conditional - guide_only)
+    assert calls == [("model", 2), ("guide", 2)]  # the one step from 500 to 400
+    # Added to classifier-free guidance: D_c + (w − 1)(D_c − D_u) + (w_a − 1)(D_c − D_guide).
+    torch.testing.assert_close(run(2.0, 1.5), 2.5 * conditional - unconditional - 0.5 * guide_only)
+    # w_a = 1 is classifier-free guidance alone: the guide is never asked.
+    calls.clear()
+    assert torch.equal(run(2.0, 1.0), run(2.0, 1.0, None))
+    assert ("guide", 2) not in calls
+    # A guide that is the model itself pushes nowhere, whatever w_a.
+    torch.testing.assert_close(run(2.0, 3.0, model), run(2.0, 1.0))
+    with pytest.raises(ValueError, match="needs the guide network.*ag_scale=1.0"):
+        run(2.0, 1.5, None)
+    with pytest.raises(ValueError, match="ag_scale nan must be a finite number"):
+        SamplingConfig(ag_scale=float("nan"))
+
+
 def test_bad_input_gives_clear_errors():
     # The settings themselves are SamplingConfig's to check (next test); these are what only `sample` can see.
     sched, x = Schedule.vp("linear"), _x(4)

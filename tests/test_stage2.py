@@ -142,8 +142,20 @@ def test_resume_is_exact_after_a_crash_during_a_checkpoint_write(vae_run, tmp_pa
     monkeypatch.setattr(os, "replace", real_replace)
     torch.manual_seed(999)  # the resumed run must restore every RNG itself
     assert train_ldm.main(["--resume", str(tmp_path / "crashed")]) == 0
-    for name in ("model.safetensors", "ema.safetensors"):
+    for name in ("model.safetensors", "ema.safetensors", "guide.safetensors"):
         assert weights_equal(tmp_path / "straight" / name, tmp_path / "crashed" / name), name
+
+
+def test_the_guide_is_the_ema_at_a_quarter_of_the_steps_and_survives_a_resume(vae_run, tmp_path):
+    assert [train_ldm.guide_step(n) for n in (1, 3, 8, 2210, 4420)] == [1, 1, 2, 552, 1105]
+    common = ["--vae", str(vae_run), "--max-steps", "8", *LDM, "--no-choose-guidance"]
+    assert train_ldm.main([*common, "--out", str(tmp_path / "straight")]) == 0
+    run = tmp_path / "stopped"
+    assert train_ldm.main([*common, "--out", str(run), "--stop-after", "2"]) == 0  # guide_step(8) = 2
+    assert weights_equal(run / "guide.safetensors", run / "ema.safetensors")  # the EMA weights at that step
+    assert train_ldm.main(["--resume", str(run)]) == 0
+    assert weights_equal(run / "guide.safetensors", tmp_path / "straight" / "guide.safetensors")
+    assert not weights_equal(run / "guide.safetensors", run / "ema.safetensors")  # the end's EMA is another
 
 
 def run_script(args, **kw):

@@ -44,35 +44,55 @@ def add_sampling_args(parser: argparse.ArgumentParser, defaults: SamplingConfig 
                         f"after its training (RUN/{GUIDANCE_FILE}), else {defaults.cfg_scale:g}")
     g.add_argument("--cfg-rescale", type=float, default=defaults.cfg_rescale,
                    help="guidance rescale φ ∈ [0, 1] (0.7 tames large w)")
+    g.add_argument("--ag-scale", type=float, default=None,
+                   help="autoguidance w_a (1 = none): also push away from the run's guide, its own weights at a "
+                        "quarter of its training (RUN/guide.safetensors; Karras et al. 2024); default: the run's own, "
+                        f"chosen after its training ({GUIDANCE_FILE}), else {defaults.ag_scale:g}")
 
 
 def sampling_config(args: argparse.Namespace) -> SamplingConfig:
-    """The options `add_sampling_args` added → a validated SamplingConfig (--cfg-scale already resolved: a number)."""
+    """The options `add_sampling_args` added → a validated SamplingConfig (--cfg-scale and --ag-scale already
+    resolved: numbers)."""
     return SamplingConfig(sampler=args.sampler, steps=args.steps, spacing=args.spacing, eta=args.eta,
-                          cfg_scale=args.cfg_scale, cfg_rescale=args.cfg_rescale, seed=args.seed)
+                          cfg_scale=args.cfg_scale, cfg_rescale=args.cfg_rescale, ag_scale=args.ag_scale,
+                          seed=args.seed)
 
 
 def guidance_choice(run_dir) -> dict | None:
-    """RUN/guidance.json: the guidance scale chosen after the run's training and how (None if there is none)."""
+    """RUN/guidance.json: the guidance scales chosen after the run's training and how (None if there is none);
+    a choice written before autoguidance has no ag_scale: 1, none."""
     path = Path(run_dir) / GUIDANCE_FILE
     if not path.is_file():
         return None
     try:
         choice = json.loads(path.read_text())
         choice["cfg_scale"] = float(choice["cfg_scale"])
+        choice["ag_scale"] = float(choice.get("ag_scale", 1.0))
     except (ValueError, KeyError, TypeError) as e:
         raise RunError(f"{path} is unreadable ({e}); delete it to sample with the default w = "
                        f"{DEFAULT_SAMPLING.cfg_scale:g}, or pass --cfg-scale") from None
     return choice
 
 
-def run_guidance(run_dir) -> tuple[float, str]:
-    """The guidance w a run samples with when --cfg-scale is not given → (w, where it comes from): the w chosen at
-    the end of its training (guidance_choice), else SamplingConfig's default."""
+def run_guidance(run_dir) -> tuple[float, float, str]:
+    """The guidance a run samples with when --cfg-scale or --ag-scale is not given → (w, w_a, where they come
+    from): the scales chosen at the end of its training (guidance_choice), else SamplingConfig's defaults."""
     choice = guidance_choice(run_dir)
     if choice is None:
-        return DEFAULT_SAMPLING.cfg_scale, "the default"
-    return choice["cfg_scale"], f"chosen on the training images ({Path(run_dir) / GUIDANCE_FILE})"
+        return DEFAULT_SAMPLING.cfg_scale, DEFAULT_SAMPLING.ag_scale, "the default"
+    return choice["cfg_scale"], choice["ag_scale"], f"chosen on the training images ({Path(run_dir) / GUIDANCE_FILE})"
+
+
+def fill_run_guidance(args: argparse.Namespace) -> str | None:
+    """--cfg-scale / --ag-scale left out → the run's own (run_guidance), written into args → the line that says so
+    (None if both were given)."""
+    if args.cfg_scale is not None and args.ag_scale is not None:
+        return None
+    w, w_a, source = run_guidance(args.run)
+    args.cfg_scale = w if args.cfg_scale is None else args.cfg_scale
+    args.ag_scale = w_a if args.ag_scale is None else args.ag_scale
+    return (f"guidance w = {args.cfg_scale:g}, autoguidance w_a = {args.ag_scale:g}: {source} where not given "
+            "(--cfg-scale W, --ag-scale W_A to change them)")
 
 
 def initial_noise(seed: int, user: int, index: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -112,12 +132,13 @@ def row_conditions(run_config: dict, users: list[int], prompts: list[str] | None
 @torch.no_grad()
 def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
              sampling: SamplingConfig = DEFAULT_SAMPLING, *, prompts: list[str] | None = None, tokenizer=None,
-             batch_size: int = 64, device="cpu", progress: bool = False, trajectory_users: int = 0, on_batch=None
-             ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+             batch_size: int = 64, device="cpu", progress: bool = False, trajectory_users: int = 0, on_batch=None,
+             guide=None) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Images for each (user, index) → (images (U, n, C, H, W) in [−1, 1], trajectory or None).
 
     prompts: for a text-conditioned run, the caption of each row (with the run's tokenizer); `users` then only
-    numbers the rows' noise, as user ids do for a user-conditioned run.
+    numbers the rows' noise, as user ids do for a user-conditioned run. guide: the run's guide network
+    (tinyldm.loading.load_guide), needed where sampling.ag_scale ≠ 1 (autoguidance).
 
     trajectory_users: with k > 0, the decoded x̂0 predictions after every step for the first image of each of the
     first k users, a list over steps of (k, C, H, W): the teaching view of denoising. Only those are decoded (at
@@ -144,7 +165,7 @@ def generate(model, vae, run_config: dict, users: list[int], n_per_user: int,
         with inference_autocast(device):  # the network in bf16 where the hardware has it, as it trained; the
             # sampler's own arithmetic stays float32 (a bf16 output meets float32 x)
             z = sample(model, noise, sched, sampling, prediction=prediction, cond=y, null_cond=null_cond.to(device),
-                       generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
+                       guide=guide, generator=torch.Generator().manual_seed(sampling.seed + start), callback=callback)
         images.append(decode_latents(vae, z, scale, shift).cpu())
         if on_batch is not None:
             on_batch(batch, images[-1])

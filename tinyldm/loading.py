@@ -29,6 +29,8 @@ from tinyldm.models.vq import VQModel, VQModelConfig
 from tinyldm.runs import RunError, check_finite, file_sha256, load_weights, read_config, resolve_device
 from tinyldm.text.tokenizer import CLIPTokenizer
 
+GUIDE_FILE = "guide.safetensors"  # a train_ldm.py run's EMA weights early in training: autoguidance's guide
+
 MODEL_TYPES = ("kl", "vq")
 BACKBONES = ("unet", "dit", "mmdit")
 
@@ -249,9 +251,24 @@ def load_tokenizer(run_dir: str | Path, run: dict):
 
 def load_ldm(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "ema"
              ) -> tuple[nn.Module, dict]:
-    """A train_ldm.py run → (backbone in eval mode with its EMA (or raw) weights, the run's config)."""
+    """A train_ldm.py run → (backbone in eval mode with its EMA (or raw, or guide) weights, the run's config)."""
     device = resolve_device(device)  # before any work: a device this machine lacks is one line
     run = read_run(run_dir, "ldm", "train_ldm.py")
     model = build_from(run_dir, build_backbone, run["backbone"], run["backbone_config"])
     load_into(model, Path(run_dir) / f"{weights}.safetensors", f"a {run['backbone']} with its config.json")
     return model.to(device).eval(), run
+
+
+def has_guide(run_dir: str | Path) -> bool:
+    """Did train_ldm.py save this run's guide for autoguidance (GUIDE_FILE)?"""
+    return (Path(run_dir) / GUIDE_FILE).is_file()
+
+
+def load_guide(run_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A train_ldm.py run → its guide for autoguidance: the same backbone with the EMA weights train_ldm.py saved
+    early in the training (GUIDE_FILE), in eval mode."""
+    if not has_guide(run_dir):
+        raise RunError(f"{run_dir} has no {GUIDE_FILE}: autoguidance (--ag-scale ≠ 1) asks the run's own weights from "
+                       "early in its training, which train_ldm.py saves at a quarter of its steps; runs trained "
+                       "before it did so, or stopped before then, have none. Sample with --ag-scale 1")
+    return load_ldm(run_dir, device, "guide")[0]

@@ -6,9 +6,9 @@ scale, `Schedule.model_time` of the schedule time (VP: the index 0 … T−1; fl
 into the denoiser D(x, t) → x̂0 that every sampler uses.
 
 `SamplingConfig` is the one validated group of sampling settings (sampler, steps, spacing, η, guidance w and its
-rescale φ, seed), checked once when it is built and passed whole from the command line (sample.py, evaluate.py)
-through `tinyldm.generate.generate` to `sample`, which trusts it; one name per concept: `cfg_scale` is the guidance
-scale w everywhere.
+rescale φ, autoguidance w_a, seed), checked once when it is built and passed whole from the command line
+(sample.py, evaluate.py) through `tinyldm.generate.generate` to `sample`, which trusts it; one name per concept:
+`cfg_scale` is the guidance scale w everywhere, `ag_scale` the autoguidance scale w_a.
 """
 
 import math
@@ -61,6 +61,8 @@ class SamplingConfig:
     cfg_scale: float = 1.25  # classifier-free guidance w: 1 = conditional (no guidance), 0 = unconditional; 1.25
     # had the best Fréchet distance at ≥ 90 % condition accuracy for the tiny recipe (docs/speedrun.md)
     cfg_rescale: float = 0.0  # guidance rescale φ ∈ [0, 1] (Lin et al. 2023; 0.7 tames a large w)
+    ag_scale: float = 1.0  # autoguidance w_a (Karras et al. 2024): 1 = none; > 1 also pushes away from the run's
+    # guide network, its weights early in training (guidance.py); needs `sample(..., guide=)`
     seed: int = 0  # same seed, same images (tinyldm.generate.initial_noise)
 
     def __post_init__(self):
@@ -77,6 +79,8 @@ class SamplingConfig:
                              "or eta=0")
         if not math.isfinite(self.cfg_scale):
             raise ValueError(f"cfg_scale {self.cfg_scale} must be a finite number (1 = no guidance, 4 is typical)")
+        if not math.isfinite(self.ag_scale):
+            raise ValueError(f"ag_scale {self.ag_scale} must be a finite number (1 = no autoguidance, 1.5 is typical)")
         if not 0.0 <= self.cfg_rescale <= 1.0:
             raise ValueError(f"cfg_rescale φ {self.cfg_rescale} must be in [0, 1] (0 = off, 0.7 in Lin et al.)")
 
@@ -126,9 +130,9 @@ def _check_timesteps(timesteps, sched: Schedule) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(model, noise: torch.Tensor, sched: Schedule, config: SamplingConfig, *, prediction: str = "eps",
-           cond=None, null_cond=None, generator: torch.Generator | None = None, callback=None, timesteps=None,
-           denoise_to_zero: bool = True, ddpm_variance: str = "fixed_small", sampler_options: dict | None = None,
-           progress: bool = False) -> torch.Tensor:
+           cond=None, null_cond=None, guide=None, generator: torch.Generator | None = None, callback=None,
+           timesteps=None, denoise_to_zero: bool = True, ddpm_variance: str = "fixed_small",
+           sampler_options: dict | None = None, progress: bool = False) -> torch.Tensor:
     """Integrate from `noise` (x at the first time, unit variance, (B, ...)) to the data; returns x, same shape.
 
     `config` was validated when it was built and is trusted here (its seed is the caller's, for `noise`; a stochastic
@@ -137,10 +141,12 @@ def sample(model, noise: torch.Tensor, sched: Schedule, config: SamplingConfig, 
     denoise_to_zero the sampler adds a final first-order step to the data (σ = 0); without it, it stops at the last
     listed time and returns x there. With config.cfg_scale w ≠ 1, model(x, t, cond) is called once per step on the
     batch [cond, null_cond] and guided (guidance.py); w = 1 is no guidance: one forward, model(x, t, cond), or
-    model(x, t) without a cond (an unconditional model takes SamplingConfig(cfg_scale=1.0)). callback(i, t, x,
-    x0_hat) is called after step i with the schedule time t (float) where the network was asked, the new state x
-    and the prediction x̂0; progress=True shows a tqdm bar over the steps. sampler_options are further keyword
-    options of the sampler function (e.g. {"lower_order_final": False} for dpmpp_*; diffusers_grids.py uses them).
+    model(x, t) without a cond (an unconditional model takes SamplingConfig(cfg_scale=1.0)). With config.ag_scale
+    w_a ≠ 1, guide(x, t, cond) (the same network earlier in its training) is asked too (autoguidance).
+    callback(i, t, x, x0_hat) is called after step i with the schedule time t (float) where the network was asked,
+    the new state x and the prediction x̂0; progress=True shows a tqdm bar over the steps. sampler_options are
+    further keyword options of the sampler function (e.g. {"lower_order_final": False} for dpmpp_*;
+    diffusers_grids.py uses them).
     """
     # 1. Check what the config cannot: the prediction against the schedule, and the schedule against the sampler.
     check_prediction(sched, prediction)
@@ -158,10 +164,10 @@ def sample(model, noise: torch.Tensor, sched: Schedule, config: SamplingConfig, 
     if prediction == "eps" and sched.alpha_is_zero_at_t_max and sched.alpha(ts[0]) == 0:
         raise ValueError(f"prediction='eps' gives no x0 where α = 0 (t = {ts[0].item():g}: zero terminal SNR, or flow "
                          "at t = 1); train with prediction='v' (VP) or 'flow', or start the grid below that time")
-    # 3. Wrap the network: guidance on its raw output, then the prediction → x0. w = 1 is the conditional
-    #    output itself (for any φ), so it needs no second, unconditional forward.
-    if config.cfg_scale != 1.0:
-        net = guided_model(model, cond, null_cond, config.cfg_scale, config.cfg_rescale)
+    # 3. Wrap the network: guidance on its raw output, then the prediction → x0. w = w_a = 1 is the conditional
+    #    output itself (for any φ), so it needs no second forward.
+    if config.cfg_scale != 1.0 or config.ag_scale != 1.0:
+        net = guided_model(model, cond, null_cond, config.cfg_scale, config.cfg_rescale, guide, config.ag_scale)
     elif cond is not None:
         net = lambda x, t: model(x, t, cond)
     else:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tinyldm.evaluation.runs import evaluate_folders, evaluate_run
 from tinyldm.evaluation.sweep import GUIDANCE_SCALES, SWEEP_SAMPLERS, SWEEP_STEPS
-from tinyldm.generate import add_sampling_args, run_guidance, sampling_config
+from tinyldm.generate import add_sampling_args, fill_run_guidance, guidance_choice, sampling_config
 from tinyldm.options import SEED_RANGE, at_least, between, check_ranges, device_name
 from tinyldm.runs import resolve_device, run_cli
 
@@ -121,12 +121,13 @@ def run(args: argparse.Namespace) -> dict:
     if args.run is not None:
         if args.real is not None or args.generated is not None:
             raise ValueError("give either --run, or --real with --generated, not both")
-        if args.choose_guidance and args.cfg_scale is not None:
-            raise ValueError(f"--choose-guidance chooses w itself; drop --cfg-scale {args.cfg_scale:g}")
-        if args.cfg_scale is None:  # the run's own w (replaced by the new choice with --choose-guidance)
-            args.cfg_scale, source = run_guidance(args.run)
-            if not args.choose_guidance and source != "the default":
-                print(f"guidance w = {args.cfg_scale:g}: {source} (--cfg-scale W to change it)")
+        for name in ("cfg_scale", "ag_scale"):
+            if args.choose_guidance and getattr(args, name) is not None:
+                raise ValueError(f"--choose-guidance chooses w and w_a itself; drop --{name.replace('_', '-')} "
+                                 f"{getattr(args, name):g}")
+        note = fill_run_guidance(args)  # the run's own w and w_a (replaced by the new choice with --choose-guidance)
+        if note and not args.choose_guidance and guidance_choice(args.run) is not None:
+            print(note)
         return evaluate_run(args.run, args.out, data=args.data, sampling=sampling_config(args),
                             n_per_user=args.n_per_user, seeds=args.seeds, with_tstr=not args.no_tstr, sweep=args.sweep,
                             guidance_scales=parse_list(args.sweep_guidance, float, "--sweep-guidance"),

@@ -37,6 +37,18 @@ HOW_TO_READ = """\
 """
 
 
+
+def guidance_words(settings: dict) -> str:
+    """"guidance w" (and ", autoguidance w_a" where it is on) of a sampling record or a guidance choice."""
+    w_a = settings.get("ag_scale", 1.0)  # reports written before autoguidance have none
+    return f"guidance {settings['cfg_scale']:g}" + (f", autoguidance {w_a:g}" if w_a != 1.0 else "")
+
+
+def choice_words(choice: dict) -> str:
+    """The settings a guidance choice tried, "w → FD" each ("w + w_a …" where autoguidance was tried)."""
+    return ", ".join(f"{p['cfg_scale']:g}" + (f" + w_a {p['ag_scale']:g}" if p.get("ag_scale", 1.0) != 1.0 else "")
+                     + f" → {p['fd_train']:.1f}" for p in choice["points"])
+
 def pct(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"
 
@@ -53,7 +65,7 @@ def headline_lines(report: dict) -> list[str]:
     g = report.get("generated")
     if g is not None:
         s = report.get("settings", {})
-        how = f"{s['sampler']}, {s['steps']} steps, guidance {s['cfg_scale']:g}, " if s else ""
+        how = f"{s['sampler']}, {s['steps']} steps, {guidance_words(s)}, " if s else ""
         lines.append(f"condition accuracy (generated)       {pct(g['condition_accuracy']['top1'])} top-1, "
                      f"{pct(g['condition_accuracy']['top5'])} top-5  ({how}{g['n']} images)")
         lines.append(f"Fréchet distance (classifier feats)  {num(g['fd'])}  (real floor at the same count: "
@@ -140,7 +152,7 @@ def _generated_markdown(report: dict) -> list[str]:
     """The generated images' section: the metrics table, near-copies, how w was chosen, the seeds, per user."""
     g, c = report["generated"], report["classifier"]
     s = report.get("settings")
-    how = (f" — {s['sampler']}, {s['steps']} steps (NFE {s['nfe']}), guidance {s['cfg_scale']:g}, seed "
+    how = (f" — {s['sampler']}, {s['steps']} steps (NFE {s['nfe']}), {guidance_words(s)}, seed "
            f"{s['seed']}, {s['sample_seconds']:.0f} s to sample") if s else ""
     acc = g["condition_accuracy"]
     out = [f"## Generated images ({g['n']}{how})", "", "| metric | value | read against |", "|---|---|---|",
@@ -156,10 +168,9 @@ def _generated_markdown(report: dict) -> list[str]:
     out += _near_copies_markdown(g["memorisation"], "near_copies.png" in report["files"])
     if report.get("guidance_choice"):
         ch = report["guidance_choice"]
-        tried = ", ".join(f"{p['cfg_scale']:g} → {num(p['fd_train'])}" for p in ch["points"])
-        out += [f"Guidance w = {ch['cfg_scale']:g} is the run's own, chosen after its training: the "
+        out += [f"Guidance ({guidance_words(ch)}) is the run's own, chosen after its training: the "
                 f"{ch['chosen_by']}, {ch['n_per_user']} images per user, sampling seed {ch['seed']}; w → FD: "
-                f"{tried}.", ""]
+                f"{choice_words(ch)}.", ""]
     if report.get("seeds") and len(report["seeds"]["seeds"]) > 1:
         out += _seeds_markdown(report["seeds"])
     out += ["### Per user", "", "| user | top-1 | most often taken for | Fréchet distance |", "|---|---|---|---|"]

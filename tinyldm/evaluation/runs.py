@@ -111,7 +111,8 @@ def write_pngs(folder: Path, x, y, classes: list[str], channels: int) -> None:
 
 
 def other_seeds(model, vae, cfg: dict, ref: Reference, first: dict, first_images: tuple[torch.Tensor, torch.Tensor],
-                n_per_user: int, sampling: SamplingConfig, seeds: int, with_tstr: bool, device) -> tuple[dict, dict]:
+                n_per_user: int, sampling: SamplingConfig, seeds: int, with_tstr: bool, device, guide=None
+                ) -> tuple[dict, dict]:
     """The headline numbers at sampling seeds seed … seed + seeds − 1 (`first`: seed's, already measured, of
     `first_images` (x, y)), each with new noise and a new draw of the real floor, and their spread → (that record,
     TSTR: measure_tstr's entry, trained once on the images of all seeds together; {} without with_tstr).
@@ -120,7 +121,7 @@ def other_seeds(model, vae, cfg: dict, ref: Reference, first: dict, first_images
     count, not by what they show (docs/evaluation.md, "TSTR")."""
     per_seed, images = [headline(first)], [first_images]
     for s in range(sampling.seed + 1, sampling.seed + seeds):
-        x, y, _ = sample_users(model, vae, cfg, n_per_user, replace(sampling, seed=s), device)
+        x, y, _ = sample_users(model, vae, cfg, n_per_user, replace(sampling, seed=s), device, guide=guide)
         images.append((x, y))
         per_seed.append(headline(evaluate_images(ref, x, y, with_tstr=False, seed=s)))
     record = {"seeds": list(range(sampling.seed, sampling.seed + seeds)), "per_seed": per_seed,
@@ -130,10 +131,10 @@ def other_seeds(model, vae, cfg: dict, ref: Reference, first: dict, first_images
 
 
 def sweeps(model, vae, cfg: dict, ref: Reference, sampling: SamplingConfig, guidance_scales, samplers, steps_list,
-           n_per_user: int, device) -> dict:
+           n_per_user: int, device, guide=None) -> dict:
     """Quality against cost: guidance scales, and samplers × steps, each at n_per_user images of every user."""
-    g = guidance_sweep(model, vae, cfg, ref, guidance_scales, n_per_user, sampling, device)
-    s = sampler_sweep(model, vae, cfg, ref, samplers, steps_list, n_per_user, sampling, device)
+    g = guidance_sweep(model, vae, cfg, ref, guidance_scales, n_per_user, sampling, device, guide)
+    s = sampler_sweep(model, vae, cfg, ref, samplers, steps_list, n_per_user, sampling, device, guide)
     return {"n_per_user": n_per_user, "guidance": g, "samplers": s, "best_guidance": best_guidance(g) if g else None}
 
 
@@ -170,18 +171,22 @@ def evaluable_config(run_dir: Path) -> dict:
 
 
 def run_sampling(run_dir: Path, sampling: SamplingConfig | None, choose: bool, model, vae, cfg: dict,
-                 ref: Reference, device) -> tuple[SamplingConfig, dict | None]:
-    """The settings a run is measured at → (sampling, how its guidance scale was chosen, or None). sampling None:
-    sample.py's defaults with the run's own w (run_guidance). choose: choose w now (choose_guidance), write it to
-    RUN/guidance.json and measure at it; else the saved choice is reported where it is the w measured."""
+                 ref: Reference, device, guide=None) -> tuple[SamplingConfig, dict | None]:
+    """The settings a run is measured at → (sampling, how its guidance scales were chosen, or None). sampling None:
+    sample.py's defaults with the run's own w and w_a (run_guidance). choose: choose them now (choose_guidance, with
+    autoguidance where the run has a `guide`), write them to RUN/guidance.json and measure at them; else the saved
+    choice is reported where it is what is measured."""
     if sampling is None:
-        sampling = replace(DEFAULT_SAMPLING, cfg_scale=run_guidance(run_dir)[0])
+        w, w_a, _ = run_guidance(run_dir)
+        sampling = replace(DEFAULT_SAMPLING, cfg_scale=w, ag_scale=w_a)
     if choose:
-        choice = choose_guidance(model, vae, cfg, ref, sampling=sampling, device=device)
+        choice = choose_guidance(model, vae, cfg, ref, sampling=sampling, device=device, guide=guide)
         save_guidance(run_dir, choice)
-        return replace(sampling, cfg_scale=choice["cfg_scale"]), choice
+        return replace(sampling, cfg_scale=choice["cfg_scale"], ag_scale=choice["ag_scale"]), choice
     choice = guidance_choice(run_dir)
-    return sampling, choice if choice is not None and choice["cfg_scale"] == sampling.cfg_scale else None
+    chosen = choice is not None and (choice["cfg_scale"], choice["ag_scale"]) == (sampling.cfg_scale,
+                                                                                  sampling.ag_scale)
+    return sampling, choice if chosen else None
 
 
 def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig | None = None,
@@ -199,7 +204,7 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig |
     classifier_dir (default RUN/classifier, and the shared cache: see above), prints the headline lines, returns the
     report."""
     seed = (sampling or DEFAULT_SAMPLING).seed
-    from tinyldm.loading import load_autoencoder, load_ldm, load_run_vae  # the models are only needed for runs
+    from tinyldm.loading import has_guide, load_autoencoder, load_guide, load_ldm, load_run_vae  # only for runs
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
@@ -221,10 +226,12 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig |
     if n_per_user < 1 or seeds < 1:
         raise ValueError(f"n_per_user {n_per_user}, seeds {seeds}: at least 1 image per user and 1 seed")
     model, _ = load_ldm(run_dir, device, weights)
-    sampling, choice = run_sampling(run_dir, sampling, choose, model, vae, cfg, ref, device)
+    asked = sampling is not None and sampling.ag_scale != 1.0  # autoguidance asked for: no guide is an error
+    guide = load_guide(run_dir, device) if asked or has_guide(run_dir) else None
+    sampling, choice = run_sampling(run_dir, sampling, choose, model, vae, cfg, ref, device, guide)
     if choice is not None:
         report["guidance_choice"] = choice  # how this w was chosen
-    x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampling, device, progress=not quiet)
+    x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampling, device, progress=not quiet, guide=guide)
     write_pngs(out_dir / "generated", x, y, ref.classes, ref.channels)
     report["settings"] = {**settings_record(sampling),
                           "n_per_user": n_per_user, "seeds": seeds, "weights": weights, "sample_seconds": seconds,
@@ -233,12 +240,12 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig |
 
     # 3. The same measurement with other noise: how much of a number is the draw; TSTR on all seeds' images.
     report["seeds"], pooled_tstr = other_seeds(model, vae, cfg, ref, report["generated"], (x, y), n_per_user,
-                                               sampling, seeds, with_tstr, device)
+                                               sampling, seeds, with_tstr, device, guide)
     report["generated"].update(pooled_tstr)
 
     # 4. Quality against cost.
     if sweep:
         report["sweep"] = sweeps(model, vae, cfg, ref, sampling, guidance_scales, samplers, steps_list,
-                                 sweep_n_per_user, device)
+                                 sweep_n_per_user, device, guide)
     return _finish(report, out_dir, quiet, _pairs_picture(ref, x, report["generated"]))
 
