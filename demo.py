@@ -6,9 +6,9 @@
   2. vae      train the preset's AutoencoderKL with train_vae.py's recipe: tiny f = 2 (64×64×3 → 32×32×4),
               compact f = 8 (256×256×3 → 32×32×4, the users' design)
   3. ldm      train a tiny class-conditional DiT (or --backbone unet) on the frozen latents with train_ldm.py's
-              recipe of the preset (rectified flow, CFG dropout 0.1), then choose its guidance scale on the
-              training images (RUN/guidance.json)
-  4. sample   draw 4 images of every one of the users (sample.py's defaults: the run's guidance scale), the
+              recipe of the preset (rectified flow, CFG dropout 0.1), then choose its guidance on the training
+              images: classifier-free w, then autoguidance w_a by its own early weights (RUN/guidance.json)
+  4. sample   draw 4 images of every one of the users (sample.py's defaults: the run's guidance), the
               trajectory of 4 users and a real-vs-generated comparison
   5. eval     the user-ID classifier (trained once, in stage 3, then cached), then ≥ 240 generated images
               measured (8 per user for 31 users) at 3 sampling seeds: the first seed's numbers and the spread
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     stage("sample", sample.main(["--run", str(ldm_dir), "--users", "all", "--n-per-user", "4",
                                  "--out", str(samples_dir), "--trajectory", "--overwrite"]))
 
-    report = evaluate_run(ldm_dir, args.out / "eval")  # as sample.py samples: the run's own guidance scale
+    report = evaluate_run(ldm_dir, args.out / "eval")  # as sample.py samples: the run's own guidance
     stage("eval")
 
     print("\n== demo finished ==")
