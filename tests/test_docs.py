@@ -43,12 +43,12 @@ def test_readme_is_short_and_maps_the_code_in_its_first_80_lines():
 
 
 def test_sampling_defaults_quoted_in_the_readme_are_samplingconfigs():
-    sampler, steps, spacing, w, phi, seed = quoted(
+    sampler, steps, spacing, w, phi, w_a, seed = quoted(
         r"Defaults \(`SamplingConfig`\): sampler `(\w+)`, (\d+) steps, `(\w+)` spacing, guidance w = " + NUMBER
-        + r", rescale φ = " + NUMBER + r",\s+seed (\d+)")
+        + r", rescale φ = " + NUMBER + r",\s+autoguidance w_a = " + NUMBER + r" \(off\), seed (\d+)")
     d = SamplingConfig()
     assert (sampler, int(steps), spacing) == (d.sampler, d.steps, d.spacing)
-    assert (float(w), float(phi), int(seed)) == (d.cfg_scale, d.cfg_rescale, d.seed)
+    assert (float(w), float(phi), float(w_a), int(seed)) == (d.cfg_scale, d.cfg_rescale, d.ag_scale, d.seed)
     # Every "guidance 1.25" / "guidance w = 1.25" the README states for the demos is the default too.
     for value in re.findall(r"\(guidance (?:w = )?" + NUMBER + r"\)", README):
         assert float(value) == d.cfg_scale, f"README.md quotes (guidance {value}); the default is {d.cfg_scale}"
