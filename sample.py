@@ -1,4 +1,4 @@
-"""Generate spectrograms of chosen users from a train_ldm.py run (EMA weights, classifier-free guidance).
+"""Generate spectrograms of chosen users from a train_ldm.py run (EMA weights, classifier-free and autoguidance).
 
     python sample.py --run runs/ldm-dit-tiny                          # 4 images of every user, DPM-Solver++(2M)
     python sample.py --run runs/ldm-dit-tiny --users 0,5,7 --n-per-user 16 --cfg-scale 8

@@ -11,7 +11,6 @@ import train_ldm
 from tests.test_stage2 import LDM, vae_run  # noqa: F401 (a fixture)
 from tinyldm.data import DataError
 from tinyldm.evaluation.__main__ import main as evaluate_cli
-from tinyldm.evaluation.report import guidance_words
 from tinyldm.evaluation.sweep import AG_CHOICE_SCALES, CHOICE_SCALES, first_minimum
 from tinyldm.generate import DEFAULT_SAMPLING, run_guidance
 from tinyldm.runs import RunError
@@ -71,7 +70,9 @@ def test_a_run_chooses_its_guidance_and_the_scripts_sample_with_it(vae_run, tmp_
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["settings"]["cfg_scale"] == choice["cfg_scale"] and report["guidance_choice"] == choice
     assert report["settings"]["ag_scale"] == choice["ag_scale"]
-    assert f"Guidance ({guidance_words(choice)}) is the run's own" in (tmp_path / "eval" / "report.md").read_text()
+    said = (f"Guidance w = {choice['cfg_scale']:g} and autoguidance w_a = {choice['ag_scale']:g} are the run's own"
+            if choice["ag_scale"] != 1.0 else f"Guidance w = {choice['cfg_scale']:g} is the run's own")
+    assert said in (tmp_path / "eval" / "report.md").read_text()
 
 
 def test_autoguidance_needs_the_guide_and_old_choices_mean_none(vae_run, tmp_path, capsys):  # noqa: F811

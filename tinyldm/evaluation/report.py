@@ -168,7 +168,9 @@ def _generated_markdown(report: dict) -> list[str]:
     out += _near_copies_markdown(g["memorisation"], "near_copies.png" in report["files"])
     if report.get("guidance_choice"):
         ch = report["guidance_choice"]
-        out += [f"Guidance ({guidance_words(ch)}) is the run's own, chosen after its training: the "
+        scales = (f"Guidance w = {ch['cfg_scale']:g} and autoguidance w_a = {ch['ag_scale']:g} are"
+                  if ch.get("ag_scale", 1.0) != 1.0 else f"Guidance w = {ch['cfg_scale']:g} is")
+        out += [f"{scales} the run's own, chosen after its training: the "
                 f"{ch['chosen_by']}, {ch['n_per_user']} images per user, sampling seed {ch['seed']}; w → FD: "
                 f"{choice_words(ch)}.", ""]
     if report.get("seeds") and len(report["seeds"]["seeds"]) > 1:
