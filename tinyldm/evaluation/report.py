@@ -37,7 +37,6 @@ HOW_TO_READ = """\
 """
 
 
-
 def guidance_words(settings: dict) -> str:
     """"guidance w" (and ", autoguidance w_a" where it is on) of a sampling record or a guidance choice."""
     w_a = settings.get("ag_scale", 1.0)  # reports written before autoguidance have none
@@ -47,7 +46,8 @@ def guidance_words(settings: dict) -> str:
 def choice_words(choice: dict) -> str:
     """The settings a guidance choice tried, "w → FD" each ("w + w_a …" where autoguidance was tried)."""
     return ", ".join(f"{p['cfg_scale']:g}" + (f" + w_a {p['ag_scale']:g}" if p.get("ag_scale", 1.0) != 1.0 else "")
-                     + f" → {p['fd_train']:.1f}" for p in choice["points"])
+                     + f" → {num(p['fd_train'])}" for p in choice["points"])
+
 
 def pct(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f} %"

@@ -171,22 +171,26 @@ def evaluable_config(run_dir: Path) -> dict:
 
 
 def run_sampling(run_dir: Path, sampling: SamplingConfig | None, choose: bool, model, vae, cfg: dict,
-                 ref: Reference, device, guide=None) -> tuple[SamplingConfig, dict | None]:
-    """The settings a run is measured at → (sampling, how its guidance scales were chosen, or None). sampling None:
-    sample.py's defaults with the run's own w and w_a (run_guidance). choose: choose them now (choose_guidance, with
-    autoguidance where the run has a `guide`), write them to RUN/guidance.json and measure at them; else the saved
-    choice is reported where it is what is measured."""
+                 ref: Reference, device) -> tuple[SamplingConfig, dict | None, torch.nn.Module | None]:
+    """The settings a run is measured at → (sampling, how its guidance scales were chosen or None, the run's guide
+    where autoguidance needs it or None). sampling None: sample.py's defaults with the run's own w and w_a
+    (run_guidance). choose: choose them now (choose_guidance, with autoguidance where the run has its guide), write
+    them to RUN/guidance.json and measure at them; else the saved choice is reported where it is what is measured."""
+    from tinyldm.loading import has_guide, load_guide
+
     if sampling is None:
         w, w_a, _ = run_guidance(run_dir)
         sampling = replace(DEFAULT_SAMPLING, cfg_scale=w, ag_scale=w_a)
+    # w_a ≠ 1 without a guide is load_guide's one-line error; a choice only tries autoguidance with one.
+    guide = load_guide(run_dir, device) if sampling.ag_scale != 1.0 or (choose and has_guide(run_dir)) else None
     if choose:
         choice = choose_guidance(model, vae, cfg, ref, sampling=sampling, device=device, guide=guide)
         save_guidance(run_dir, choice)
-        return replace(sampling, cfg_scale=choice["cfg_scale"], ag_scale=choice["ag_scale"]), choice
+        return replace(sampling, cfg_scale=choice["cfg_scale"], ag_scale=choice["ag_scale"]), choice, guide
     choice = guidance_choice(run_dir)
     chosen = choice is not None and (choice["cfg_scale"], choice["ag_scale"]) == (sampling.cfg_scale,
                                                                                   sampling.ag_scale)
-    return sampling, choice if chosen else None
+    return sampling, choice if chosen else None, guide
 
 
 def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig | None = None,
@@ -204,7 +208,7 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig |
     classifier_dir (default RUN/classifier, and the shared cache: see above), prints the headline lines, returns the
     report."""
     seed = (sampling or DEFAULT_SAMPLING).seed
-    from tinyldm.loading import has_guide, load_autoencoder, load_guide, load_ldm, load_run_vae  # only for runs
+    from tinyldm.loading import load_autoencoder, load_ldm, load_run_vae  # the models are only needed for runs
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "eval"
@@ -226,9 +230,7 @@ def evaluate_run(run_dir, out_dir=None, *, data=None, sampling: SamplingConfig |
     if n_per_user < 1 or seeds < 1:
         raise ValueError(f"n_per_user {n_per_user}, seeds {seeds}: at least 1 image per user and 1 seed")
     model, _ = load_ldm(run_dir, device, weights)
-    asked = sampling is not None and sampling.ag_scale != 1.0  # autoguidance asked for: no guide is an error
-    guide = load_guide(run_dir, device) if asked or has_guide(run_dir) else None
-    sampling, choice = run_sampling(run_dir, sampling, choose, model, vae, cfg, ref, device, guide)
+    sampling, choice, guide = run_sampling(run_dir, sampling, choose, model, vae, cfg, ref, device)
     if choice is not None:
         report["guidance_choice"] = choice  # how this w was chosen
     x, y, seconds = sample_users(model, vae, cfg, n_per_user, sampling, device, progress=not quiet, guide=guide)
