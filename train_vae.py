@@ -34,6 +34,7 @@ from tinyldm.runs import (
     append_log,
     atomic_write_json,
     autocast_dtype,
+    inference_autocast,
     precision_words,
     read_config,
     read_log,
@@ -224,9 +225,11 @@ def to_float(x_u8: torch.Tensor, device) -> torch.Tensor:
 
 
 def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
-    """Deterministic reconstruction: decode the latent mean (KL: the posterior mode; VQ: its nearest codes)."""
-    mean, _ = model.latent_moments(x)
-    return model.decode_latent(mean)
+    """Deterministic reconstruction: decode the latent mean (KL: the posterior mode; VQ: its nearest codes), in bf16
+    where the hardware has it, as the evaluation and sampling decode (inference_autocast) → float32."""
+    with inference_autocast(x.device):
+        mean, _ = model.latent_moments(x)
+        return model.decode_latent(mean).float()
 
 
 @torch.no_grad()
@@ -249,7 +252,9 @@ def posterior_samples(model, x_train, device, batch_size) -> torch.Tensor:
     gen = torch.Generator(device).manual_seed(0)
     samples = []
     for i in range(0, len(x_train), batch_size):
-        mean, std = model.latent_moments(to_float(x_train[i : i + batch_size], device))  # (B, c, h, w) each
+        with inference_autocast(device):  # as the latent cache encodes (tinyldm/data/latent_cache.py)
+            mean, std = model.latent_moments(to_float(x_train[i : i + batch_size], device))  # (B, c, h, w) each
+        mean, std = mean.float(), std.float()
         eps = torch.randn(mean.shape, generator=gen, device=mean.device, dtype=mean.dtype)
         samples.append((mean + std * eps).cpu())
     model.train()

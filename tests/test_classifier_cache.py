@@ -175,6 +175,18 @@ def test_changed_settings_miss(data, filled, tmp_path, capsys, split, train):
     assert "classifier: trained" in capsys.readouterr().out and len(entries(filled)) == 2
 
 
+def test_another_training_precision_misses(data, filled, tmp_path, monkeypatch, capsys):
+    """bf16 autocast where the CPU has bf16 hardware, float32 elsewhere: a classifier trained in the other precision
+    is other weights, so it must not be taken from the cache."""
+    from tinyldm.runs import autocast_dtype
+
+    other = "fp32" if autocast_dtype(torch.device("cpu"), "auto") is not None else "bf16"
+    monkeypatch.setattr(classifier_module, "TRAIN_PRECISION", other)
+    _, record = classifier_for(tmp_path / "b", *splits(data), cache=filled, **FAST)
+    assert "classifier: trained" in capsys.readouterr().out and len(entries(filled)) == 2
+    assert record["cache_key"]["precision"] == ("torch.float32" if other == "fp32" else "torch.bfloat16")
+
+
 @pytest.mark.parametrize("damage", ["weights", "config", "other key"])
 def test_a_damaged_entry_is_retrained_with_one_notice(data, filled, tmp_path, capsys, damage):
     entry = filled / entries(filled)[0]

@@ -75,19 +75,25 @@ def test_same_generator_same_result_and_bad_settings():
 
 def test_gaussian_blur_has_the_asked_width_and_keeps_flat_images():
     from tinyldm.data.transforms import gaussian_blur
-    delta = torch.zeros(1, 33, 33)
-    delta[0, 16, 16] = 1.0
+    delta = torch.zeros(1, 1, 33, 33)
+    delta[0, 0, 16, 16] = 1.0
     for sigma in (0.7, 1.5, 2.5):
-        y = gaussian_blur(delta, sigma)[0]
+        y = gaussian_blur(delta, sigma)[0, 0]
         assert abs(y.sum().item() - 1) < 1e-6  # normalised kernel, mass kept away from the borders
         k = torch.arange(33, dtype=torch.float32) - 16
         var_time = (y.sum(0) * k**2).sum().item()  # second moment of the column profile
         var_doppler = (y.sum(1) * k**2).sum().item()
         # A Gaussian sampled at integers and cut at 3σ: its variance is σ² up to the truncation (< 3 %).
         assert var_time == pytest.approx(sigma**2, rel=0.03) and var_doppler == pytest.approx(sigma**2, rel=0.03)
-    flat = torch.full((3, 8, 12), 0.3)
+    flat = torch.full((2, 3, 8, 12), 0.3)
     torch.testing.assert_close(gaussian_blur(flat, 2.0), flat)  # reflect padding: no dark border
     assert torch.equal(gaussian_blur(flat, 0.0), flat)
+    # One σ per image: each image of a batch blurred as if alone (σ = 0: untouched).
+    x = torch.rand(3, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    y = gaussian_blur(x, torch.tensor([0.0, 0.8, 1.5]))
+    assert torch.equal(y[0], x[0])
+    for b, sigma in ((1, 0.8), (2, 1.5)):
+        torch.testing.assert_close(y[b], gaussian_blur(x[b:b + 1], sigma)[0], atol=1e-3, rtol=0)
 
 
 def test_blur_is_applied_to_about_half_the_images_and_never_shifts_them():
@@ -100,6 +106,28 @@ def test_blur_is_applied_to_about_half_the_images_and_never_shifts_them():
         torch.testing.assert_close(y.mean((1, 2)), x.mean((1, 2)), atol=0.05, rtol=0)
     with pytest.raises(ValueError, match="blur must be >= 0"):
         SpectrogramAugment(blur=-1)
+
+
+def test_a_batch_draws_per_image_and_each_image_is_a_valid_augmentation():
+    x = image(H=16, W=16)
+    batch = x.expand(64, -1, -1, -1)  # one image, 64 times
+    y = SpectrogramAugment(time_shift="circular", gain=0, gamma=0)(batch, generator=torch.Generator().manual_seed(0))
+    shifts = [[k for k in range(16) if torch.equal(torch.roll(x, k, dims=-1), y[b])] for b in range(64)]
+    assert all(len(k) == 1 for k in shifts)  # every image is a roll of its own input
+    assert len({k[0] for k in shifts}) > 8  # with its own shift, not one for the batch
+    level = torch.linspace(-0.9, 0.5, 64)[:, None, None, None]  # (64, 1, 1, 1): a background level per image
+    x = level.expand(64, 3, 8, 8).clone()
+    x[:, :, 3, :] = 1.0  # and one bright Doppler row
+    masked = SpectrogramAugment(time_shift=None, gain=0, gamma=0, time_mask=4)(x, torch.Generator().manual_seed(0))
+    painted = (masked != x).any(1).any(1)  # (64, 8): columns changed
+    for b, c in painted.nonzero().tolist():  # a painted column is that image's own background, bright row too
+        assert torch.all(masked[b, :, :, c] == level[b])
+    assert torch.all((1 <= painted.sum(1)) & (painted.sum(1) <= 4)) and len(set(painted.sum(1).tolist())) > 1
+    y = SpectrogramAugment(time_shift="crop", crop_width=6, gain=0, gamma=0)(
+        torch.arange(10.0).expand(32, 3, 4, 10), generator=torch.Generator().manual_seed(2))
+    starts = {int(y[b, 0, 0, 0]) for b in range(32)}
+    assert y.shape == (32, 3, 4, 6) and starts <= set(range(5)) and len(starts) > 2  # per-image windows in range
+    assert torch.equal(y - y[:, :, :, :1], torch.arange(6.0).expand(32, 3, 4, 6))  # consecutive columns, no wrap
 
 
 def test_random_crops_are_aligned_windows_of_each_image():

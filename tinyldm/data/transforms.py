@@ -1,4 +1,4 @@
-"""Spectrogram-safe augmentation on tensors (C, H, W) in [-1, 1]; rows are Doppler (up = approaching), columns time.
+"""Spectrogram-safe augmentation on batches (B, C, H, W) in [-1, 1]; rows are Doppler (up = approaching), columns time.
 
 No flips, on purpose: a time flip plays the gait backwards (heel strike and toe-off swap order, the feet's
 Doppler ramps run the wrong way) and a Doppler flip turns a person walking towards the radar into one walking
@@ -8,20 +8,12 @@ away. Neither image is a plausible recording of the same person, so both would t
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 def to_uint8(x):
     """Inverse of the loader's normalisation: float (..., C, H, W) in [-1, 1] -> uint8 (..., H, W, C)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).movedim(-3, -1)
-
-
-def _uniform(low, high, generator):
-    return low + (high - low) * torch.rand((), generator=generator).item()
-
-
-def _randint(high, generator):
-    """Uniform integer in [0, high)."""
-    return int(torch.randint(high, (), generator=generator))
 
 
 @dataclass
@@ -65,58 +57,71 @@ class SpectrogramAugment:
                 raise ValueError(f"{name} must be >= 0 columns/rows, got {getattr(self, name)!r}")
 
     def __call__(self, x, generator=None):
-        """x (C, H, W) in [-1, 1] -> augmented (C, H, W') in [-1, 1]; randomness from `generator`."""
-        C, H, W = x.shape
-        # 1. Shift or crop along time.
-        if self.time_shift == "circular":
-            x = torch.roll(x, _randint(W, generator), dims=-1)
-        elif self.time_shift == "crop":
-            w = self.crop_width or H
+        """x (B, C, H, W) or one image (C, H, W) in [-1, 1] -> augmented, the same shape (W -> crop_width with
+        "crop"), in [-1, 1]. Every image draws its own shift, gain, gamma, masks and blur from `generator`."""
+        if x.dim() == 3:
+            return self(x[None], generator)[0]
+        B, C, H, W = x.shape
+
+        # 1. Shift or crop along time: column j of image b becomes column (t0_b + j) mod W.
+        if self.time_shift is not None:
+            w = W if self.time_shift == "circular" else (self.crop_width or H)
             if w > W:
                 raise ValueError(f"crop_width {w} is wider than the image ({W} columns); lower crop_width")
-            t0 = _randint(W - w + 1, generator)
-            x = x[:, :, t0:t0 + w]  # (C, H, w)
+            t0 = torch.randint(W - w + 1 if self.time_shift == "crop" else W, (B,), generator=generator)  # (B,)
+            cols = (t0[:, None] + torch.arange(w)) % W  # (B, w)
+            x = x.gather(-1, cols[:, None, None, :].expand(B, C, H, w))  # (B, C, H, w)
 
-        # 2. Gain and gamma in [0, 1].
+        # 2. Gain g and gamma exp(s) in [0, 1].
         if self.gain or self.gamma:
             u = (x + 1) / 2
-            g = _uniform(1 - self.gain, 1 + self.gain, generator)
-            s = _uniform(-self.gamma, self.gamma, generator)
-            u = (g * u.clamp_min(0) ** torch.exp(torch.tensor(s))).clamp(0, 1)
+            g = _uniform(1 - self.gain, 1 + self.gain, B, generator)  # (B, 1, 1, 1)
+            s = _uniform(-self.gamma, self.gamma, B, generator)  # (B, 1, 1, 1)
+            u = (g * u.clamp_min(0) ** torch.exp(s)).clamp(0, 1)
             x = 2 * u - 1
 
-        # 3. Masks filled with the background colour.
+        # 3. Masks filled with the background colour (each image's per-channel median).
         if self.time_mask or self.freq_mask:
-            x = x.clone()
-            background = x.flatten(1).median(dim=1).values[:, None, None]  # (C, 1, 1)
+            background = x.flatten(2).median(dim=2).values[:, :, None, None]  # (B, C, 1, 1)
             if self.time_mask:
-                w = 1 + _randint(min(self.time_mask, x.shape[-1]), generator)
-                t0 = _randint(x.shape[-1] - w + 1, generator)
-                x[:, :, t0:t0 + w] = background
+                x = torch.where(_band(self.time_mask, x.shape[-1], B, generator)[:, None, None, :], background, x)
             if self.freq_mask:
-                h = 1 + _randint(min(self.freq_mask, H), generator)
-                f0 = _randint(H - h + 1, generator)
-                x[:, f0:f0 + h, :] = background
+                x = torch.where(_band(self.freq_mask, H, B, generator)[:, None, :, None], background, x)
 
-        # 4. Gaussian blur, separable, reflect-padded at the borders.
-        if self.blur and _uniform(0, 1, generator) < 0.5:
-            x = gaussian_blur(x, _uniform(0, self.blur, generator))
+        # 4. Gaussian blur with probability 1/2, of std σ ~ U(0, blur) pixels (σ = 0: the image unchanged).
+        if self.blur:
+            blurred = torch.rand(B, generator=generator) < 0.5  # (B,)
+            sigma = torch.rand(B, generator=generator) * self.blur * blurred  # (B,)
+            x = gaussian_blur(x, sigma)
         return x
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """x (C, H, W) → the same image convolved with a normalised Gaussian of std `sigma` pixels along H and W."""
-    if sigma <= 0:
-        return x
-    C, H, W = x.shape
-    r = min(int(3 * sigma + 0.5), H - 1, W - 1)  # kernel half-width; reflect padding needs r < H, W
-    k = torch.arange(-r, r + 1, dtype=x.dtype)
-    g = torch.exp(-k**2 / (2 * sigma**2))
-    g = (g / g.sum()).repeat(C, 1)  # (C, 2r + 1)
-    y = torch.nn.functional.pad(x[None], (r, r, r, r), mode="reflect")  # (1, C, H + 2r, W + 2r)
-    y = torch.nn.functional.conv2d(y, g[:, None, None, :], groups=C)  # along time   (1, C, H + 2r, W)
-    y = torch.nn.functional.conv2d(y, g[:, None, :, None], groups=C)  # along Doppler (1, C, H, W)
-    return y[0]
+def _uniform(low, high, n, generator):
+    """n draws from U(low, high), shaped (n, 1, 1, 1) to scale a batch of images."""
+    return low + (high - low) * torch.rand(n, 1, 1, 1, generator=generator)
+
+
+def _band(most: int, size: int, n: int, generator) -> torch.Tensor:
+    """n random bands of 1 to min(most, size) consecutive positions out of `size` → (n, size) bool, True inside."""
+    width = 1 + torch.randint(min(most, size), (n,), generator=generator)  # (n,)
+    start = (torch.rand(n, generator=generator) * (size - width + 1)).long()  # (n,), uniform in [0, size - width]
+    i = torch.arange(size)  # (size,)
+    return (i >= start[:, None]) & (i < (start + width)[:, None])  # (n, size)
+
+
+def gaussian_blur(x: torch.Tensor, sigma) -> torch.Tensor:
+    """x (B, C, H, W) → every image convolved with a normalised Gaussian of std sigma[b] pixels along H and W
+    (sigma: (B,) or one number for all); reflect-padded at the borders. σ = 0 is the identity (a one-tap kernel)."""
+    B, C, H, W = x.shape
+    sigma = torch.as_tensor(sigma, dtype=x.dtype).expand(B)  # (B,)
+    r = min(int(3 * sigma.max().item() + 0.5), H - 1, W - 1)  # kernel half-width, ≈ 3σ; reflect needs r < H, W
+    k = torch.arange(-r, r + 1, dtype=x.dtype)  # (K,), K = 2r + 1
+    g = torch.exp(-k**2 / (2 * sigma[:, None].clamp_min(1e-6) ** 2))  # (B, K); σ → 0: 1 at k = 0, else 0
+    g = (g / g.sum(1, keepdim=True)).repeat_interleave(C, dim=0)  # (B·C, K): one kernel per image and channel
+    y = F.pad(x.reshape(1, B * C, H, W), (r, r, r, r), mode="reflect")  # (1, B·C, H + 2r, W + 2r)
+    y = F.conv2d(y, g[:, None, None, :], groups=B * C)  # along time     (1, B·C, H + 2r, W)
+    y = F.conv2d(y, g[:, None, :, None], groups=B * C)  # along Doppler  (1, B·C, H, W)
+    return y.reshape(B, C, H, W)
 
 
 def random_crops(x: torch.Tensor, size: int, multiple: int, generator: torch.Generator) -> torch.Tensor:

@@ -36,7 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from tinyldm.data import DataError, SpectrogramAugment
-from tinyldm.runs import RunError, atomic_save_weights, atomic_write_json, load_weights, read_config
+from tinyldm.runs import RunError, atomic_save_weights, atomic_write_json, autocast_dtype, load_weights, read_config
 from tinyldm.threads import share_cores
 
 INPUT_SIZE = 64  # the side larger images are area-downscaled to before the classifier sees them
@@ -45,6 +45,9 @@ MIN_EPOCH_STEPS = 10  # optimizer steps per "epoch" (and per early-stopping chec
 # the speckle of the noise floor, which every autoencoder smooths; on the tiny set its accuracy on real images
 # blurred by σ = 1 px fell from 98 % to 39 %, with it it stays at 97 % (docs/evaluation.md).
 AUGMENT = SpectrogramAugment(blur=1.5)
+# Training computes in bf16 where the CPU (or GPU) multiplies it in hardware, as the models do (tinyldm.runs.
+# autocast_dtype "auto"); the weights stay float32 and the metrics embed in float32 (`embed`).
+TRAIN_PRECISION = "auto"
 
 
 @dataclass
@@ -176,12 +179,13 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, config: Class
         history = {"epochs": [], "best_epoch": 0, "best_val_acc": 0.0, "best_step": 0}
         best_key, best_state, step, epoch, t0 = None, None, 0, 0, time.time()
         batches = shuffled_batches(n, min(batch_size, n), g)
+        amp = autocast_dtype(torch.device(device), TRAIN_PRECISION)  # bf16 or None (float32)
         bar = tqdm(total=total, desc=desc, unit="step", leave=False)
         while step < total:
             # One epoch of steps, one fresh augmentation per image.
             epoch += 1
             n_steps = min(steps_per_epoch, total - step)
-            train_loss = train_epoch(model, opt, sched, train_x, train_y, batches, n_steps, g, device, bar)
+            train_loss = train_epoch(model, opt, sched, train_x, train_y, batches, n_steps, g, device, bar, amp)
             step += n_steps
             record = {"epoch": epoch, "step": step, "train_loss": train_loss}
             if val_x is not None:
@@ -204,15 +208,18 @@ def train_classifier(train_x: torch.Tensor, train_y: torch.Tensor, config: Class
     return model.eval(), history
 
 
-def train_epoch(model, opt, sched, train_x, train_y, batches, n_steps: int, g: torch.Generator, device, bar) -> float:
-    """n_steps optimizer steps on batches drawn from `batches`, one fresh augmentation per image → mean loss."""
+def train_epoch(model, opt, sched, train_x, train_y, batches, n_steps: int, g: torch.Generator, device, bar,
+                amp: torch.dtype | None = None) -> float:
+    """n_steps optimizer steps on batches drawn from `batches`, one fresh augmentation per image, the forward pass
+    autocast to `amp` (None: float32) → mean loss."""
     model.train()
     losses = []
     for _ in range(n_steps):
         share_cores()
         idx = next(batches)
-        x = torch.stack([AUGMENT(train_x[i].float(), generator=g) for i in idx.tolist()]).to(device)  # (B, C, S, S)
-        loss = F.cross_entropy(model(x), train_y[idx].to(device))
+        x = AUGMENT(train_x[idx].float(), generator=g).to(device)  # (B, C, S, S), each image its own draws
+        with torch.autocast(torch.device(device).type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            loss = F.cross_entropy(model(x), train_y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -270,15 +277,17 @@ def cache_key(train_x, train_y, val_x, val_y, data: dict, config: ClassifierConf
               train_kwargs: dict) -> dict:
     """Everything the trained weights depend on, so that a cache hit is bit-identical to training afresh: the
     pixels and labels of both splits (a changed, added or removed image changes them; where the data lies does
-    not), the split and augmentation, the architecture, seed and training settings, the device type, the torch
-    version and the training code itself (this file and the augmentation's)."""
+    not), the split and augmentation, the architecture, seed and training settings, the device type and the precision
+    it trains in (bf16 only where the hardware has it), the torch version and the training code itself (this file and
+    the augmentation's)."""
     pixels = hashlib.sha256()
     for t in (train_x, train_y, val_x, val_y):  # (N, C, H, W) float32 and (N,) int64
         pixels.update(t.contiguous().numpy())  # the array's own buffer: .tobytes() would copy 3.3 GB at 256×256 first
     code = hashlib.sha256(Path(__file__).read_bytes() + Path(inspect.getfile(SpectrogramAugment)).read_bytes())
     key = {"data": {k: v for k, v in data.items() if k != "root"}, "pixels": pixels.hexdigest(),
            "config": asdict(config), "seed": seed, "train": dict(sorted(train_kwargs.items())),
-           "device": torch.device(device).type, "torch": torch.__version__, "code": code.hexdigest()}
+           "device": torch.device(device).type, "torch": torch.__version__, "code": code.hexdigest(),
+           "precision": str(autocast_dtype(torch.device(device), TRAIN_PRECISION) or torch.float32)}
     return json.loads(json.dumps(key))  # as config.json will hold it (tuples → lists), so the two compare equal
 
 
