@@ -13,15 +13,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(2)
 
 
-@pytest.fixture(autouse=True)
-def steady_threads(request, monkeypatch):
+REAL_START = threads.start
+
+
+@pytest.fixture(autouse=True, scope="session")
+def steady_threads():
     """torch's thread count stays what a test sets. The scripts' share_cores (tinyldm/threads.py) follows other
     processes' CPU use every 2 s; inside a test it could change the count between two runs that the test compares
-    bit for bit (float sums then round differently), at moments that depend on the machine. test_threads.py tests
-    share_cores itself; subprocesses a test starts run the scripts as a user would."""
-    if request.module.__name__ != "test_threads":
-        monkeypatch.setattr(threads, "start", lambda: None)
-        monkeypatch.setitem(threads._state, "active", False)
+    bit for bit (float sums then round differently), at moments that depend on the machine. Session-wide, so that
+    module-scoped fixtures (which train classifiers and models through the scripts) are covered too: a script run by
+    one module's fixture once left share_cores on for the next module's, whose cached classifier then differed from
+    a fresh one. Subprocesses a test starts run the scripts as a user would."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(threads, "start", lambda: None)
+        mp.setitem(threads._state, "active", False)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def real_core_sharing(request, monkeypatch):
+    """tests/test_threads.py tests share_cores itself, with the real start()."""
+    if request.module.__name__ == "test_threads":
+        monkeypatch.setattr(threads, "start", REAL_START)
 
 
 @pytest.fixture(autouse=True, scope="session")
