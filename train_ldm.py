@@ -48,6 +48,7 @@ from tinyldm.loading import (
     backbone_config,
     build_backbone,
     has_guide,
+    inference_layout,
     load_guide,
     load_tokenizer,
     load_vae,
@@ -560,7 +561,7 @@ def load_latents(args: argparse.Namespace, device, main_rank: bool):
     1/std(z) over the cached latents, and said so.
     """
     vae, source = load_vae(args.vae, device)
-    vae.requires_grad_(False)
+    vae = inference_layout(vae.requires_grad_(False))  # frozen: it only encodes the latents and decodes samples
     vae_run = read_run(source.folder, "autoencoder", "train_vae.py") if source.format == "tinyldm" else None
     split, strict = stage1_split(args, source, vae_run)
     train_ds = UserImageFolder(args.data, split="train", strict_size=strict, **split)

@@ -60,6 +60,26 @@ def test_decoding_in_passes_is_decoding_each_latent_alone():
     assert (x - in_float32.clamp(-1, 1)).abs().max() < 4 / 127.5
 
 
+def test_the_frozen_autoencoder_in_channels_last_gives_the_same_images_and_contiguous_tensors():
+    # inference_layout only changes the weights' memory layout: float32 values agree to round-off, bf16 ones within a
+    # few uint8 levels, and what decode_latents returns is laid out as an image read from a PNG is.
+    import copy
+
+    from tinyldm.generate import decode_latents
+    from tinyldm.loading import autoencoder_config, build_autoencoder, inference_layout
+
+    torch.manual_seed(0)
+    vae = build_autoencoder("kl", autoencoder_config("kl", "tiny")).eval()
+    fast = inference_layout(copy.deepcopy(vae))
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in fast.parameters() if w.dim() == 4)
+    x, z0 = torch.rand(3, 3, 16, 16) * 2 - 1, torch.randn(3, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.decode_latent(z0), vae.decode_latent(z0), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast.latent_moments(x)[0], vae.latent_moments(x)[0], atol=1e-5, rtol=1e-5)
+        images = decode_latents(fast, z0, 0.5, 0.1)  # in bf16 where the CPU has it
+        assert images.is_contiguous() and (images - decode_latents(vae, z0, 0.5, 0.1)).abs().max() < 8 / 127.5
+
+
 def test_inference_runs_in_bf16_exactly_where_training_would():
     from tinyldm.runs import autocast_dtype, inference_autocast
 

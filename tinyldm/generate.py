@@ -108,7 +108,7 @@ def decode_latents(vae, z0: torch.Tensor, scaling_factor: float, shift_factor: f
     z = unscale_latents(z0, scaling_factor, shift_factor)
     with inference_autocast(z.device):
         x = torch.cat([vae.decode_latent(part).float() for part in z.split(DECODE_BATCH)])
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1).contiguous()  # (B, C, H, W) as a PNG read back is, whatever the decoder's layout
 
 
 def row_conditions(run_config: dict, users: list[int], prompts: list[str] | None, tokenizer

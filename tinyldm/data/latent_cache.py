@@ -55,8 +55,8 @@ def encode_split(vae, dataset: UserImageFolder, device, batch_size: int = 64, de
         x = torch.stack([it[0] for it in items]).to(device)  # (B, C, H, W)
         with inference_autocast(device):  # bf16 where the hardware has it (tinyldm/runs.py)
             mean, std = vae.latent_moments(x)  # (B, c, h, w) each; VQ: pre-quantisation, σ = 0
-        means.append(mean.float().cpu())
-        stds.append(std.float().cpu())
+        means.append(mean.float().contiguous().cpu())  # as the cache file holds them, whatever the encoder's layout
+        stds.append(std.float().contiguous().cpu())
         ys.append(torch.tensor([it[1] for it in items], dtype=torch.long))
     return {"mean": torch.cat(means), "std": torch.cat(stds), "y": torch.cat(ys)}
 

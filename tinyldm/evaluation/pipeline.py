@@ -236,7 +236,7 @@ def reconstruction_metrics(vae, ref: Reference, batch_size: int = DECODE_BATCH) 
         x = ref.val_x[start:start + batch_size]  # (B, C, H, W)
         with inference_autocast(ref.device):
             mean, _ = vae.latent_moments(x.to(ref.device))  # (B, c, h, w)
-            x_hat = quantize(vae.decode_latent(mean).float().cpu())  # (B, C, H, W), as it would be saved
+            x_hat = quantize(vae.decode_latent(mean).float().contiguous().cpu())  # (B, C, H, W), as it would be saved
         recons.append(x_hat)
         psnrs.append(psnr(x_hat, x))  # per pass: SSIM over all 465 images at 256×256 at once took twice as long
         ssims.append(ssim(x_hat, x))
