@@ -64,6 +64,7 @@ from tinyldm.runs import (
     append_log,
     atomic_save_weights,
     autocast_dtype,
+    autocast_to,
     precision_words,
     read_log,
     run_cli,
@@ -133,7 +134,7 @@ def training_step(tr: Training) -> tuple[float, torch.Tensor]:
     #    samples' ε_z, the diffusion's noise ε and times t, and the user ids with 10 % null ids (for guidance).
     draw = draw_step(tr.step, tr.latents, tr.config["num_classes"], tr.sched, args, tr.gen)
     set_lr(tr.opt, lr_at(tr.step, args.lr, args.warmup, tr.total_steps, args.lr_schedule))
-    autocast = torch.autocast(tr.device.type, dtype=tr.amp) if tr.amp is not None else nullcontext()
+    autocast = autocast_to(tr.device, tr.amp)
     loss_sum = 0.0
     for micro in range(args.grad_accum):  # this rank's share of each micro-batch
         sub = torch.arange(micro * args.batch_size + tr.rank, (micro + 1) * args.batch_size, tr.world)

@@ -34,6 +34,7 @@ from tinyldm.runs import (
     append_log,
     atomic_write_json,
     autocast_dtype,
+    autocast_to,
     inference_autocast,
     precision_words,
     read_config,
@@ -455,7 +456,7 @@ def crop_for(args, crop_given: bool, model_cfg: dict, size: int, factor: int) ->
 def optimizer_step(model, opt, x, args, loss_weights, perceptual, amp, step: int, run_dir: Path):
     """Loss, gradient (stop if either is not finite), one clipped AdamW step (--precision: bf16 autocast).
     Returns the loss terms and the gradient norm before clipping."""
-    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+    with autocast_to(x.device, amp):
         loss, terms = compute_loss(model, args.model, x, loss_weights, perceptual)
     opt.zero_grad(set_to_none=True)
     loss.backward()

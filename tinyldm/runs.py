@@ -145,7 +145,11 @@ def inference_autocast(device) -> torch.autocast:
     of 24.9 and decodes in 44 ms instead of 75, with pixels 57 dB from float32's (benchmarks/bench_codec_batch.py
     --precision), and the compact run's DiT samples 1.6× faster, its images 53 dB (median) from float32's; the
     reconstruction itself is 18 dB from the real image."""
-    amp = inference_dtype(device)
+    return autocast_to(device, inference_dtype(device))
+
+
+def autocast_to(device, amp: torch.dtype | None) -> torch.autocast:
+    """A context that autocasts to `amp` on `device` (autocast_dtype's answer), or keeps float32 where amp is None."""
     return torch.autocast(torch.device(device).type, dtype=amp or torch.bfloat16, enabled=amp is not None)
 
 

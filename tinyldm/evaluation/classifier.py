@@ -36,7 +36,15 @@ from torch import nn
 from tqdm import tqdm
 
 from tinyldm.data import DataError, SpectrogramAugment
-from tinyldm.runs import RunError, atomic_save_weights, atomic_write_json, autocast_dtype, load_weights, read_config
+from tinyldm.runs import (
+    RunError,
+    atomic_save_weights,
+    atomic_write_json,
+    autocast_dtype,
+    autocast_to,
+    load_weights,
+    read_config,
+)
 from tinyldm.threads import share_cores
 
 INPUT_SIZE = 64  # the side larger images are area-downscaled to before the classifier sees them
@@ -218,7 +226,7 @@ def train_epoch(model, opt, sched, train_x, train_y, batches, n_steps: int, g: t
         share_cores()
         idx = next(batches)
         x = AUGMENT(train_x[idx].float(), generator=g).to(device)  # (B, C, S, S), each image its own draws
-        with torch.autocast(torch.device(device).type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        with autocast_to(device, amp):
             loss = F.cross_entropy(model(x), train_y[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
